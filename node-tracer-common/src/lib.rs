@@ -1,0 +1,114 @@
+//! Types shared by the tc programs and the loader. Every type is `#[repr(C)]` with fixed-width
+//! integers and explicit padding, so both sides agree on the layout byte for byte; the `const`
+//! assertions below fail the build if they ever drift.
+#![no_std]
+
+/// Program names (at most 15 bytes: the kernel truncates longer names). Netlink-mode filters carry
+/// these names, which is how a restarted agent recognises its own stale filters.
+pub const PROG_INGRESS: &str = "nt_ingress";
+pub const PROG_EGRESS: &str = "nt_egress";
+
+/// Direction at the host-side veth. Ingress on the host veth is what the pod transmits.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// Protocol buckets, indexes into [`PortStats`] arrays. The order is the metric contract's.
+pub const PROTO_ARP: usize = 0;
+pub const PROTO_ICMP: usize = 1;
+pub const PROTO_ICMPV6: usize = 2;
+pub const PROTO_TCP: usize = 3;
+pub const PROTO_UDP: usize = 4;
+pub const PROTO_IPV4_OTHER: usize = 5;
+pub const PROTO_IPV6_OTHER: usize = 6;
+pub const PROTO_OTHER: usize = 7;
+pub const PROTO_COUNT: usize = 8;
+
+/// Per-CPU counters of one port (value of `PORT_STATS`, keyed by ifindex). Index
+/// `[direction][protocol]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub packets: [[u64; PROTO_COUNT]; 2],
+    pub bytes: [[u64; PROTO_COUNT]; 2],
+}
+const _: () = assert!(core::mem::size_of::<PortStats>() == 256);
+
+/// Key of `ICMP_STATS`: one ICMP/ICMPv6 message type on one port and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IcmpKey {
+    pub ifindex: u32,
+    pub dir: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub icmp_type: u8,
+    pub pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<IcmpKey>() == 8);
+
+/// Key of `MAC_SEEN`: a source MAC on one port and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub dir: u8,
+    pub pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<MacKey>() == 12);
+
+/// Value of `MAC_SEEN` (per CPU). Times are `CLOCK_MONOTONIC` nanoseconds (coarse).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<MacStats>() == 32);
+
+/// Indexes into the per-CPU `AGENT_STATS` array: what the programs could not do.
+pub const STAT_PORT_INSERT_FAILED: u32 = 0;
+pub const STAT_ICMP_INSERT_FAILED: u32 = 1;
+pub const STAT_MAC_INSERT_FAILED: u32 = 2;
+pub const STAT_MAC_NEW: u32 = 3;
+pub const STAT_EVENTS_LOST: u32 = 4;
+pub const STAT_EVENTS_SENT: u32 = 5;
+pub const STAT_COUNT: u32 = 8;
+
+/// Bytes of each traced packet copied into its event (enough for every ICMP header we decode).
+pub const SNAP_LEN: usize = 128;
+
+/// One traced ICMP/ICMPv6 packet (ring buffer `EVENTS`), written only while `TRACE_ON[0] != 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpEvent {
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// Length of the whole frame (`skb->len`).
+    pub len: u32,
+    pub dir: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// Bytes of `data` filled.
+    pub cap_len: u16,
+    /// Offset of the ICMP header inside `data`.
+    pub l4_off: u16,
+    /// The frame from its Ethernet header, as the program saw it.
+    pub data: [u8; SNAP_LEN],
+}
+const _: () = assert!(core::mem::size_of::<IcmpEvent>() == 24 + SNAP_LEN);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are `repr(C)`, made only of integers with explicit padding fields.
+    unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::IcmpKey {}
+    unsafe impl aya::Pod for super::MacKey {}
+    unsafe impl aya::Pod for super::MacStats {}
+    unsafe impl aya::Pod for super::IcmpEvent {}
+}

@@ -1,0 +1,362 @@
+//! tc programs of node-tracer: attached to both directions of every host-side veth, they count
+//! packets and bytes per port, direction and protocol, track source MACs, count ICMP types, and,
+//! only while a tracer is attached, emit one event per ICMP packet.
+//!
+//! Rules: never modify, drop or redirect a packet; return `TCX_NEXT` on every path so programs
+//! after ours still run; do a bounded amount of work per packet.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::{classifier, map},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::TcContext,
+};
+use aya_log_ebpf::warn;
+use node_tracer_common::{
+    DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacKey, MacStats, PROTO_ARP, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+    PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_ICMP_INSERT_FAILED,
+    STAT_MAC_INSERT_FAILED, STAT_MAC_NEW, STAT_PORT_INSERT_FAILED,
+};
+
+/// `TCX_NEXT`: let the next program (or the stack) decide. Same value as `TC_ACT_UNSPEC`, which
+/// cls_bpf treats as "continue with the next filter", so it is right in netlink mode too.
+const TCX_NEXT: i32 = -1;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+/// In-band VLAN tags walked (QinQ is two).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up and counting the packet as `ipv6_other`.
+const MAX_IPV6_EXT: usize = 8;
+
+// Sizes are the defaults; the loader sets them at load time from its flags.
+#[map]
+static PORT_STATS: PerCpuHashMap<u32, PortStats> = PerCpuHashMap::with_max_entries(4096, 0);
+#[map]
+static ICMP_STATS: PerCpuHashMap<IcmpKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+#[map]
+static MAC_SEEN: LruPerCpuHashMap<MacKey, MacStats> = LruPerCpuHashMap::with_max_entries(16384, 0);
+#[map]
+static AGENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+/// `TRACE_ON[0] != 0` while a tracer reads `EVENTS`; nothing is written otherwise.
+#[map]
+static TRACE_ON: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[classifier]
+pub fn nt_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, DIR_INGRESS);
+    TCX_NEXT
+}
+
+#[classifier]
+pub fn nt_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, DIR_EGRESS);
+    TCX_NEXT
+}
+
+/// What the parse learned about one packet.
+struct Parsed {
+    proto: usize,
+    /// 4 or 6 when the packet is an ICMP/ICMPv6 first fragment whose header we can read.
+    icmp_family: u8,
+    l4_off: usize,
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, dir: u8) {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = u64::from(ctx.len());
+    let parsed = parse(ctx, ifindex, dir, len);
+    count_port(ctx, ifindex, dir, parsed.proto, len);
+    if parsed.icmp_family != 0 {
+        on_icmp(ctx, ifindex, dir, &parsed);
+    }
+}
+
+/// Bounded parse: Ethernet, up to two in-band VLAN tags (a tag carried in skb metadata is already
+/// stripped from the frame), then ARP, IPv4 or IPv6 with a bounded extension-header walk.
+#[inline(always)]
+fn parse(ctx: &TcContext, ifindex: u32, dir: u8, len: u64) -> Parsed {
+    let mut out = Parsed {
+        proto: PROTO_OTHER,
+        icmp_family: 0,
+        l4_off: 0,
+    };
+    let Ok(eth) = ctx.load::<[u8; ETH_HLEN]>(0) else {
+        return out;
+    };
+    let src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    track_mac(ctx, ifindex, dir, src, len);
+
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        // TCI (2 bytes) then the encapsulated ethertype.
+        let Ok(inner) = ctx.load::<[u8; 4]>(off) else {
+            return out;
+        };
+        ethertype = u16::from_be_bytes([inner[2], inner[3]]);
+        off += 4;
+    }
+
+    match ethertype {
+        ETH_P_ARP => out.proto = PROTO_ARP,
+        ETH_P_IP => parse_ipv4(ctx, off, &mut out),
+        ETH_P_IPV6 => parse_ipv6(ctx, off, &mut out),
+        _ => {}
+    }
+    out
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, off: usize, out: &mut Parsed) {
+    out.proto = PROTO_IPV4_OTHER;
+    // version/IHL (0), flags/fragment offset (6..8), protocol (9).
+    let Ok(h) = ctx.load::<[u8; 10]>(off) else {
+        return;
+    };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return;
+    }
+    let first_fragment = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
+    out.proto = match h[9] {
+        IPPROTO_ICMP => {
+            if first_fragment {
+                out.icmp_family = 4;
+                out.l4_off = off + ihl;
+            }
+            PROTO_ICMP
+        }
+        IPPROTO_TCP => PROTO_TCP,
+        IPPROTO_UDP => PROTO_UDP,
+        _ => PROTO_IPV4_OTHER,
+    };
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, off: usize, out: &mut Parsed) {
+    out.proto = PROTO_IPV6_OTHER;
+    let Ok(first) = ctx.load::<u8>(off) else {
+        return;
+    };
+    if first >> 4 != 6 {
+        return;
+    }
+    let Ok(mut next) = ctx.load::<u8>(off + 6) else {
+        return;
+    };
+    let mut l4 = off + 40;
+    let mut first_fragment = true;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            IPPROTO_ICMPV6 => {
+                if first_fragment {
+                    out.icmp_family = 6;
+                    out.l4_off = l4;
+                }
+                out.proto = PROTO_ICMPV6;
+                return;
+            }
+            IPPROTO_TCP => {
+                out.proto = PROTO_TCP;
+                return;
+            }
+            IPPROTO_UDP => {
+                out.proto = PROTO_UDP;
+                return;
+            }
+            // Hop-by-hop, routing, destination options: length in 8-octet units, not counting
+            // the first 8.
+            0 | 43 | 60 => {
+                let Ok(h) = ctx.load::<[u8; 2]>(l4) else {
+                    return;
+                };
+                next = h[0];
+                l4 += (usize::from(h[1]) + 1) * 8;
+            }
+            // Fragment header: fixed 8 bytes; only the first fragment carries the upper header.
+            44 => {
+                let Ok(h) = ctx.load::<[u8; 4]>(l4) else {
+                    return;
+                };
+                next = h[0];
+                first_fragment = u16::from_be_bytes([h[2], h[3]]) & 0xfff8 == 0;
+                l4 += 8;
+            }
+            // Authentication header: length in 4-octet units, not counting the first 8.
+            51 => {
+                let Ok(h) = ctx.load::<[u8; 2]>(l4) else {
+                    return;
+                };
+                next = h[0];
+                l4 += (usize::from(h[1]) + 2) * 4;
+            }
+            _ => return,
+        }
+    }
+}
+
+#[inline(always)]
+fn bump_stat(index: u32) {
+    if let Some(v) = AGENT_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_port(ctx: &TcContext, ifindex: u32, dir: u8, proto: usize, len: u64) {
+    let dir = usize::from(dir & 1);
+    let proto = proto & 7;
+    let stats = match PORT_STATS.get_ptr_mut(ifindex) {
+        Some(p) => p,
+        None => {
+            // The loader creates the entry before attaching; this covers a race with its
+            // clean-up, so no packet goes uncounted while we are attached.
+            let zero = PortStats::default();
+            if PORT_STATS.insert(ifindex, zero, u64::from(BPF_NOEXIST)).is_err()
+                && PORT_STATS.get_ptr_mut(ifindex).is_none()
+            {
+                bump_stat(STAT_PORT_INSERT_FAILED);
+                warn!(ctx, "PORT_STATS full, ifindex {} not counted", ifindex);
+                return;
+            }
+            match PORT_STATS.get_ptr_mut(ifindex) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    unsafe {
+        (*stats).packets[dir][proto] += 1;
+        (*stats).bytes[dir][proto] += len;
+    }
+}
+
+#[inline(always)]
+fn track_mac(ctx: &TcContext, ifindex: u32, dir: u8, mac: [u8; 6], len: u64) {
+    let key = MacKey {
+        ifindex,
+        mac,
+        dir,
+        pad: 0,
+    };
+    // Coarse time is enough for "first/last seen" and much cheaper than the precise clock.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(v) = MAC_SEEN.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe {
+            (*v).packets += 1;
+            (*v).bytes += len;
+            // A key inserted on another CPU has zeroes in this CPU's slot.
+            if (*v).first_ns == 0 {
+                (*v).first_ns = now;
+            }
+            (*v).last_ns = now;
+        }
+        return;
+    }
+    let v = MacStats {
+        packets: 1,
+        bytes: len,
+        first_ns: now,
+        last_ns: now,
+    };
+    if MAC_SEEN.insert(&key, &v, 0).is_ok() {
+        bump_stat(STAT_MAC_NEW);
+    } else {
+        bump_stat(STAT_MAC_INSERT_FAILED);
+        warn!(ctx, "MAC_SEEN insert failed on ifindex {}", ifindex);
+    }
+}
+
+#[inline(always)]
+fn on_icmp(ctx: &TcContext, ifindex: u32, dir: u8, parsed: &Parsed) {
+    let Ok(tc) = ctx.load::<[u8; 2]>(parsed.l4_off) else {
+        return;
+    };
+    let key = IcmpKey {
+        ifindex,
+        dir,
+        family: parsed.icmp_family,
+        icmp_type: tc[0],
+        pad: 0,
+    };
+    match ICMP_STATS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value of this CPU.
+        Some(c) => unsafe { *c += 1 },
+        None => {
+            if ICMP_STATS.insert(&key, 1, 0).is_err() {
+                bump_stat(STAT_ICMP_INSERT_FAILED);
+            }
+        }
+    }
+
+    // Per-packet events exist only while someone traces.
+    match TRACE_ON.get(0) {
+        Some(on) if *on != 0 => {}
+        _ => return,
+    }
+    let Some(mut entry) = EVENTS.reserve::<IcmpEvent>(0) else {
+        bump_stat(STAT_EVENTS_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let len = ctx.len();
+    let cap = if len < SNAP_LEN as u32 { len } else { SNAP_LEN as u32 };
+    // SAFETY: `ev` points at a reserved, writable IcmpEvent; every field is written before submit.
+    unsafe {
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).ifindex = ifindex;
+        (*ev).len = len;
+        (*ev).dir = dir;
+        (*ev).family = parsed.icmp_family;
+        (*ev).icmp_type = tc[0];
+        (*ev).icmp_code = tc[1];
+        (*ev).l4_off = parsed.l4_off as u16;
+        (*ev).cap_len = 0;
+        if cap >= ETH_HLEN as u32
+            && bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                0,
+                (*ev).data.as_mut_ptr().cast(),
+                cap,
+            ) == 0
+        {
+            (*ev).cap_len = cap as u16;
+        }
+    }
+    entry.submit(0);
+    bump_stat(STAT_EVENTS_SENT);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

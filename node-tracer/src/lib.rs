@@ -1,0 +1,19 @@
+//! node-tracer: an eBPF traffic observer for container nodes.
+//!
+//! `probe` loads and attaches the tc programs and reads their maps; `topology` reads the host's
+//! veths, bridges and peers over netlink; `pods` finds the pod behind each peer namespace;
+//! `snapshot` joins them into the one [`model::Snapshot`] that `metrics`, `top`, `peers`, `macs`
+//! and `trace` render.
+
+pub mod agent;
+pub mod error;
+pub mod lab;
+pub mod metrics;
+pub mod model;
+pub mod peers;
+pub mod pods;
+pub mod probe;
+pub mod snapshot;
+pub mod top;
+pub mod topology;
+pub mod trace;

@@ -1,0 +1,1 @@
+//! `node-tracer top`: the live view.

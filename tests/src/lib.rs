@@ -1,0 +1,437 @@
+//! Support for node-tracer's integration tests: real namespaces, veths and bridges with unique
+//! names, removed on drop (also when a test fails); the real `node-tracer` binary as a child
+//! process stopped by its PID.
+//!
+//! Every object a test makes starts with [`PREFIX`], so `cargo xtask test` can sweep whatever an
+//! interrupted run left behind without touching anything else.
+#![allow(clippy::missing_panics_doc)]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Prefix of every namespace and link the tests create.
+pub const PREFIX: &str = "ntt";
+
+/// Fails the test unless it runs as root: privileged tests never skip silently.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this integration test needs root (real namespaces, veths and BPF); run `cargo xtask test` as root"
+    );
+}
+
+/// Fails the test when a tool it needs is missing (`cargo xtask setup` installs them).
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "`{tool}` is not installed; run `cargo xtask setup`");
+}
+
+/// A name unique to this process and call, at most 15 bytes (the kernel's IFNAMSIZ - 1):
+/// `ntt` + a tag of up to 4 characters + 8 base-36 digits.
+pub fn unique(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).take(4).collect();
+    let mut id = (u64::from(pid) << 16 | u64::from(n & 0xffff)) % 36u64.pow(8);
+    let mut digits = [b'0'; 8];
+    for d in digits.iter_mut().rev() {
+        *d = b"0123456789abcdefghijklmnopqrstuvwxyz"[(id % 36) as usize];
+        id /= 36;
+    }
+    format!("{PREFIX}{tag}{}", std::str::from_utf8(&digits).unwrap())
+}
+
+/// Runs a command line through `sh -c`, failing the test with its stderr if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = sh_output(cmd);
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command line, returning its output whatever the exit status.
+pub fn sh_output(cmd: &str) -> Output {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn sh for `{cmd}`: {e}"))
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        sh(&format!("ip netns add {name}"));
+        let ns = Self { name };
+        ns.exec("ip link set lo up");
+        ns
+    }
+
+    /// Runs a command line inside the namespace.
+    pub fn exec(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', r"'\''")))
+    }
+
+    pub fn exec_output(&self, cmd: &str) -> Output {
+        sh_output(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', r"'\''")))
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh_output(&format!("ip netns del {}", self.name));
+    }
+}
+
+/// A link in the host namespace (veth, bridge, ...), deleted on drop. Deleting one end of a veth
+/// deletes both.
+#[derive(Debug)]
+pub struct Link {
+    pub name: String,
+}
+
+impl Link {
+    pub fn bridge(tag: &str) -> Self {
+        let name = unique(tag);
+        sh(&format!("ip link add {name} type bridge && ip link set {name} up"));
+        Self { name }
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        ifindex(&self.name)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = sh_output(&format!("ip link del {}", self.name));
+    }
+}
+
+pub fn ifindex(name: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .unwrap_or_else(|e| panic!("ifindex of {name}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A "pod": a namespace whose `eth0` is the peer of a host-side veth.
+#[derive(Debug)]
+pub struct Pod {
+    /// Host-side veth (dropped before the namespace).
+    pub veth: Link,
+    pub ns: Netns,
+    pub ip: String,
+}
+
+impl Pod {
+    /// A pod on `bridge` with address `ip/prefix` (gateway-less: traffic stays on the bridge).
+    pub fn bridged(tag: &str, bridge: &Link, ip: &str, prefix: u8) -> Self {
+        let ns = Netns::new(tag);
+        let veth = unique("v");
+        sh(&format!(
+            "ip link add {veth} type veth peer name eth0 netns {ns} && \
+             ip link set {veth} master {br} up",
+            ns = ns.name,
+            br = bridge.name
+        ));
+        ns.exec(&format!("ip addr add {ip}/{prefix} dev eth0 && ip link set eth0 up"));
+        Self {
+            veth: Link { name: veth },
+            ns,
+            ip: ip.to_string(),
+        }
+    }
+
+    /// A pod with no bridge: the host veth and the pod's eth0 form a point-to-point link.
+    pub fn routed(tag: &str, ip: &str, host_ip: &str) -> Self {
+        let ns = Netns::new(tag);
+        let veth = unique("v");
+        sh(&format!(
+            "ip link add {veth} type veth peer name eth0 netns {ns} && ip link set {veth} up && \
+             ip addr add {host_ip}/32 dev {veth} && ip route add {ip}/32 dev {veth}",
+            ns = ns.name
+        ));
+        ns.exec(&format!(
+            "ip addr add {ip}/32 dev eth0 && ip link set eth0 up && \
+             ip route add {host_ip}/32 dev eth0"
+        ));
+        Self {
+            veth: Link { name: veth },
+            ns,
+            ip: ip.to_string(),
+        }
+    }
+
+    pub fn mac(&self) -> String {
+        self.ns.exec("cat /sys/class/net/eth0/address").trim().to_string()
+    }
+}
+
+/// The kernel's own counters of an interface (`/sys/class/net/NAME/statistics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+impl KernelCounters {
+    pub fn read(ifname: &str) -> Self {
+        let r = |f: &str| -> u64 {
+            std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{f}"))
+                .unwrap_or_else(|e| panic!("{ifname} {f}: {e}"))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        Self {
+            rx_packets: r("rx_packets"),
+            tx_packets: r("tx_packets"),
+            rx_bytes: r("rx_bytes"),
+            tx_bytes: r("tx_bytes"),
+        }
+    }
+}
+
+/// Path of the `node-tracer` binary under test (`NODE_TRACER_BIN`, else the workspace's debug
+/// build, which `cargo xtask test` builds first).
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NODE_TRACER_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/node-tracer");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p node-tracer` (or run `cargo xtask test`)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `node-tracer ARGS` to completion.
+pub fn node_tracer(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn node-tracer")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `node-tracer run`, stopped with SIGTERM (then SIGKILL) by its PID on drop.
+#[derive(Debug)]
+pub struct Agent {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Agent {
+    /// Starts `node-tracer run --listen 127.0.0.1:PORT EXTRA...` and waits until `/healthz`
+    /// answers 200.
+    pub fn start(extra: &[&str]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["run", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let child = Command::new(binary())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node-tracer run");
+        let mut agent = Self {
+            child,
+            addr: listen.parse().unwrap(),
+        };
+        agent.wait_ready(Duration::from_secs(60));
+        agent
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("node-tracer run exited early ({status}): {err}");
+            }
+            if let Ok((200, _)) = http_get(self.addr, "/healthz") {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "node-tracer run not ready after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        let (status, body) = http_get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/snapshot")).expect("snapshot JSON")
+    }
+
+    /// Sends `signal` and waits for the process; returns its stderr.
+    pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, String) {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.pid(), signal) };
+        let status = self.child.wait().expect("wait agent");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, err)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Value of the sample `name{labels}` in a Prometheus text exposition, where every label given
+/// matches; sums when several series match.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if !labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_fit_ifnamsiz_and_differ() {
+        let a = unique("pod");
+        let b = unique("pod");
+        assert_ne!(a, b);
+        assert!(a.len() <= 15, "{a}");
+        assert!(a.starts_with(PREFIX));
+    }
+
+    #[test]
+    fn metric_sums_matching_series() {
+        let text = "# HELP x y\nm_total{interface=\"a\",protocol=\"icmp\"} 3\n\
+                    m_total{interface=\"a\",protocol=\"udp\"} 4\nm_total{interface=\"b\",protocol=\"udp\"} 5\n";
+        assert_eq!(metric(text, "m_total", &[("interface", "a")]), Some(7.0));
+        assert_eq!(metric(text, "m_total", &[("protocol", "udp")]), Some(9.0));
+        assert_eq!(metric(text, "m_total", &[("interface", "c")]), None);
+    }
+
+    #[test]
+    fn dechunks_http_bodies() {
+        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+    }
+}
