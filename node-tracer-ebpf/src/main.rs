@@ -17,8 +17,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use node_tracer_common::{
     DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacKey, MacStats, PROTO_ARP, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
-    PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_ICMP_INSERT_FAILED,
+    PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PortStats,
+    SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_ICMP_INSERT_FAILED,
     STAT_MAC_INSERT_FAILED, STAT_MAC_NEW, STAT_PORT_INSERT_FAILED,
 };
 
@@ -233,7 +233,9 @@ fn count_port(ctx: &TcContext, ifindex: u32, dir: u8, proto: usize, len: u64) {
             // The loader creates the entry before attaching; this covers a race with its
             // clean-up, so no packet goes uncounted while we are attached.
             let zero = PortStats::default();
-            if PORT_STATS.insert(ifindex, zero, u64::from(BPF_NOEXIST)).is_err()
+            if PORT_STATS
+                .insert(ifindex, zero, u64::from(BPF_NOEXIST))
+                .is_err()
                 && PORT_STATS.get_ptr_mut(ifindex).is_none()
             {
                 bump_stat(STAT_PORT_INSERT_FAILED);
@@ -324,7 +326,11 @@ fn on_icmp(ctx: &TcContext, ifindex: u32, dir: u8, parsed: &Parsed) {
     };
     let ev = entry.as_mut_ptr();
     let len = ctx.len();
-    let cap = if len < SNAP_LEN as u32 { len } else { SNAP_LEN as u32 };
+    let cap = if len < SNAP_LEN as u32 {
+        len
+    } else {
+        SNAP_LEN as u32
+    };
     // SAFETY: `ev` points at a reserved, writable IcmpEvent; every field is written before submit.
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_ns();

@@ -1,1 +1,385 @@
-//! TODO
+//! `/metrics`: the Prometheus exposition of a [`Snapshot`] and of the agent's own health.
+//!
+//! Series are built from the snapshot at scrape time rather than kept in registered vectors, so
+//! a veth that disappears takes its series with it at the next scrape, and the number of series
+//! is exactly what the node has: per veth 8 protocols x 2 directions of packets, 2 byte series,
+//! one `port_info`, one `port_macs`, and one ICMP series per (direction, type) seen.
+
+use prometheus::{
+    Encoder as _, TextEncoder,
+    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+};
+
+use crate::model::{Direction, PROTOCOLS, Port, Snapshot};
+
+/// The agent's view of itself.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub mode: &'static str,
+    pub attached: usize,
+    pub attach_errors: u64,
+    /// Summed `AGENT_STATS` of the programs (index `STAT_*`).
+    pub program_stats: [u64; 8],
+    pub netlink_resyncs: u64,
+    pub link_events: u64,
+    /// Per program: (name, total run time, run count); zero unless `kernel.bpf_stats_enabled`.
+    pub program_runs: Vec<(&'static str, std::time::Duration, u64)>,
+}
+
+struct Family {
+    inner: MetricFamily,
+}
+
+impl Family {
+    fn new(name: &str, help: &str, ty: MetricType) -> Self {
+        let mut inner = MetricFamily::default();
+        inner.set_name(name.to_string());
+        inner.set_help(help.to_string());
+        inner.set_field_type(ty);
+        Self { inner }
+    }
+
+    fn push(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut m = Metric::from_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name((*k).to_string());
+                    l.set_value((*v).to_string());
+                    l
+                })
+                .collect(),
+        );
+        if self.inner.get_field_type() == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        self.inner.mut_metric().push(m);
+    }
+}
+
+fn pod_labels(p: &Port) -> (&str, &str) {
+    p.pod
+        .as_ref()
+        .map_or(("", ""), |pod| (pod.namespace.as_str(), pod.name.as_str()))
+}
+
+/// Every metric family of the contract, from one snapshot.
+pub fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
+    use MetricType::{COUNTER, GAUGE};
+    let mut rx_p = Family::new(
+        "node_tracer_receive_packets_total",
+        "Packets the pod received through its veth (host veth egress), by protocol.",
+        COUNTER,
+    );
+    let mut tx_p = Family::new(
+        "node_tracer_transmit_packets_total",
+        "Packets the pod sent through its veth (host veth ingress), by protocol.",
+        COUNTER,
+    );
+    let mut rx_b = Family::new(
+        "node_tracer_receive_bytes_total",
+        "Bytes (whole frames) the pod received through its veth.",
+        COUNTER,
+    );
+    let mut tx_b = Family::new(
+        "node_tracer_transmit_bytes_total",
+        "Bytes (whole frames) the pod sent through its veth.",
+        COUNTER,
+    );
+    let mut icmp = Family::new(
+        "node_tracer_icmp_messages_total",
+        "ICMP and ICMPv6 messages by direction (pod's point of view) and type.",
+        COUNTER,
+    );
+    let mut macs = Family::new(
+        "node_tracer_port_macs",
+        "Distinct source MACs seen from the pod side of the veth.",
+        GAUGE,
+    );
+    let mut info = Family::new(
+        "node_tracer_port_info",
+        "One series per host-side veth: its peer, namespace, bridge, port number and pod.",
+        GAUGE,
+    );
+    for p in &snap.ports {
+        let (ns, pod) = pod_labels(p);
+        let iface = p.name.as_str();
+        let c = &p.counters;
+        for (i, proto) in PROTOCOLS.iter().enumerate() {
+            let l = [
+                ("namespace", ns),
+                ("pod", pod),
+                ("interface", iface),
+                ("protocol", *proto),
+            ];
+            rx_p.push(&l, c.rx_packets[i] as f64);
+            tx_p.push(&l, c.tx_packets[i] as f64);
+        }
+        let l = [("namespace", ns), ("pod", pod), ("interface", iface)];
+        rx_b.push(&l, c.rx_bytes_total() as f64);
+        tx_b.push(&l, c.tx_bytes_total() as f64);
+        for m in &c.icmp {
+            let ty = icmp_type_label(m.family, m.icmp_type);
+            icmp.push(
+                &[
+                    ("namespace", ns),
+                    ("pod", pod),
+                    ("interface", iface),
+                    ("direction", m.direction.as_str()),
+                    ("type", &ty),
+                ],
+                m.count as f64,
+            );
+        }
+        let distinct = p
+            .macs
+            .iter()
+            .filter(|m| m.direction == Direction::Transmit)
+            .count();
+        macs.push(&l, distinct as f64);
+        let ifindex = p.ifindex.to_string();
+        let peer_ifindex = p
+            .peer
+            .as_ref()
+            .map(|x| x.ifindex.to_string())
+            .unwrap_or_default();
+        let peer_name = p
+            .peer
+            .as_ref()
+            .and_then(|x| x.name.clone())
+            .unwrap_or_default();
+        let netns = p
+            .peer
+            .as_ref()
+            .and_then(|x| x.netns.clone())
+            .unwrap_or_default();
+        let port_no = p.port_no.map(|n| n.to_string()).unwrap_or_default();
+        info.push(
+            &[
+                ("interface", iface),
+                ("ifindex", &ifindex),
+                ("peer_ifindex", &peer_ifindex),
+                ("peer_interface", &peer_name),
+                ("netns", &netns),
+                ("bridge", p.master.as_deref().unwrap_or("")),
+                ("port_no", &port_no),
+                ("mode", p.mode.as_str()),
+                ("namespace", ns),
+                ("pod", pod),
+            ],
+            1.0,
+        );
+    }
+    let mut out = vec![rx_p, tx_p, rx_b, tx_b, icmp, macs, info];
+    out.extend(health_families(health));
+    out.into_iter()
+        .map(|f| f.inner)
+        .filter(|f| !f.get_metric().is_empty())
+        .collect()
+}
+
+fn health_families(h: &Health) -> Vec<Family> {
+    use MetricType::{COUNTER, GAUGE};
+    use node_tracer_common as c;
+    let mut attached = Family::new(
+        "node_tracer_attached_interfaces",
+        "Interfaces our programs are attached to (both directions).",
+        GAUGE,
+    );
+    attached.push(&[("mode", h.mode)], h.attached as f64);
+    let mut errors = Family::new(
+        "node_tracer_attach_errors_total",
+        "Attach attempts that failed.",
+        COUNTER,
+    );
+    errors.push(&[], h.attach_errors as f64);
+    let mut map_errors = Family::new(
+        "node_tracer_map_update_errors_total",
+        "Map updates the programs could not make (a full map), by map.",
+        COUNTER,
+    );
+    let s = |i: u32| h.program_stats[i as usize] as f64;
+    map_errors.push(&[("map", "PORT_STATS")], s(c::STAT_PORT_INSERT_FAILED));
+    map_errors.push(&[("map", "ICMP_STATS")], s(c::STAT_ICMP_INSERT_FAILED));
+    map_errors.push(&[("map", "MAC_SEEN")], s(c::STAT_MAC_INSERT_FAILED));
+    let mut mac_new = Family::new(
+        "node_tracer_mac_entries_created_total",
+        "Source-MAC entries the programs created; beyond the map size the oldest are evicted.",
+        COUNTER,
+    );
+    mac_new.push(&[], s(c::STAT_MAC_NEW));
+    let mut lost = Family::new(
+        "node_tracer_events_lost_total",
+        "Trace events dropped because the ring buffer was full.",
+        COUNTER,
+    );
+    lost.push(&[], s(c::STAT_EVENTS_LOST));
+    let mut resyncs = Family::new(
+        "node_tracer_netlink_resyncs_total",
+        "Full rescans after the netlink socket overran (ENOBUFS).",
+        COUNTER,
+    );
+    resyncs.push(&[], h.netlink_resyncs as f64);
+    let mut events = Family::new(
+        "node_tracer_link_events_total",
+        "veth add/remove events handled.",
+        COUNTER,
+    );
+    events.push(&[], h.link_events as f64);
+    let mut run_s = Family::new(
+        "node_tracer_program_run_seconds_total",
+        "Time spent in each program (needs sysctl kernel.bpf_stats_enabled=1).",
+        COUNTER,
+    );
+    let mut runs = Family::new(
+        "node_tracer_program_runs_total",
+        "Runs of each program (needs sysctl kernel.bpf_stats_enabled=1).",
+        COUNTER,
+    );
+    for (name, t, n) in &h.program_runs {
+        run_s.push(&[("program", name)], t.as_secs_f64());
+        runs.push(&[("program", name)], *n as f64);
+    }
+    vec![
+        attached, errors, map_errors, mac_new, lost, resyncs, events, run_s, runs,
+    ]
+}
+
+/// ICMP type as a label value: `icmp_echo_request`, `icmpv6_neighbor_solicitation`, or
+/// `icmp_type_N` for types without a name.
+pub fn icmp_type_label(family: u8, ty: u8) -> String {
+    let name = match (family, ty) {
+        (4, 0) => "echo_reply",
+        (4, 3) => "destination_unreachable",
+        (4, 5) => "redirect",
+        (4, 8) => "echo_request",
+        (4, 9) => "router_advertisement",
+        (4, 10) => "router_solicitation",
+        (4, 11) => "time_exceeded",
+        (4, 12) => "parameter_problem",
+        (4, 13) => "timestamp",
+        (4, 14) => "timestamp_reply",
+        (6, 1) => "destination_unreachable",
+        (6, 2) => "packet_too_big",
+        (6, 3) => "time_exceeded",
+        (6, 4) => "parameter_problem",
+        (6, 128) => "echo_request",
+        (6, 129) => "echo_reply",
+        (6, 130) => "multicast_listener_query",
+        (6, 131) => "multicast_listener_report",
+        (6, 132) => "multicast_listener_done",
+        (6, 133) => "router_solicitation",
+        (6, 134) => "router_advertisement",
+        (6, 135) => "neighbor_solicitation",
+        (6, 136) => "neighbor_advertisement",
+        (6, 137) => "redirect",
+        (6, 143) => "multicast_listener_report_v2",
+        _ => "",
+    };
+    let prefix = if family == 6 { "icmpv6" } else { "icmp" };
+    if name.is_empty() {
+        format!("{prefix}_type_{ty}")
+    } else {
+        format!("{prefix}_{name}")
+    }
+}
+
+/// The text exposition format.
+pub fn encode(snap: &Snapshot, health: &Health) -> Result<Vec<u8>, prometheus::Error> {
+    let mut buf = Vec::with_capacity(256 * (snap.ports.len() + 8));
+    TextEncoder::new().encode(&families(snap, health), &mut buf)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Mode, Peer, Pod, PodSource, PortCounters};
+
+    fn port(name: &str, pod: Option<(&str, &str)>) -> Port {
+        let mut counters = PortCounters::default();
+        counters.tx_packets[1] = 3;
+        counters.tx_bytes[1] = 294;
+        counters.rx_packets[4] = 7;
+        Port {
+            ifindex: 7,
+            name: name.into(),
+            mode: Mode::Bridged,
+            master: Some("cni0".into()),
+            port_no: Some(2),
+            peer: Some(Peer {
+                ifindex: 2,
+                name: Some("eth0".into()),
+                ..Peer::default()
+            }),
+            pod: pod.map(|(ns, n)| Pod {
+                namespace: ns.into(),
+                name: n.into(),
+                uid: "u".into(),
+                source: PodSource::Cri,
+            }),
+            counters,
+            ..Port::default()
+        }
+    }
+
+    fn text(snap: &Snapshot) -> String {
+        String::from_utf8(encode(snap, &Health::default()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn counters_carry_pod_labels_and_pod_direction() {
+        let snap = Snapshot {
+            ports: vec![port("veth591ea0bf", Some(("default", "web-1")))],
+            ..Snapshot::default()
+        };
+        let t = text(&snap);
+        assert!(t.contains(
+            "node_tracer_transmit_packets_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\",protocol=\"icmp\"} 3"
+        ), "{t}");
+        assert!(t.contains(
+            "node_tracer_receive_packets_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\",protocol=\"udp\"} 7"
+        ));
+        assert!(t.contains("node_tracer_transmit_bytes_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 294"));
+        assert!(t.contains("bridge=\"cni0\""));
+        assert!(t.contains("port_no=\"2\""));
+    }
+
+    #[test]
+    fn a_port_that_is_gone_has_no_series() {
+        let snap = Snapshot {
+            ports: vec![port("vethgone", None)],
+            ..Snapshot::default()
+        };
+        assert!(text(&snap).contains("vethgone"));
+        assert!(!text(&Snapshot::default()).contains("vethgone"));
+    }
+
+    #[test]
+    fn hostile_pod_names_are_escaped() {
+        let snap = Snapshot {
+            ports: vec![port("veth0", Some(("ns\"x", "a\\b\nc")))],
+            ..Snapshot::default()
+        };
+        let t = text(&snap);
+        assert!(t.contains(r#"namespace="ns\"x",pod="a\\b\nc""#), "{t}");
+        // Every sample stays on one line: a raw newline in a label would split it.
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("node_tracer_"), "broken line: {line:?}");
+        }
+    }
+
+    #[test]
+    fn icmp_types_have_stable_label_values() {
+        assert_eq!(icmp_type_label(4, 8), "icmp_echo_request");
+        assert_eq!(icmp_type_label(6, 135), "icmpv6_neighbor_solicitation");
+        assert_eq!(icmp_type_label(4, 200), "icmp_type_200");
+    }
+}

@@ -225,7 +225,10 @@ mod tests {
 
     #[test]
     fn mac_formats_like_ip_link() {
-        assert_eq!(format_mac(&[0x02, 0x42, 0xfd, 0x0b, 0x0c, 0xf4]), "02:42:fd:0b:0c:f4");
+        assert_eq!(
+            format_mac(&[0x02, 0x42, 0xfd, 0x0b, 0x0c, 0xf4]),
+            "02:42:fd:0b:0c:f4"
+        );
     }
 
     #[test]

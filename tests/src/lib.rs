@@ -44,7 +44,11 @@ pub fn unique(tag: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
-    let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).take(4).collect();
+    let tag: String = tag
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(4)
+        .collect();
     let mut id = (u64::from(pid) << 16 | u64::from(n & 0xffff)) % 36u64.pow(8);
     let mut digits = [b'0'; 8];
     for d in digits.iter_mut().rev() {
@@ -92,11 +96,19 @@ impl Netns {
 
     /// Runs a command line inside the namespace.
     pub fn exec(&self, cmd: &str) -> String {
-        sh(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', r"'\''")))
+        sh(&format!(
+            "ip netns exec {} bash -c '{}'",
+            self.name,
+            cmd.replace('\'', r"'\''")
+        ))
     }
 
     pub fn exec_output(&self, cmd: &str) -> Output {
-        sh_output(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', r"'\''")))
+        sh_output(&format!(
+            "ip netns exec {} bash -c '{}'",
+            self.name,
+            cmd.replace('\'', r"'\''")
+        ))
     }
 
     pub fn path(&self) -> String {
@@ -120,8 +132,11 @@ pub struct Link {
 impl Link {
     pub fn bridge(tag: &str) -> Self {
         let name = unique(tag);
-        sh(&format!("ip link add {name} type bridge && ip link set {name} up"));
-        Self { name }
+        sh(&format!("ip link add {name} type bridge"));
+        let link = Self { name };
+        quiet_ipv6(None, &link.name);
+        sh(&format!("ip link set {} up", link.name));
+        link
     }
 
     pub fn ifindex(&self) -> u32 {
@@ -157,15 +172,23 @@ impl Pod {
     pub fn bridged(tag: &str, bridge: &Link, ip: &str, prefix: u8) -> Self {
         let ns = Netns::new(tag);
         let veth = unique("v");
+        quiet_ipv6(Some(&ns), "default");
         sh(&format!(
-            "ip link add {veth} type veth peer name eth0 netns {ns} && \
-             ip link set {veth} master {br} up",
-            ns = ns.name,
-            br = bridge.name
+            "ip link add {veth} type veth peer name eth0 netns {ns}",
+            ns = ns.name
         ));
-        ns.exec(&format!("ip addr add {ip}/{prefix} dev eth0 && ip link set eth0 up"));
+        // Owned from here on, so a failure below still deletes it.
+        let veth = Link { name: veth };
+        quiet_ipv6(None, &veth.name);
+        sh(&format!(
+            "ip link set {} master {} up",
+            veth.name, bridge.name
+        ));
+        ns.exec(&format!(
+            "ip addr add {ip}/{prefix} dev eth0 && ip link set eth0 up"
+        ));
         Self {
-            veth: Link { name: veth },
+            veth,
             ns,
             ip: ip.to_string(),
         }
@@ -175,24 +198,33 @@ impl Pod {
     pub fn routed(tag: &str, ip: &str, host_ip: &str) -> Self {
         let ns = Netns::new(tag);
         let veth = unique("v");
+        quiet_ipv6(Some(&ns), "default");
         sh(&format!(
-            "ip link add {veth} type veth peer name eth0 netns {ns} && ip link set {veth} up && \
-             ip addr add {host_ip}/32 dev {veth} && ip route add {ip}/32 dev {veth}",
-            ns = ns.name
+            "ip link add {veth} type veth peer name eth0 netns {}",
+            ns.name
+        ));
+        let link = Link { name: veth.clone() };
+        quiet_ipv6(None, &veth);
+        sh(&format!(
+            "ip link set {veth} up && \
+             ip addr add {host_ip}/32 dev {veth} && ip route add {ip}/32 dev {veth}"
         ));
         ns.exec(&format!(
             "ip addr add {ip}/32 dev eth0 && ip link set eth0 up && \
              ip route add {host_ip}/32 dev eth0"
         ));
         Self {
-            veth: Link { name: veth },
+            veth: link,
             ns,
             ip: ip.to_string(),
         }
     }
 
     pub fn mac(&self) -> String {
-        self.ns.exec("cat /sys/class/net/eth0/address").trim().to_string()
+        self.ns
+            .exec("cat /sys/class/net/eth0/address")
+            .trim()
+            .to_string()
     }
 }
 
@@ -249,7 +281,11 @@ pub fn node_tracer(args: &[&str]) -> Output {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `node-tracer run`, stopped with SIGTERM (then SIGKILL) by its PID on drop.
@@ -278,7 +314,7 @@ impl Agent {
             child,
             addr: listen.parse().unwrap(),
         };
-        agent.wait_ready(Duration::from_secs(60));
+        agent.wait_ready(Duration::from_mins(1));
         agent
     }
 
@@ -295,7 +331,10 @@ impl Agent {
             if let Ok((200, _)) = http_get(self.addr, "/healthz") {
                 return;
             }
-            assert!(start.elapsed() < timeout, "node-tracer run not ready after {timeout:?}");
+            assert!(
+                start.elapsed() < timeout,
+                "node-tracer run not ready after {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -305,7 +344,8 @@ impl Agent {
     }
 
     pub fn get(&self, path: &str) -> String {
-        let (status, body) = http_get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let (status, body) =
+            http_get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
         assert_eq!(status, 200, "GET {path}: {body}");
         body
     }
@@ -353,7 +393,10 @@ impl Drop for Agent {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
@@ -363,7 +406,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -374,7 +420,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -392,7 +440,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if line.starts_with('#') {
             continue;
         }
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         if !(rest.starts_with('{') || rest.starts_with(' ')) {
             continue;
         }
@@ -432,6 +482,127 @@ mod tests {
 
     #[test]
     fn dechunks_http_bodies() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
     }
+}
+
+/// Disables IPv6 chatter (router solicitations, DAD) on `iface` in the current namespace or in
+/// `netns`, so a measured interval holds only the traffic a test sends. Must run before the link
+/// comes up.
+pub fn quiet_ipv6(netns: Option<&Netns>, iface: &str) {
+    let cmd = format!(
+        "sysctl -qw net.ipv6.conf.{iface}.router_solicitations=0 net.ipv6.conf.{iface}.accept_dad=0 \
+         net.ipv6.conf.{iface}.dad_transmits=0"
+    );
+    match netns {
+        Some(ns) => {
+            ns.exec(&cmd);
+        }
+        None => {
+            sh(&cmd);
+        }
+    }
+}
+
+/// tcpdump on one interface and one direction, writing a pcap; stopped by its PID.
+#[derive(Debug)]
+pub struct Capture {
+    child: Child,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i IFACE -Q DIR` and waits until it is listening.
+    pub fn start(iface: &str, direction: &str, dir: &std::path::Path) -> Self {
+        require_tool("tcpdump");
+        let file = dir.join(format!("{iface}-{direction}.pcap"));
+        let mut child = Command::new("tcpdump")
+            .args([
+                "-i",
+                iface,
+                "-Q",
+                direction,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-w",
+            ])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpdump");
+        // tcpdump says "listening on ..." once the socket is bound.
+        let mut err = child.stderr.take().unwrap();
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains("listening on") {
+            match err.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => panic!("tcpdump did not start: {}", String::from_utf8_lossy(&seen)),
+            }
+        }
+        // Keep draining stderr so tcpdump never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = err.read_to_end(&mut sink);
+        });
+        Self { child, file }
+    }
+
+    /// Stops tcpdump and counts the captured packets matching each filter.
+    pub fn finish(mut self, filters: &[&str]) -> Vec<u64> {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        filters
+            .iter()
+            .map(|f| {
+                let out = sh(&format!(
+                    "tcpdump -r {} -n {f} 2>/dev/null | wc -l",
+                    self.file.display()
+                ));
+                out.trim().parse().unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A unique /24 prefix ("10.X.Y") for a test, so routes of parallel tests never collide.
+pub fn unique_net() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let v = (std::process::id().wrapping_mul(7919).wrapping_add(n)) % 16000;
+    format!("10.{}.{}", 100 + v / 250, v % 250)
 }

@@ -1,0 +1,680 @@
+//! The loader: loads the tc programs, attaches them to veths (first in the tcx chain, or as
+//! clsact filters over netlink where tcx is missing or not wanted), and reads their maps.
+//!
+//! Ownership: in tcx mode every attachment is a bpf_link held by this process, so the kernel
+//! detaches it when we exit, even on SIGKILL. In netlink mode filters outlive us; they carry our
+//! program names, which is how the next start finds and removes its own stale filters (and only
+//! those).
+
+mod qdisc;
+
+use std::collections::{HashMap, HashSet};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+use node_tracer_common::{
+    DIR_EGRESS, DIR_INGRESS, IcmpKey, MacKey, MacStats, PROG_EGRESS, PROG_INGRESS, PortStats,
+    STAT_COUNT,
+};
+
+use crate::{
+    error::{Error, Result},
+    model::{Direction, IcmpCount, MacSeen, PortCounters, format_mac},
+};
+
+/// How programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// tcx where the kernel has it (>= 6.6), else netlink.
+    Auto,
+    /// tcx links (kernel >= 6.6): first in the chain, gone when the agent exits.
+    Tcx,
+    /// A clsact qdisc and cls_bpf filters over netlink (older kernels).
+    Netlink,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Tcx => "tcx",
+            AttachMode::Netlink => "netlink",
+        }
+    }
+}
+
+/// Sizes and behaviour fixed at load time.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub mode: AttachMode,
+    /// Ports the per-port map can hold.
+    pub max_ports: u32,
+    /// Distinct (port, direction, source MAC) the LRU map keeps.
+    pub max_macs: u32,
+    /// Level below which the programs' own log statements are compiled out at load time.
+    pub log_level: log::LevelFilter,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            mode: AttachMode::Auto,
+            max_ports: 8192,
+            max_macs: 65536,
+            log_level: log::LevelFilter::Warn,
+        }
+    }
+}
+
+/// The object file built by build.rs from `node-tracer-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-tracer-ebpf"));
+
+struct Attachment {
+    name: String,
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+    /// Netlink mode: we added the clsact qdisc (or found our own stale filters on it), so we
+    /// remove it on detach when nothing else uses it.
+    owns_qdisc: bool,
+}
+
+/// Loaded programs and their attachments.
+pub struct Probe {
+    ebpf: Ebpf,
+    mode: AttachMode,
+    attached: HashMap<u32, Attachment>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    max_ports: u32,
+}
+
+/// Raw totals of one port read from the maps.
+#[derive(Debug, Default, Clone)]
+pub struct PortReading {
+    pub counters: PortCounters,
+    pub macs: Vec<MacSeen>,
+}
+
+impl Probe {
+    /// Loads (and verifies) the programs; attaches nothing yet.
+    pub fn load(opts: &ProbeOptions) -> Result<Self> {
+        check_privileges()?;
+        let mode = match opts.mode {
+            AttachMode::Auto if kernel_has_tcx() => AttachMode::Tcx,
+            AttachMode::Auto => AttachMode::Netlink,
+            m => m,
+        };
+        let level = log_level_byte(opts.log_level);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("PORT_STATS", opts.max_ports)
+            .map_max_entries("ICMP_STATS", opts.max_ports.saturating_mul(16))
+            .map_max_entries("MAC_SEEN", opts.max_macs)
+            .override_global("AYA_LOG_LEVEL", &level, false)
+            .load(OBJECT)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::debug!("eBPF logs unavailable: {e}");
+                None
+            }
+        };
+        for name in [PROG_INGRESS, PROG_EGRESS] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            mode,
+            attached: HashMap::new(),
+            logger,
+            max_ports: opts.max_ports,
+        })
+    }
+
+    /// The mode in use (never `Auto`).
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Takes the aya-log reader, for the caller to poll (readable when the programs logged).
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.attached.contains_key(&ifindex)
+    }
+
+    /// Attached ports: ifindex and name.
+    pub fn attached(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.attached.iter().map(|(i, a)| (*i, a.name.as_str()))
+    }
+
+    /// Attaches both programs to `name`, ahead of every other program on it. Idempotent.
+    pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<()> {
+        if let Some(a) = self.attached.get(&ifindex) {
+            if a.name == name {
+                return Ok(());
+            }
+            // Renamed: the attachment follows the ifindex, only the label changes.
+            let a = self.attached.get_mut(&ifindex).expect("checked above");
+            a.name = name.to_string();
+            return Ok(());
+        }
+        if self.attached.len() >= self.max_ports as usize {
+            return Err(Error::Netlink(format!(
+                "not attaching {name}: --max-ports {} reached",
+                self.max_ports
+            )));
+        }
+        // Create the counter entry first so the first packet is counted without an insert on the
+        // hot path.
+        self.port_stats_mut()?
+            .insert(ifindex, zeroed_per_cpu()?, 0)
+            .map_err(|source| Error::Map {
+                name: "PORT_STATS",
+                source,
+            })?;
+        let mut owns_qdisc = false;
+        if self.mode == AttachMode::Netlink {
+            owns_qdisc = remove_stale_filters(name);
+            match tc::qdisc_add_clsact(name) {
+                Ok(()) => owns_qdisc = true,
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    self.forget_port(ifindex);
+                    return Err(Error::Attach {
+                        interface: name.to_string(),
+                        direction: "clsact",
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        let ingress = match self.attach_one(name, PROG_INGRESS, TcAttachType::Ingress) {
+            Ok(id) => id,
+            Err(e) => {
+                self.forget_port(ifindex);
+                return Err(e);
+            }
+        };
+        let egress = match self.attach_one(name, PROG_EGRESS, TcAttachType::Egress) {
+            Ok(id) => id,
+            Err(e) => {
+                if let Ok(p) = program(&mut self.ebpf, PROG_INGRESS) {
+                    let _ = p.detach(ingress);
+                }
+                self.forget_port(ifindex);
+                return Err(e);
+            }
+        };
+        self.attached.insert(
+            ifindex,
+            Attachment {
+                name: name.to_string(),
+                ingress,
+                egress,
+                owns_qdisc,
+            },
+        );
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        iface: &str,
+        prog: &'static str,
+        ty: TcAttachType,
+    ) -> Result<SchedClassifierLinkId> {
+        let options = match self.mode {
+            AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
+                // Lowest priority number runs first.
+                priority: 1,
+                ..NlOptions::default()
+            }),
+            _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
+        };
+        let p = program(&mut self.ebpf, prog)?;
+        p.attach_with_options(iface, ty, options)
+            .map_err(|source| Error::Attach {
+                interface: iface.to_string(),
+                direction: if ty == TcAttachType::Ingress {
+                    "ingress"
+                } else {
+                    "egress"
+                },
+                source,
+            })
+    }
+
+    /// Detaches from `ifindex` and forgets its counters. A veth that is already gone is fine: the
+    /// kernel dropped the attachment with it.
+    pub fn detach(&mut self, ifindex: u32) {
+        if let Some(a) = self.attached.remove(&ifindex) {
+            for (prog, id) in [(PROG_INGRESS, a.ingress), (PROG_EGRESS, a.egress)] {
+                if let Ok(p) = program(&mut self.ebpf, prog)
+                    && let Err(e) = p.detach(id)
+                {
+                    log::debug!("detach {prog} from {}: {e}", a.name);
+                }
+            }
+            if a.owns_qdisc {
+                remove_clsact_if_unused(&a.name);
+            }
+        }
+        self.forget_port(ifindex);
+    }
+
+    /// Detaches everything this probe attached, and nothing else.
+    pub fn detach_all(&mut self) {
+        let all: Vec<u32> = self.attached.keys().copied().collect();
+        for i in all {
+            self.detach(i);
+        }
+    }
+
+    fn forget_port(&mut self, ifindex: u32) {
+        if let Ok(mut m) = self.port_stats_mut() {
+            let _ = m.remove(&ifindex);
+        }
+        if let Some(map) = self.ebpf.map_mut("ICMP_STATS")
+            && let Ok(mut m) = PerCpuHashMap::<_, IcmpKey, u64>::try_from(map)
+        {
+            let keys: Vec<IcmpKey> = m.keys().filter_map(Result::ok).collect();
+            for k in keys.iter().filter(|k| k.ifindex == ifindex) {
+                let _ = m.remove(k);
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut("MAC_SEEN")
+            && let Ok(mut m) = PerCpuHashMap::<_, MacKey, MacStats>::try_from(map)
+        {
+            let keys: Vec<MacKey> = m.keys().filter_map(Result::ok).collect();
+            for k in keys.iter().filter(|k| k.ifindex == ifindex) {
+                let _ = m.remove(k);
+            }
+        }
+    }
+
+    /// Removes map entries of ports we are not attached to (a packet racing a detach may have
+    /// re-created one).
+    pub fn collect_garbage(&mut self) {
+        let stale: HashSet<u32> = match self.port_stats() {
+            Ok(m) => m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|i| !self.attached.contains_key(i))
+                .collect(),
+            Err(_) => return,
+        };
+        for i in stale {
+            self.forget_port(i);
+        }
+    }
+
+    fn port_stats(&self) -> Result<PerCpuHashMap<&MapData, u32, PortStats>> {
+        let map = self
+            .ebpf
+            .map("PORT_STATS")
+            .ok_or(Error::MapMissing("PORT_STATS"))?;
+        PerCpuHashMap::try_from(map).map_err(|source| Error::Map {
+            name: "PORT_STATS",
+            source,
+        })
+    }
+
+    fn port_stats_mut(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, PortStats>> {
+        let map = self
+            .ebpf
+            .map_mut("PORT_STATS")
+            .ok_or(Error::MapMissing("PORT_STATS"))?;
+        PerCpuHashMap::try_from(map).map_err(|source| Error::Map {
+            name: "PORT_STATS",
+            source,
+        })
+    }
+
+    /// Sums every map over CPUs: counters, ICMP types and MACs per attached port.
+    pub fn read(&self) -> Result<HashMap<u32, PortReading>> {
+        let mut out: HashMap<u32, PortReading> = HashMap::new();
+        for entry in &self.port_stats()? {
+            let (ifindex, per_cpu) = entry.map_err(|source| Error::Map {
+                name: "PORT_STATS",
+                source,
+            })?;
+            let c = &mut out.entry(ifindex).or_default().counters;
+            for s in per_cpu.iter() {
+                for p in 0..8 {
+                    // Host ingress is what the pod transmits; host egress what it receives.
+                    c.tx_packets[p] += s.packets[usize::from(DIR_INGRESS)][p];
+                    c.tx_bytes[p] += s.bytes[usize::from(DIR_INGRESS)][p];
+                    c.rx_packets[p] += s.packets[usize::from(DIR_EGRESS)][p];
+                    c.rx_bytes[p] += s.bytes[usize::from(DIR_EGRESS)][p];
+                }
+            }
+        }
+        let map = self
+            .ebpf
+            .map("ICMP_STATS")
+            .ok_or(Error::MapMissing("ICMP_STATS"))?;
+        let icmp =
+            PerCpuHashMap::<_, IcmpKey, u64>::try_from(map).map_err(|source| Error::Map {
+                name: "ICMP_STATS",
+                source,
+            })?;
+        for (k, per_cpu) in icmp.iter().filter_map(Result::ok) {
+            if let Some(r) = out.get_mut(&k.ifindex) {
+                r.counters.icmp.push(IcmpCount {
+                    direction: pod_direction(k.dir),
+                    family: k.family,
+                    icmp_type: k.icmp_type,
+                    count: per_cpu.iter().sum(),
+                });
+            }
+        }
+        let clock = Clock::now();
+        let map = self
+            .ebpf
+            .map("MAC_SEEN")
+            .ok_or(Error::MapMissing("MAC_SEEN"))?;
+        let macs =
+            PerCpuHashMap::<_, MacKey, MacStats>::try_from(map).map_err(|source| Error::Map {
+                name: "MAC_SEEN",
+                source,
+            })?;
+        for (k, per_cpu) in macs.iter().filter_map(Result::ok) {
+            let Some(r) = out.get_mut(&k.ifindex) else {
+                continue;
+            };
+            let mut total = MacStats::default();
+            let mut first = u64::MAX;
+            for v in per_cpu.iter() {
+                total.packets += v.packets;
+                total.bytes += v.bytes;
+                if v.first_ns != 0 {
+                    first = first.min(v.first_ns);
+                }
+                total.last_ns = total.last_ns.max(v.last_ns);
+            }
+            r.macs.push(MacSeen {
+                mac: format_mac(&k.mac),
+                direction: pod_direction(k.dir),
+                packets: total.packets,
+                bytes: total.bytes,
+                first_seen_ms: clock.mono_to_unix_ms(if first == u64::MAX { 0 } else { first }),
+                last_seen_ms: clock.mono_to_unix_ms(total.last_ns),
+            });
+        }
+        for r in out.values_mut() {
+            r.counters
+                .icmp
+                .sort_by_key(|c| (c.direction, c.family, c.icmp_type));
+            r.macs
+                .sort_by(|a, b| (a.direction, &a.mac).cmp(&(b.direction, &b.mac)));
+        }
+        Ok(out)
+    }
+
+    /// What the programs could not do, summed over CPUs (index: `STAT_*`).
+    pub fn program_stats(&self) -> Result<[u64; STAT_COUNT as usize]> {
+        let map = self
+            .ebpf
+            .map("AGENT_STATS")
+            .ok_or(Error::MapMissing("AGENT_STATS"))?;
+        let arr = PerCpuArray::<_, u64>::try_from(map).map_err(|source| Error::Map {
+            name: "AGENT_STATS",
+            source,
+        })?;
+        let mut out = [0u64; STAT_COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(v) = arr.get(&(i as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Run time and count of each program (non-zero only while `kernel.bpf_stats_enabled=1`).
+    pub fn program_run_stats(&self) -> Vec<(&'static str, std::time::Duration, u64)> {
+        let mut out = Vec::new();
+        for name in [PROG_INGRESS, PROG_EGRESS] {
+            if let Some(aya::programs::Program::SchedClassifier(p)) = self.ebpf.program(name)
+                && let Ok(info) = p.info()
+            {
+                out.push((name, info.run_time(), info.run_count()));
+            }
+        }
+        out
+    }
+
+    /// Turns per-packet ICMP events on or off.
+    pub fn set_tracing(&mut self, on: bool) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("TRACE_ON")
+            .ok_or(Error::MapMissing("TRACE_ON"))?;
+        let mut arr = Array::<_, u32>::try_from(map).map_err(|source| Error::Map {
+            name: "TRACE_ON",
+            source,
+        })?;
+        arr.set(0, u32::from(on), 0).map_err(|source| Error::Map {
+            name: "TRACE_ON",
+            source,
+        })
+    }
+
+    /// Takes the event ring buffer (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(Error::MapMissing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| Error::Map {
+            name: "EVENTS",
+            source,
+        })
+    }
+
+    /// Entries currently in `PORT_STATS` (for tests and health).
+    pub fn port_entries(&self) -> usize {
+        self.port_stats().map_or(0, |m| m.keys().count())
+    }
+
+    /// Entries in `MAC_SEEN` and `ICMP_STATS` belonging to `ifindex` (0 after a detach).
+    pub fn entries_for(&self, ifindex: u32) -> usize {
+        let mut n = 0;
+        if let Some(map) = self.ebpf.map("MAC_SEEN")
+            && let Ok(m) = PerCpuHashMap::<_, MacKey, MacStats>::try_from(map)
+        {
+            n += m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.ifindex == ifindex)
+                .count();
+        }
+        if let Some(map) = self.ebpf.map("ICMP_STATS")
+            && let Ok(m) = PerCpuHashMap::<_, IcmpKey, u64>::try_from(map)
+        {
+            n += m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.ifindex == ifindex)
+                .count();
+        }
+        n
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        // aya would drop the links too; doing it here also removes clsact qdiscs we added.
+        self.detach_all();
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MapMissing(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}
+
+fn zeroed_per_cpu() -> Result<aya::maps::PerCpuValues<PortStats>> {
+    let n = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+    aya::maps::PerCpuValues::try_from(vec![PortStats::default(); n])
+        .map_err(|e| Error::io("per-CPU values", e))
+}
+
+/// tcx arrived in Linux 6.6.
+fn kernel_has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+fn pod_direction(host_dir: u8) -> Direction {
+    if host_dir == DIR_INGRESS {
+        Direction::Transmit
+    } else {
+        Direction::Receive
+    }
+}
+
+/// aya-log's level byte: statements above it are skipped in the kernel.
+fn log_level_byte(level: log::LevelFilter) -> u8 {
+    match level {
+        log::LevelFilter::Off => 0,
+        log::LevelFilter::Error => 1,
+        log::LevelFilter::Warn => 2,
+        log::LevelFilter::Info => 3,
+        log::LevelFilter::Debug => 4,
+        log::LevelFilter::Trace => 5,
+    }
+}
+
+/// Removes filters of ours a killed agent left on `iface` (netlink mode). Returns whether any
+/// were found: then the clsact qdisc was most likely ours too.
+fn remove_stale_filters(iface: &str) -> bool {
+    let mut found = false;
+    for (ty, name) in [
+        (TcAttachType::Ingress, PROG_INGRESS),
+        (TcAttachType::Egress, PROG_EGRESS),
+    ] {
+        match tc::qdisc_detach_program(iface, ty, name) {
+            Ok(()) => {
+                log::info!("removed a stale {name} filter left on {iface} by an earlier run");
+                found = true;
+            }
+            Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::debug!("looking for stale filters on {iface}: {e}"),
+        }
+    }
+    found
+}
+
+/// Deletes the clsact qdisc of `iface` when no filter at all remains on it: another tool's
+/// filters keep it alive.
+fn remove_clsact_if_unused(iface: &str) {
+    match qdisc::filters_on(iface) {
+        Ok(0) => {
+            if let Err(e) = qdisc::delete_clsact(iface) {
+                log::debug!("removing clsact from {iface}: {e}");
+            }
+        }
+        Ok(n) => log::debug!("leaving clsact on {iface}: {n} other filters use it"),
+        Err(e) => log::debug!("listing filters on {iface}: {e}"),
+    }
+}
+
+/// Maps the programs' `CLOCK_MONOTONIC` timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    mono_ns: u64,
+    unix_ns: u64,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+            unix_ns: unix.as_nanos() as u64,
+        }
+    }
+
+    /// 0 stays 0 (never seen).
+    pub fn mono_to_unix_ms(&self, mono_ns: u64) -> u64 {
+        if mono_ns == 0 {
+            return 0;
+        }
+        (self
+            .unix_ns
+            .saturating_sub(self.mono_ns.saturating_sub(mono_ns)))
+            / 1_000_000
+    }
+}
+
+/// Fails early, with the missing capability named, instead of a cryptic EPERM from bpf(2).
+fn check_privileges() -> Result<()> {
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io("read /proc/self/status", e))?;
+    let eff = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    // CAP_NET_ADMIN = 12, CAP_SYS_ADMIN = 21, CAP_PERFMON = 38, CAP_BPF = 39.
+    let missing: Vec<&str> = [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN")]
+        .into_iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, n)| n)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Privilege(format!(
+            "missing capabilities {}: run as root or grant them (see README, \"Least privilege\")",
+            missing.join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_times_map_to_wall_clock() {
+        let c = Clock {
+            mono_ns: 10_000_000_000,
+            unix_ns: 1_700_000_000_000_000_000,
+        };
+        assert_eq!(c.mono_to_unix_ms(0), 0);
+        assert_eq!(c.mono_to_unix_ms(9_000_000_000), 1_699_999_999_000);
+        assert_eq!(c.mono_to_unix_ms(10_000_000_000), 1_700_000_000_000);
+    }
+
+    #[test]
+    fn host_ingress_is_pod_transmit() {
+        assert_eq!(pod_direction(DIR_INGRESS), Direction::Transmit);
+        assert_eq!(pod_direction(DIR_EGRESS), Direction::Receive);
+    }
+
+    #[test]
+    fn log_levels_map_to_aya_log_bytes() {
+        assert_eq!(log_level_byte(log::LevelFilter::Off), 0);
+        assert_eq!(log_level_byte(log::LevelFilter::Trace), 5);
+    }
+}
