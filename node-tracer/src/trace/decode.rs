@@ -15,7 +15,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
-/// In-band VLAN tags walked, as in the programs (QinQ is two).
+/// In-band VLAN tags walked, as in the programs (`QinQ` is two).
 const MAX_VLAN_TAGS: usize = 2;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
@@ -40,7 +40,7 @@ pub struct Packet {
     pub dst_mac: String,
     pub src_ip: IpAddr,
     pub dst_ip: IpAddr,
-    /// Echo (and ICMPv4 timestamp/information/mask) identifier, when the type has one and the
+    /// Echo (and `ICMPv4` timestamp/information/mask) identifier, when the type has one and the
     /// capture reaches it.
     pub id: Option<u16>,
     pub seq: Option<u16>,
@@ -84,7 +84,12 @@ pub fn decode(ev: &IcmpEvent, mono_to_wall: impl Fn(u64) -> SystemTime) -> Optio
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
             let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-            (4, IpAddr::V4(src), IpAddr::V4(dst), off + ihl.max(IPV4_MIN_HLEN))
+            (
+                4,
+                IpAddr::V4(src),
+                IpAddr::V4(dst),
+                off + ihl.max(IPV4_MIN_HLEN),
+            )
         }
         ETH_P_IPV6 => {
             let ip = data.get(off..off + IPV6_HLEN)?;
@@ -153,7 +158,14 @@ pub(crate) mod testframes {
     pub const MAC_B: [u8; 6] = [0x02, 0x42, 0x0a, 0x00, 0x00, 0x03];
 
     /// An event around `frame`, as the program writes it.
-    pub fn event(ifindex: u32, dir: u8, ts_ns: u64, frame: &[u8], family: u8, l4: usize) -> IcmpEvent {
+    pub fn event(
+        ifindex: u32,
+        dir: u8,
+        ts_ns: u64,
+        frame: &[u8],
+        family: u8,
+        l4: usize,
+    ) -> IcmpEvent {
         let mut data = [0u8; SNAP_LEN];
         let cap = frame.len().min(SNAP_LEN);
         data[..cap].copy_from_slice(&frame[..cap]);
@@ -176,7 +188,11 @@ pub(crate) mod testframes {
         f.extend_from_slice(&dst);
         f.extend_from_slice(&src);
         for (i, vid) in vlans.iter().enumerate() {
-            let tpid = if i == 0 && vlans.len() == 2 { ETH_P_8021AD } else { ETH_P_8021Q };
+            let tpid = if i == 0 && vlans.len() == 2 {
+                ETH_P_8021AD
+            } else {
+                ETH_P_8021Q
+            };
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&vid.to_be_bytes());
         }
@@ -184,9 +200,17 @@ pub(crate) mod testframes {
         f
     }
 
-    /// An ICMPv4 message `ty`/`code` with id/seq and 56 bytes of payload, like `ping`.
+    /// An `ICMPv4` message `ty`/`code` with id/seq and 56 bytes of payload, like `ping`.
     /// Returns the frame and the ICMP offset.
-    pub fn icmp4(src: [u8; 4], dst: [u8; 4], ty: u8, code: u8, id: u16, seq: u16, vlans: &[u16]) -> (Vec<u8>, usize) {
+    pub fn icmp4(
+        src: [u8; 4],
+        dst: [u8; 4],
+        ty: u8,
+        code: u8,
+        id: u16,
+        seq: u16,
+        vlans: &[u16],
+    ) -> (Vec<u8>, usize) {
         let mut f = eth(MAC_B, MAC_A, vlans, ETH_P_IP);
         let total = (20 + 8 + 56) as u16;
         f.extend_from_slice(&[0x45, 0]);
@@ -202,8 +226,15 @@ pub(crate) mod testframes {
         (f, l4)
     }
 
-    /// An ICMPv6 message with a 4-byte body after type/code/checksum, then `rest`.
-    pub fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, code: u8, body: [u8; 4], rest: &[u8]) -> (Vec<u8>, usize) {
+    /// An `ICMPv6` message with a 4-byte body after type/code/checksum, then `rest`.
+    pub fn icmp6(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        ty: u8,
+        code: u8,
+        body: [u8; 4],
+        rest: &[u8],
+    ) -> (Vec<u8>, usize) {
         let mut f = eth(MAC_B, MAC_A, &[], ETH_P_IPV6);
         let plen = (8 + rest.len()) as u16;
         f.extend_from_slice(&[0x60, 0, 0, 0]);
@@ -322,7 +353,14 @@ mod tests {
     fn never_panics_on_random_events() {
         let mut s = 0x9e37_79b9_7f4a_7c15_u64;
         let (v4, _) = icmp4([10, 0, 0, 2], [10, 0, 0, 3], 8, 0, 1, 1, &[100, 200]);
-        let (v6, _) = icmp6(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, 128, 0, [0; 4], &[0; 8]);
+        let (v6, _) = icmp6(
+            Ipv6Addr::LOCALHOST,
+            Ipv6Addr::LOCALHOST,
+            128,
+            0,
+            [0; 4],
+            &[0; 8],
+        );
         let mut decoded = 0;
         for i in 0..200_000 {
             let mut data = [0u8; SNAP_LEN];

@@ -12,7 +12,9 @@ use crate::model::{Port, format_mac};
 pub enum FilterError {
     #[error("bad address filter {0:?}: expected an IP, a CIDR (10.0.0.0/24) or a MAC")]
     Address(String),
-    #[error("bad ICMP type {0:?}: expected a number (8, 128) or a name (echo-request, neighbour-solicitation)")]
+    #[error(
+        "bad ICMP type {0:?}: expected a number (8, 128) or a name (echo-request, neighbour-solicitation)"
+    )]
     Type(String),
 }
 
@@ -42,7 +44,7 @@ pub enum AddressMatch {
 /// One `--type` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TypeMatch {
-    /// A type number, in either family (8 is echo request in ICMP only; 128 in ICMPv6 only).
+    /// A type number, in either family (8 is echo request in ICMP only; 128 in `ICMPv6` only).
     Number(u8),
     /// A normalised type name ("echo request"), matched in both families.
     Name(String),
@@ -50,13 +52,19 @@ pub enum TypeMatch {
 
 impl Filter {
     pub fn is_empty(&self) -> bool {
-        self.pods.is_empty() && self.veths.is_empty() && self.addresses.is_empty() && self.types.is_empty()
+        self.pods.is_empty()
+            && self.veths.is_empty()
+            && self.addresses.is_empty()
+            && self.types.is_empty()
     }
 
     /// Whether `p` passes, given the port it crossed (`None` when the model does not know the
     /// ifindex; then a pod filter never matches and a veth filter only by ifindex).
     pub fn matches(&self, p: &Packet, port: Option<&Port>) -> bool {
-        self.matches_pod(port) && self.matches_veth(p, port) && self.matches_address(p) && self.matches_type(p)
+        self.matches_pod(port)
+            && self.matches_veth(p, port)
+            && self.matches_address(p)
+            && self.matches_type(p)
     }
 
     fn matches_pod(&self, port: Option<&Port>) -> bool {
@@ -92,7 +100,9 @@ impl Filter {
         }
         self.addresses.iter().any(|a| match a {
             AddressMatch::Ip(ip) => p.src_ip == *ip || p.dst_ip == *ip,
-            AddressMatch::Net(net, len) => in_net(p.src_ip, *net, *len) || in_net(p.dst_ip, *net, *len),
+            AddressMatch::Net(net, len) => {
+                in_net(p.src_ip, *net, *len) || in_net(p.dst_ip, *net, *len)
+            }
             AddressMatch::Mac(mac) => {
                 let mac = format_mac(mac);
                 p.src_mac == mac || p.dst_mac == mac
@@ -154,7 +164,8 @@ impl FromStr for TypeMatch {
         let name = normalize_type_name(s);
         // Only names some type really has, so a typo fails loudly instead of matching nothing.
         let known = (0..=u8::MAX).any(|t| {
-            super::names::icmp_type_name(4, t, 0) == name || super::names::icmp_type_name(6, t, 0) == name
+            super::names::icmp_type_name(4, t, 0) == name
+                || super::names::icmp_type_name(6, t, 0) == name
         });
         if known && name != "unknown" {
             Ok(TypeMatch::Name(name))
@@ -242,10 +253,16 @@ mod tests {
         let p = ping();
         let port = port("veth1234", "default", "web-1");
         for yes in ["web-1", "default/web-1", "web-*", "default/*", "*/web-1"] {
-            assert!(filter(&[yes], &[], &[], &[]).matches(&p, Some(&port)), "{yes}");
+            assert!(
+                filter(&[yes], &[], &[], &[]).matches(&p, Some(&port)),
+                "{yes}"
+            );
         }
         for no in ["web-2", "kube-system/web-1", "web", "db-*"] {
-            assert!(!filter(&[no], &[], &[], &[]).matches(&p, Some(&port)), "{no}");
+            assert!(
+                !filter(&[no], &[], &[], &[]).matches(&p, Some(&port)),
+                "{no}"
+            );
         }
         // A veth without a known pod never passes a pod filter.
         assert!(!filter(&["web-1"], &[], &[], &[]).matches(&p, None));
@@ -266,7 +283,14 @@ mod tests {
     #[test]
     fn address_ip_cidr_mac() {
         let p = ping();
-        for yes in ["10.0.0.2", "10.0.1.3", "10.0.1.0/24", "0.0.0.0/0", "02:42:0a:00:00:03", "02-42-0A-00-00-02"] {
+        for yes in [
+            "10.0.0.2",
+            "10.0.1.3",
+            "10.0.1.0/24",
+            "0.0.0.0/0",
+            "02:42:0a:00:00:03",
+            "02-42-0A-00-00-02",
+        ] {
             assert!(filter(&[], &[], &[yes], &[]).matches(&p, None), "{yes}");
         }
         for no in ["10.0.0.9", "10.0.2.0/24", "fd00::/8", "02:42:0a:00:00:09"] {
@@ -287,14 +311,20 @@ mod tests {
             assert!(!filter(&[], &[], &[], &[no]).matches(&p, None), "{no}");
         }
         assert!("neighbor-solicitation".parse::<TypeMatch>().is_ok());
-        assert_eq!("echo-requets".parse::<TypeMatch>(), Err(FilterError::Type("echo-requets".into())));
+        assert_eq!(
+            "echo-requets".parse::<TypeMatch>(),
+            Err(FilterError::Type("echo-requets".into()))
+        );
     }
 
     #[test]
     fn kinds_combine_with_and() {
         let p = ping();
         let port = port("veth1234", "default", "web-1");
-        assert!(filter(&["web-1"], &["veth1234"], &["10.0.0.2"], &["echo-request"]).matches(&p, Some(&port)));
+        assert!(
+            filter(&["web-1"], &["veth1234"], &["10.0.0.2"], &["echo-request"])
+                .matches(&p, Some(&port))
+        );
         assert!(!filter(&["web-1"], &[], &[], &["echo-reply"]).matches(&p, Some(&port)));
     }
 

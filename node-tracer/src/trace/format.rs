@@ -1,6 +1,7 @@
 //! One line per packet: aligned text for people, one JSON object for scripts. Both name the veth
 //! and its pod, and give the direction from the pod's point of view, like the metrics do.
 
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -23,10 +24,10 @@ pub fn format_line(p: &Packet, port: Option<&Port>) -> String {
         None => {}
     }
     if let Some(id) = p.id {
-        what.push_str(&format!(" id {id}"));
+        let _ = write!(what, " id {id}");
     }
     if let Some(seq) = p.seq {
-        what.push_str(&format!(" seq {seq}"));
+        let _ = write!(what, " seq {seq}");
     }
     format!(
         "{:02}:{:02}:{:02}.{micros:06}  {:<15}  {:<30}  {:<8}  {} > {}  {:>15} > {:<15}  {}  len {}",
@@ -77,8 +78,10 @@ pub fn interface_name(ifindex: u32, port: Option<&Port>) -> String {
 
 /// `namespace/name`, or `-` when no pod is known behind the veth.
 pub fn pod_label(port: Option<&Port>) -> String {
-    port.and_then(|p| p.pod.as_ref())
-        .map_or_else(|| "-".to_owned(), |pod| format!("{}/{}", pod.namespace, pod.name))
+    port.and_then(|p| p.pod.as_ref()).map_or_else(
+        || "-".to_owned(),
+        |pod| format!("{}/{}", pod.namespace, pod.name),
+    )
 }
 
 /// `2026-11-22T21:10:37.123456Z`.
@@ -160,7 +163,10 @@ mod tests {
     fn rfc3339() {
         assert_eq!(rfc3339_micros(at_epoch(T)), "2026-11-22T21:10:37.123456Z");
         assert_eq!(rfc3339_micros(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339_micros(at_epoch(951_782_400_000_000_000)), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(at_epoch(951_782_400_000_000_000)),
+            "2000-02-29T00:00:00.000000Z"
+        );
         let before = UNIX_EPOCH - Duration::from_micros(1);
         assert_eq!(rfc3339_micros(before), "1969-12-31T23:59:59.999999Z");
     }
@@ -184,7 +190,10 @@ mod tests {
         let p = decode(&event(5, 1, T, &f, 4, l4), at_epoch).unwrap();
         let line = format_line(&p, None);
         assert!(line.contains("receive"), "{line}");
-        assert!(line.contains("destination unreachable (port unreachable)  len"), "{line}");
+        assert!(
+            line.contains("destination unreachable (port unreachable)  len"),
+            "{line}"
+        );
         let (f, l4) = icmp4([10, 0, 0, 1], [10, 0, 0, 2], 99, 7, 0, 0, &[]);
         let p = decode(&event(5, 1, T, &f, 4, l4), at_epoch).unwrap();
         assert!(format_line(&p, None).contains("type 99 code 7"));
@@ -195,8 +204,23 @@ mod tests {
         let v = to_json(&ping(), Some(&web1()));
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = vec![
-            "time", "interface", "ifindex", "namespace", "pod", "direction", "family", "src_mac",
-            "dst_mac", "src_ip", "dst_ip", "type", "code", "type_name", "id", "seq", "len",
+            "time",
+            "interface",
+            "ifindex",
+            "namespace",
+            "pod",
+            "direction",
+            "family",
+            "src_mac",
+            "dst_mac",
+            "src_ip",
+            "dst_ip",
+            "type",
+            "code",
+            "type_name",
+            "id",
+            "seq",
+            "len",
         ];
         let mut got = keys.clone();
         got.sort_unstable();

@@ -141,7 +141,10 @@ impl<'o> Tracer<'o> {
 
     /// Replaces the clock conversion (tests use a fixed one).
     #[must_use]
-    pub fn with_clock(mut self, mono_to_wall: impl Fn(u64) -> SystemTime + Send + Sync + 'static) -> Self {
+    pub fn with_clock(
+        mut self,
+        mono_to_wall: impl Fn(u64) -> SystemTime + Send + Sync + 'static,
+    ) -> Self {
         self.mono_to_wall = Box::new(mono_to_wall);
         self
     }
@@ -175,7 +178,12 @@ impl<'o> Tracer<'o> {
         }
     }
 
-    fn handle(&mut self, ev: &IcmpEvent, ports: &dyn Fn(u32) -> Option<Port>, out: &mut dyn Write) -> Result<(), TraceError> {
+    fn handle(
+        &mut self,
+        ev: &IcmpEvent,
+        ports: &dyn Fn(u32) -> Option<Port>,
+        out: &mut dyn Write,
+    ) -> Result<(), TraceError> {
         self.stats.seen += 1;
         let Some(p) = decode(ev, &*self.mono_to_wall) else {
             self.stats.undecoded += 1;
@@ -195,10 +203,11 @@ impl<'o> Tracer<'o> {
         // Per packet, so `trace icmp | grep` and `--json | jq` see lines as they happen.
         out.flush().map_err(TraceError::Output)?;
         if let Some(w) = &mut self.pcapng {
-            w.write_event(ev, p.ts, port.as_ref()).map_err(|source| TraceError::Pcapng {
-                path: self.opts.write.clone().unwrap_or_default(),
-                source,
-            })?;
+            w.write_event(ev, p.ts, port.as_ref())
+                .map_err(|source| TraceError::Pcapng {
+                    path: self.opts.write.clone().unwrap_or_default(),
+                    source,
+                })?;
         }
         if self.opts.summary {
             self.summary.add(&p, port.as_ref());
@@ -220,13 +229,21 @@ impl<'o> Tracer<'o> {
             serde_json::to_writer(&mut *out, &v)?;
             out.write_all(b"\n").map_err(TraceError::Output)
         } else {
-            writeln!(out, "!! {delta} events lost (ring buffer full), {total} since the start").map_err(TraceError::Output)
+            writeln!(
+                out,
+                "!! {delta} events lost (ring buffer full), {total} since the start"
+            )
+            .map_err(TraceError::Output)
         }
     }
 
     /// Closes the pcapng file and writes the summary (a last JSON object with `"summary": true`
     /// in `--json` mode).
-    pub fn finish(mut self, events: &dyn EventSource, out: &mut dyn Write) -> Result<TraceStats, TraceError> {
+    pub fn finish(
+        mut self,
+        events: &dyn EventSource,
+        out: &mut dyn Write,
+    ) -> Result<TraceStats, TraceError> {
         self.stats.lost = events.lost().saturating_sub(self.lost_at_start);
         if let Some(mut w) = self.pcapng.take() {
             w.flush().map_err(|source| TraceError::Pcapng {
@@ -238,7 +255,8 @@ impl<'o> Tracer<'o> {
             serde_json::to_writer(&mut *out, &self.summary.to_json(&self.stats))?;
             out.write_all(b"\n").map_err(TraceError::Output)?;
         } else {
-            out.write_all(self.summary.render(&self.stats).as_bytes()).map_err(TraceError::Output)?;
+            out.write_all(self.summary.render(&self.stats).as_bytes())
+                .map_err(TraceError::Output)?;
         }
         out.flush().map_err(TraceError::Output)?;
         Ok(self.stats)
@@ -267,12 +285,17 @@ pub async fn run(
 /// anchored once at the call: a wall-clock step during the trace then shifts nothing, and every
 /// event of one trace is on one consistent timeline.
 pub fn mono_to_wall_fn() -> impl Fn(u64) -> SystemTime + Send + Sync + 'static {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC is always available on Linux.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
     let wall0 = SystemTime::now();
     let mono0 = if rc == 0 {
-        (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+        (now.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(now.tv_nsec as u64)
     } else {
         0
     };

@@ -1,8 +1,8 @@
-//! Names of ICMP and ICMPv6 message types and codes, as people say them (IANA registries, lower
+//! Names of ICMP and `ICMPv6` message types and codes, as people say them (IANA registries, lower
 //! case, British "neighbour" as in the kernel's own docs). One table per family so the line, the
 //! JSON and the `--type` filter all agree on the spelling.
 
-/// The name of an ICMP (`family` 4) or ICMPv6 (`family` 6) message type, or `"unknown"`.
+/// The name of an ICMP (`family` 4) or `ICMPv6` (`family` 6) message type, or `"unknown"`.
 ///
 /// `code` is taken so a caller never needs to know which types are refined by their code: the
 /// type name stays stable across codes (what `--type` filters on); the code's own name is
@@ -70,7 +70,7 @@ pub fn icmp_code_name(family: u8, ty: u8, code: u8) -> Option<&'static str> {
         (4, 3, 0) => "net unreachable",
         (4, 3, 1) => "host unreachable",
         (4, 3, 2) => "protocol unreachable",
-        (4, 3, 3) => "port unreachable",
+        (4, 3, 3) | (6, 1, 4) => "port unreachable",
         (4, 3, 4) => "fragmentation needed",
         (4, 3, 5) => "source route failed",
         (4, 3, 6) => "destination network unknown",
@@ -93,7 +93,6 @@ pub fn icmp_code_name(family: u8, ty: u8, code: u8) -> Option<&'static str> {
         (6, 1, 1) => "administratively prohibited",
         (6, 1, 2) => "beyond scope of source address",
         (6, 1, 3) => "address unreachable",
-        (6, 1, 4) => "port unreachable",
         (6, 1, 5) => "source address failed ingress/egress policy",
         (6, 1, 6) => "reject route to destination",
         (6, 4, 1) => "unrecognized next header",
@@ -104,7 +103,7 @@ pub fn icmp_code_name(family: u8, ty: u8, code: u8) -> Option<&'static str> {
 }
 
 /// Whether messages of this type carry an identifier and a sequence number in bytes 4..8 of
-/// the ICMP header (echo, and ICMPv4's timestamp, information and address-mask pairs).
+/// the ICMP header (echo, and `ICMPv4`'s timestamp, information and address-mask pairs).
 pub fn has_id_seq(family: u8, ty: u8) -> bool {
     match family {
         4 => matches!(ty, 0 | 8 | 13..=18),
@@ -188,6 +187,9 @@ mod tests {
     #[test]
     fn normalizes_user_spelling() {
         assert_eq!(normalize_type_name(" Echo-Request"), "echo request");
-        assert_eq!(normalize_type_name("neighbor_solicitation"), "neighbour solicitation");
+        assert_eq!(
+            normalize_type_name("neighbor_solicitation"),
+            "neighbour solicitation"
+        );
     }
 }

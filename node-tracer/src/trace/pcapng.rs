@@ -3,6 +3,7 @@
 //! tcpdump would show only `veth1234`. Written by hand: four block types, little-endian.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,7 @@ const IF_NAME: u16 = 2;
 const IF_DESCRIPTION: u16 = 3;
 const IF_TSRESOL: u16 = 9;
 const EPB_FLAGS: u16 = 2;
-/// epb_flags direction bits (0-1): the host veth's point of view, as a capture on it would be.
+/// `epb_flags` direction bits (0-1): the host veth's point of view, as a capture on it would be.
 const EPB_INBOUND: u32 = 0b01;
 const EPB_OUTBOUND: u32 = 0b10;
 
@@ -42,7 +43,11 @@ impl<W: Write> PcapngWriter<W> {
         body.extend_from_slice(&0u16.to_le_bytes()); // minor
         // Section length unknown: we stream.
         body.extend_from_slice(&u64::MAX.to_le_bytes());
-        push_option(&mut body, SHB_USERAPPL, concat!("node-tracer ", env!("CARGO_PKG_VERSION")).as_bytes());
+        push_option(
+            &mut body,
+            SHB_USERAPPL,
+            concat!("node-tracer ", env!("CARGO_PKG_VERSION")).as_bytes(),
+        );
         push_option(&mut body, OPT_END, &[]);
         write_block(&mut w, BT_SHB, &body)?;
         Ok(Self {
@@ -53,7 +58,12 @@ impl<W: Write> PcapngWriter<W> {
 
     /// Writes one traced frame (`cap_len` bytes of it, `len` on the wire) at wall-clock `ts`,
     /// describing its veth first if this is the veth's first packet. `port` names it.
-    pub fn write_event(&mut self, ev: &IcmpEvent, ts: SystemTime, port: Option<&Port>) -> io::Result<()> {
+    pub fn write_event(
+        &mut self,
+        ev: &IcmpEvent,
+        ts: SystemTime,
+        port: Option<&Port>,
+    ) -> io::Result<()> {
         let id = match self.interfaces.get(&ev.ifindex) {
             Some(&id) => id,
             None => self.add_interface(ev.ifindex, port)?,
@@ -63,7 +73,11 @@ impl<W: Write> PcapngWriter<W> {
         let ns = ts
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let flags = if ev.dir == DIR_INGRESS { EPB_INBOUND } else { EPB_OUTBOUND };
+        let flags = if ev.dir == DIR_INGRESS {
+            EPB_INBOUND
+        } else {
+            EPB_OUTBOUND
+        };
 
         let mut body = Vec::with_capacity(32 + data.len());
         body.extend_from_slice(&id.to_le_bytes());
@@ -107,27 +121,40 @@ impl<W: Write> PcapngWriter<W> {
 /// `if_name` ("veth1234 (default/web-1)") and `if_description` of a veth.
 fn interface_strings(ifindex: u32, port: Option<&Port>) -> (String, String) {
     let Some(port) = port else {
-        return (format!("if{ifindex}"), format!("host veth ifindex {ifindex}, not (yet) known"));
+        return (
+            format!("if{ifindex}"),
+            format!("host veth ifindex {ifindex}, not (yet) known"),
+        );
     };
-    let mut description = format!("host veth {} ifindex {}, {}", port.name, port.ifindex, port.mode.as_str());
+    let mut description = format!(
+        "host veth {} ifindex {}, {}",
+        port.name,
+        port.ifindex,
+        port.mode.as_str()
+    );
     if let Some(master) = &port.master {
-        description.push_str(&format!(" on {master}"));
+        let _ = write!(description, " on {master}");
     }
     if let Some(peer) = &port.peer {
-        description.push_str(&format!(", peer {}", peer.name.as_deref().unwrap_or("?")));
+        let _ = write!(
+            description,
+            ", peer {}",
+            peer.name.as_deref().unwrap_or("?")
+        );
         if !peer.addresses.is_empty() {
-            description.push_str(&format!(" {}", peer.addresses.join(" ")));
+            let _ = write!(description, " {}", peer.addresses.join(" "));
         }
     }
     let name = match &port.pod {
         Some(pod) => {
-            description.push_str(&format!(
+            let _ = write!(
+                description,
                 ", pod {}/{} (uid {}, from {})",
                 pod.namespace,
                 pod.name,
                 pod.uid,
                 pod.source.as_str()
-            ));
+            );
             format!("{} ({}/{})", port.name, pod.namespace, pod.name)
         }
         None => port.name.clone(),
@@ -146,14 +173,15 @@ fn push_option(body: &mut Vec<u8>, code: u16, value: &[u8]) {
 }
 
 fn pad4(body: &mut Vec<u8>) {
-    while body.len() % 4 != 0 {
+    while !body.len().is_multiple_of(4) {
         body.push(0);
     }
 }
 
 /// Block type, total length, body, total length again (so readers can walk backwards).
 fn write_block(w: &mut impl Write, block_type: u32, body: &[u8]) -> io::Result<()> {
-    let total = u32::try_from(12 + body.len()).map_err(|_| io::Error::other("pcapng block too large"))?;
+    let total =
+        u32::try_from(12 + body.len()).map_err(|_| io::Error::other("pcapng block too large"))?;
     let mut block = Vec::with_capacity(12 + body.len());
     block.extend_from_slice(&block_type.to_le_bytes());
     block.extend_from_slice(&total.to_le_bytes());
@@ -187,8 +215,12 @@ mod tests {
 
     /// A fresh directory per test run, so parallel runs never share a file.
     fn temp_dir(tag: &str) -> PathBuf {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("node-tracer-{tag}-{}-{nanos}", std::process::id()));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("node-tracer-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -197,8 +229,10 @@ mod tests {
     fn blocks_are_aligned_and_lengths_match() {
         let (f, l4) = icmp4([10, 0, 0, 2], [10, 0, 0, 3], 8, 0, 1, 1, &[]);
         let mut w = PcapngWriter::new(Vec::new()).unwrap();
-        w.write_event(&event(5, 0, 0, &f, 4, l4), at_epoch(1), None).unwrap();
-        w.write_event(&event(5, 1, 0, &f, 4, l4), at_epoch(2), None).unwrap();
+        w.write_event(&event(5, 0, 0, &f, 4, l4), at_epoch(1), None)
+            .unwrap();
+        w.write_event(&event(5, 1, 0, &f, 4, l4), at_epoch(2), None)
+            .unwrap();
         let bytes = w.into_inner();
         // Walk the blocks: SHB, one IDB (same veth twice), two EPBs.
         let mut off = 0;
@@ -207,7 +241,8 @@ mod tests {
             let ty = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap());
             let len = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize;
             assert_eq!(len % 4, 0);
-            let trailer = u32::from_le_bytes(bytes[off + len - 4..off + len].try_into().unwrap()) as usize;
+            let trailer =
+                u32::from_le_bytes(bytes[off + len - 4..off + len].try_into().unwrap()) as usize;
             assert_eq!(trailer, len);
             types.push(ty);
             off += len;
@@ -233,7 +268,12 @@ mod tests {
             let (req, l4) = icmp4([10, 0, 0, 2], [10, 0, 0, 3], 8, 0, 7, seq, &[]);
             let (rep, _) = icmp4([10, 0, 0, 3], [10, 0, 0, 2], 0, 0, 7, seq, &[]);
             let t = t0 + u64::from(seq) * 1_000_000;
-            for (port, dir, frame, ty) in [(&a, 0, &req, 8), (&b, 1, &req, 8), (&b, 0, &rep, 0), (&a, 1, &rep, 0)] {
+            for (port, dir, frame, ty) in [
+                (&a, 0, &req, 8),
+                (&b, 1, &req, 8),
+                (&b, 0, &rep, 0),
+                (&a, 1, &rep, 0),
+            ] {
                 let ev = event(port.ifindex, dir, t, frame, 4, l4);
                 w.write_event(&ev, at_epoch(t), Some(port)).unwrap();
                 want.push(format!(
@@ -246,9 +286,17 @@ mod tests {
             }
         }
         // An IPv6 packet longer than the snap length: captured 128 of 200 bytes.
-        let (big, l4) = icmp6("fd00::2".parse().unwrap(), "fd00::3".parse().unwrap(), 128, 0, [0, 1, 0, 1], &[0; 138]);
+        let (big, l4) = icmp6(
+            "fd00::2".parse().unwrap(),
+            "fd00::3".parse().unwrap(),
+            128,
+            0,
+            [0, 1, 0, 1],
+            &[0; 138],
+        );
         assert_eq!(big.len(), 200);
-        w.write_event(&event(7, 0, 0, &big, 6, l4), at_epoch(t0), None).unwrap();
+        w.write_event(&event(7, 0, 0, &big, 6, l4), at_epoch(t0), None)
+            .unwrap();
         want.push("if7\t\t200\t128\t0x00000001".to_owned());
         w.flush().unwrap();
         drop(w);
@@ -256,12 +304,30 @@ mod tests {
         let out = Command::new("tshark")
             .arg("-r")
             .arg(&path)
-            .args(["-T", "fields", "-e", "frame.interface_name", "-e", "icmp.type"])
-            .args(["-e", "frame.len", "-e", "frame.cap_len", "-e", "frame.packet_flags_direction"])
+            .args([
+                "-T",
+                "fields",
+                "-e",
+                "frame.interface_name",
+                "-e",
+                "icmp.type",
+            ])
+            .args([
+                "-e",
+                "frame.len",
+                "-e",
+                "frame.cap_len",
+                "-e",
+                "frame.packet_flags_direction",
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tshark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let got: Vec<&str> = stdout.lines().collect();
         assert_eq!(got.len(), 21, "{stdout}");
         assert_eq!(got, want);
@@ -270,7 +336,16 @@ mod tests {
         let out = Command::new("tshark")
             .arg("-r")
             .arg(&path)
-            .args(["-c", "1", "-T", "fields", "-e", "frame.interface_description", "-e", "frame.time_epoch"])
+            .args([
+                "-c",
+                "1",
+                "-T",
+                "fields",
+                "-e",
+                "frame.interface_description",
+                "-e",
+                "frame.time_epoch",
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -62,7 +62,8 @@ impl Summary {
 
     /// Records `p` if it is an echo request or reply with an id and sequence; ignores the rest.
     pub fn add(&mut self, p: &Packet, port: Option<&Port>) {
-        let (Some(request), Some(id), Some(seq)) = (echo_kind(p.family, p.icmp_type), p.id, p.seq) else {
+        let (Some(request), Some(id), Some(seq)) = (echo_kind(p.family, p.icmp_type), p.id, p.seq)
+        else {
             return;
         };
         let key = (p.family, id, seq);
@@ -83,7 +84,11 @@ impl Summary {
             self.pings.len() - 1
         };
         let ping = &mut self.pings[i];
-        let hops = if request { &mut ping.request } else { &mut ping.reply };
+        let hops = if request {
+            &mut ping.request
+        } else {
+            &mut ping.reply
+        };
         if hops.len() >= MAX_HOPS {
             self.overflow += 1;
             return;
@@ -122,7 +127,13 @@ impl Summary {
             let family = if p.family == 4 { "icmp" } else { "icmpv6" };
             let head = format!("{family:<6}  id {:<5}  seq {:<5}", p.id, p.seq);
             let _ = writeln!(out, "  {head}  request  {}", path(&p.request));
-            let _ = writeln!(out, "  {:width$}  reply    {}", "", path(&p.reply), width = head.len());
+            let _ = writeln!(
+                out,
+                "  {:width$}  reply    {}",
+                "",
+                path(&p.reply),
+                width = head.len()
+            );
         }
         if self.overflow > 0 {
             let _ = writeln!(out, "  ({} more echo packets not listed)", self.overflow);
@@ -246,10 +257,18 @@ mod tests {
         s.add(&echo(6, 1, 20, 8, 1), Some(&b)); // request reaches web-2
         s.add(&echo(5, 0, 10, 8, 1), Some(&a)); // request leaves web-1
         s.add(&echo(5, 1, 50, 0, 1), Some(&a)); // reply reaches web-1
-        let stats = TraceStats { seen: 6, matched: 5, lost: 0, undecoded: 1 };
+        let stats = TraceStats {
+            seen: 6,
+            matched: 5,
+            lost: 0,
+            undecoded: 1,
+        };
         let text = s.render(&stats);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "ping paths (tx: the pod sent it, rx: the pod received it)");
+        assert_eq!(
+            lines[0],
+            "ping paths (tx: the pod sent it, rx: the pod received it)"
+        );
         assert_eq!(
             lines[1],
             "  icmp    id 77     seq 1      request  vethA(default/web-1) tx -> vethB(default/web-2) rx"
@@ -257,11 +276,19 @@ mod tests {
         // The reply lines up under the request.
         assert_eq!(
             lines[2],
-            format!("{}reply    vethB(default/web-2) tx -> vethA(default/web-1) rx", " ".repeat(31))
+            format!(
+                "{}reply    vethB(default/web-2) tx -> vethA(default/web-1) rx",
+                " ".repeat(31)
+            )
         );
-        assert!(lines[3].contains("seq 2") && lines[3].ends_with("request  vethA(default/web-1) tx"));
+        assert!(
+            lines[3].contains("seq 2") && lines[3].ends_with("request  vethA(default/web-1) tx")
+        );
         assert!(lines[4].ends_with("reply    (not seen)"));
-        assert_eq!(lines[5], "6 packets seen, 5 matched, 1 undecodable, 0 events lost");
+        assert_eq!(
+            lines[5],
+            "6 packets seen, 5 matched, 1 undecodable, 0 events lost"
+        );
 
         let v = s.to_json(&stats);
         assert_eq!(v["summary"], true);
@@ -277,7 +304,12 @@ mod tests {
         let mut s = Summary::new();
         let (f, l4) = icmp4([10, 0, 0, 1], [10, 0, 0, 2], 3, 3, 0, 0, &[]);
         s.add(&decode(&event(5, 1, 0, &f, 4, l4), at_epoch).unwrap(), None);
-        let stats = TraceStats { seen: 1, matched: 1, lost: 3, undecoded: 0 };
+        let stats = TraceStats {
+            seen: 1,
+            matched: 1,
+            lost: 3,
+            undecoded: 0,
+        };
         assert_eq!(
             s.render(&stats),
             "1 packets seen, 1 matched, 3 events lost (ring buffer full: the trace is incomplete)\n"
@@ -295,6 +327,9 @@ mod tests {
         assert_eq!(s.overflow, 65_536 - MAX_PINGS as u64);
         let text = s.render(&TraceStats::default());
         assert!(text.contains("request  if9 tx\n"));
-        assert!(text.contains(&format!("({} more echo packets not listed)", 65_536 - MAX_PINGS)));
+        assert!(text.contains(&format!(
+            "({} more echo packets not listed)",
+            65_536 - MAX_PINGS
+        )));
     }
 }

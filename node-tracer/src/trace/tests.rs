@@ -47,7 +47,12 @@ impl EventSource for FakeSource {
 
     fn lost(&self) -> u64 {
         match self.handed.checked_sub(1) {
-            Some(i) => self.lost_after.get(i).copied().unwrap_or_else(|| self.lost_after.last().copied().unwrap_or(self.lost_at_start)),
+            Some(i) => self.lost_after.get(i).copied().unwrap_or_else(|| {
+                self.lost_after
+                    .last()
+                    .copied()
+                    .unwrap_or(self.lost_at_start)
+            }),
             None => self.lost_at_start,
         }
     }
@@ -103,12 +108,32 @@ async fn lines_then_summary_until_the_source_ends() {
     };
     let mut src = FakeSource::new(pings(2), true);
     let (stats, text) = trace(&opts, &mut src).await;
-    assert_eq!(stats, TraceStats { seen: 8, matched: 8, lost: 0, undecoded: 0 });
+    assert_eq!(
+        stats,
+        TraceStats {
+            seen: 8,
+            matched: 8,
+            lost: 0,
+            undecoded: 0
+        }
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 8 + 1 + 4 + 1, "{text}");
-    assert!(lines[0].starts_with("00:00:01.000000  vethA            default/web-1 "), "{}", lines[0]);
-    assert!(lines[1].contains("vethB ") && lines[1].contains("receive") && lines[1].contains("echo request id 99 seq 1"));
-    assert!(lines[9].ends_with("request  vethA(default/web-1) tx -> vethB(default/web-2) rx"), "{}", lines[9]);
+    assert!(
+        lines[0].starts_with("00:00:01.000000  vethA            default/web-1 "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("vethB ")
+            && lines[1].contains("receive")
+            && lines[1].contains("echo request id 99 seq 1")
+    );
+    assert!(
+        lines[9].ends_with("request  vethA(default/web-1) tx -> vethB(default/web-2) rx"),
+        "{}",
+        lines[9]
+    );
     assert!(lines[10].ends_with("reply    vethB(default/web-2) tx -> vethA(default/web-1) rx"));
     assert_eq!(lines[13], "8 packets seen, 8 matched, 0 events lost");
 }
@@ -162,15 +187,33 @@ async fn json_lines_and_final_summary_object() {
     };
     let mut events = pings(1);
     // An ICMPv6 neighbour solicitation on an unknown veth, and a frame too short to decode.
-    let (ns, l4) = icmp6(Ipv6Addr::LOCALHOST, "ff02::1:ff00:3".parse().unwrap(), 135, 0, [0; 4], &[0; 16]);
+    let (ns, l4) = icmp6(
+        Ipv6Addr::LOCALHOST,
+        "ff02::1:ff00:3".parse().unwrap(),
+        135,
+        0,
+        [0; 4],
+        &[0; 16],
+    );
     events.push(event(9, 0, 5, &ns, 6, l4));
     let mut short = event(9, 0, 5, &ns, 6, l4);
     short.cap_len = 10;
     events.push(short);
     let mut src = FakeSource::new(events, true);
     let (stats, text) = trace(&opts, &mut src).await;
-    assert_eq!(stats, TraceStats { seen: 6, matched: 2, lost: 0, undecoded: 1 });
-    let values: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        stats,
+        TraceStats {
+            seen: 6,
+            matched: 2,
+            lost: 0,
+            undecoded: 1
+        }
+    );
+    let values: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(values.len(), 3);
     assert_eq!(values[0]["pod"], "web-2");
     assert_eq!(values[0]["direction"], "receive");
@@ -193,8 +236,14 @@ async fn lost_events_are_reported_in_the_stream_and_totals() {
     assert_eq!(stats.lost, 5);
     let lines: Vec<&str> = text.lines().collect();
     // Reported as soon as noticed, before the event that revealed it.
-    assert_eq!(lines[1], "!! 3 events lost (ring buffer full), 3 since the start");
-    assert_eq!(lines[4], "!! 2 events lost (ring buffer full), 5 since the start");
+    assert_eq!(
+        lines[1],
+        "!! 3 events lost (ring buffer full), 3 since the start"
+    );
+    assert_eq!(
+        lines[4],
+        "!! 2 events lost (ring buffer full), 5 since the start"
+    );
     assert_eq!(
         *lines.last().unwrap(),
         "4 packets seen, 4 matched, 5 events lost (ring buffer full: the trace is incomplete)"
@@ -202,9 +251,15 @@ async fn lost_events_are_reported_in_the_stream_and_totals() {
 
     let mut src = FakeSource::new(pings(1), true);
     src.lost_after = vec![0, 2];
-    let opts = TraceOptions { json: true, ..TraceOptions::default() };
+    let opts = TraceOptions {
+        json: true,
+        ..TraceOptions::default()
+    };
     let (_, text) = trace(&opts, &mut src).await;
-    let values: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let values: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(values[1]["events_lost"], 2);
     assert_eq!(values.last().unwrap()["lost"], 2);
 }
@@ -214,7 +269,10 @@ async fn cancelled_pump_still_finishes_with_summary_and_pcapng() {
     let dir = std::env::temp_dir().join(format!(
         "node-tracer-cancel-{}-{}",
         std::process::id(),
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("t.pcapng");
@@ -235,7 +293,10 @@ async fn cancelled_pump_still_finishes_with_summary_and_pcapng() {
     let stats = tracer.finish(&src, &mut out).unwrap();
     assert_eq!(stats.matched, 4);
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("reply    vethB(default/web-2) tx -> vethA(default/web-1) rx"), "{text}");
+    assert!(
+        text.contains("reply    vethB(default/web-2) tx -> vethA(default/web-1) rx"),
+        "{text}"
+    );
 
     let out = std::process::Command::new("tshark")
         .arg("-r")
@@ -264,16 +325,25 @@ fn unwritable_pcapng_is_an_error() {
 #[test]
 fn monotonic_clock_maps_to_now() {
     let f = mono_to_wall_fn();
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) }, 0);
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) },
+        0
+    );
     let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
     let wall = f(mono);
     let now = SystemTime::now();
     let skew = now.duration_since(wall).unwrap_or_else(|e| e.duration());
     assert!(skew < Duration::from_secs(1), "{skew:?}");
     // A second later in monotonic time is a second later on the wall.
-    assert_eq!(f(mono + 1_000_000_000).duration_since(wall).unwrap(), Duration::from_secs(1));
+    assert_eq!(
+        f(mono + 1_000_000_000).duration_since(wall).unwrap(),
+        Duration::from_secs(1)
+    );
     // Before boot: clamps instead of panicking.
     let _ = f(0);
 }
