@@ -10,7 +10,8 @@ use super::decode::Packet;
 use super::names::icmp_code_name;
 use crate::model::Port;
 
-/// `HH:MM:SS.micros  veth  namespace/pod  direction  src-mac > dst-mac  src > dst  type …  len`.
+/// `HH:MM:SS.micros  veth  namespace/pod  direction  src-mac > dst-mac  src > dst  len  type …`:
+/// the one variable-width field last, so the columns line up.
 /// Times are UTC, the clock of nearly every node and the one `--json` uses.
 pub fn format_line(p: &Packet, port: Option<&Port>) -> String {
     let (secs, micros) = split_time(p.ts);
@@ -30,7 +31,7 @@ pub fn format_line(p: &Packet, port: Option<&Port>) -> String {
         let _ = write!(what, " seq {seq}");
     }
     format!(
-        "{:02}:{:02}:{:02}.{micros:06}  {:<15}  {:<30}  {:<8}  {} > {}  {:>15} > {:<15}  {}  len {}",
+        "{:02}:{:02}:{:02}.{micros:06}  {:<15}  {:<30}  {:<8}  {} > {}  {:>15} > {:<15}  len {:<5}  {}",
         tod / 3600,
         tod / 60 % 60,
         tod % 60,
@@ -41,8 +42,8 @@ pub fn format_line(p: &Packet, port: Option<&Port>) -> String {
         p.dst_mac,
         p.src_ip.to_string(),
         p.dst_ip.to_string(),
-        what,
         p.len,
+        what,
     )
 }
 
@@ -178,7 +179,7 @@ mod tests {
             line,
             "21:10:37.123456  veth1234         default/web-1                   transmit  \
              02:42:0a:00:00:02 > 02:42:0a:00:00:03         10.0.0.2 > 10.0.0.3         \
-             echo request id 4660 seq 1  len 98"
+             len 98     echo request id 4660 seq 1"
         );
         let unknown = format_line(&ping(), None);
         assert!(unknown.contains("  if5              -     "), "{unknown}");
@@ -191,7 +192,7 @@ mod tests {
         let line = format_line(&p, None);
         assert!(line.contains("receive"), "{line}");
         assert!(
-            line.contains("destination unreachable (port unreachable)  len"),
+            line.contains("len 98     destination unreachable (port unreachable)"),
             "{line}"
         );
         let (f, l4) = icmp4([10, 0, 0, 1], [10, 0, 0, 2], 99, 7, 0, 0, &[]);
