@@ -10,6 +10,7 @@ pub mod error;
 pub mod lab;
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod peers;
 pub mod pods;
 pub mod probe;

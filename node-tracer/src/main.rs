@@ -6,11 +6,14 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use node_tracer::{
     agent::{self, AgentOptions},
-    lab, peers,
+    lab,
+    node::{Node, NodeOptions, lock},
+    peers,
     pods::{self, PodConfig},
     probe::{AttachMode, ProbeOptions},
     snapshot,
     topology::{self, ScanOptions},
+    trace,
 };
 
 #[derive(Parser)]
@@ -43,6 +46,11 @@ enum Command {
         #[command(flatten)]
         sources: SourceArgs,
     },
+    /// Which veth sees each packet: one line per packet per veth and direction.
+    Trace {
+        #[command(subcommand)]
+        what: TraceWhat,
+    },
     /// A lab node in network namespaces: cni0 with two pods, an empty docker0, two routed
     /// GKE-style pods sharing one /32, and steady pings. For trying node-tracer anywhere.
     Lab {
@@ -52,6 +60,47 @@ enum Command {
         #[arg(long, default_value = "lab", global = true)]
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TraceWhat {
+    /// ICMP and ICMPv6: every echo, unreachable, neighbour solicitation... on every veth.
+    Icmp(TraceArgs),
+}
+
+#[derive(Args, Clone)]
+struct TraceArgs {
+    /// One JSON object per line (and a last one with "summary": true).
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many matching packets.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Only packets of this pod: NAME, NAMESPACE/NAME, with * wildcards (repeatable).
+    #[arg(long)]
+    pod: Vec<String>,
+    /// Only packets on this veth, by name (with * wildcards) or ifindex (repeatable).
+    #[arg(long)]
+    veth: Vec<String>,
+    /// Only packets from or to this IP, CIDR or MAC (repeatable).
+    #[arg(long)]
+    address: Vec<String>,
+    /// Only this ICMP type: a name like echo-request or neighbor-solicitation, or a number.
+    #[arg(long = "type")]
+    types: Vec<String>,
+    /// Also write the packets as pcapng, one interface per veth named after it and its pod.
+    #[arg(long, value_name = "FILE.pcapng")]
+    write: Option<PathBuf>,
+    /// Leave out the per-ping path summary at the end.
+    #[arg(long)]
+    no_summary: bool,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    sources: SourceArgs,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +179,25 @@ impl SourceArgs {
     }
 }
 
+fn node_options(
+    interfaces: &[String],
+    probe: &ProbeArgs,
+    sources: &SourceArgs,
+    log_level: log::LevelFilter,
+) -> NodeOptions {
+    NodeOptions {
+        interfaces: interfaces.to_vec(),
+        probe: ProbeOptions {
+            mode: probe.attach_mode,
+            max_ports: probe.max_ports,
+            max_macs: probe.max_macs,
+            log_level,
+        },
+        pods: sources.pods(),
+        scan: sources.scan(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new()
@@ -144,6 +212,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn trace_icmp(
+    node: &NodeOptions,
+    opts: &trace::TraceOptions,
+) -> anyhow::Result<trace::TraceStats> {
+    let node = Node::start(node)
+        .await
+        .context("attaching to the node's veths")?;
+    let result = async {
+        let ring = lock(&node.state).probe.take_events()?;
+        let state = node.state.clone();
+        let lost = Box::new(move || {
+            lock(&state)
+                .probe
+                .program_stats()
+                .map_or(0, |s| s[node_tracer_common::STAT_EVENTS_LOST as usize])
+        });
+        let mut events = trace::RingBufSource::new(ring, lost)?;
+        lock(&node.state).probe.set_tracing(true)?;
+        log::info!(
+            "tracing ICMP on {} veths; Ctrl-C to stop",
+            lock(&node.state).probe.attached().count()
+        );
+        let state = node.state.clone();
+        let ports = move |ifindex: u32| lock(&state).port(ifindex);
+        let mut stdout = std::io::stdout().lock();
+        let mut tracer = trace::Tracer::new(opts, &events)?;
+        tokio::select! {
+            r = tracer.pump(&mut events, &ports, &mut stdout) => { r?; }
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let stats = tracer.finish(&events, &mut stdout)?;
+        anyhow::Ok(stats)
+    }
+    .await;
+    // Per-packet events exist only while someone traces.
+    let _ = lock(&node.state).probe.set_tracing(false);
+    node.stop();
+    result
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
@@ -184,17 +292,63 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             let opts = AgentOptions {
                 listen: args.listen,
-                interfaces: args.interfaces.clone(),
-                probe: ProbeOptions {
-                    mode: args.probe.attach_mode,
-                    max_ports: args.probe.max_ports,
-                    max_macs: args.probe.max_macs,
-                    log_level: cli.log_level,
-                },
-                pods: args.sources.pods(),
-                scan: args.sources.scan(),
+                node: node_options(&args.interfaces, &args.probe, &args.sources, cli.log_level),
             };
             rt.block_on(agent::run(opts)).context("node-tracer run")
+        }
+        Command::Trace {
+            what: TraceWhat::Icmp(args),
+        } => {
+            let filter = trace::Filter {
+                pods: args.pod.clone(),
+                veths: args.veth.clone(),
+                addresses: args
+                    .address
+                    .iter()
+                    .map(|a| a.parse())
+                    .collect::<Result<_, _>>()?,
+                types: args
+                    .types
+                    .iter()
+                    .map(|t| t.parse())
+                    .collect::<Result<_, _>>()?,
+            };
+            let timeout = args
+                .timeout
+                .map(|t| {
+                    anyhow::ensure!(
+                        t.is_finite() && t > 0.0,
+                        "--timeout must be a positive number of seconds"
+                    );
+                    Ok(Duration::from_secs_f64(t))
+                })
+                .transpose()?;
+            let opts = trace::TraceOptions {
+                json: args.json,
+                count: args.count,
+                timeout,
+                filter,
+                write: args.write.clone(),
+                summary: !args.no_summary,
+            };
+            // Attach only where the filter could match anything, when it names veths exactly.
+            let exact: Vec<String> = args
+                .veth
+                .iter()
+                .filter(|v| !v.contains('*') && v.parse::<u32>().is_err())
+                .cloned()
+                .collect();
+            let only = if exact.len() == args.veth.len() {
+                exact
+            } else {
+                Vec::new()
+            };
+            let node = node_options(&only, &args.probe, &args.sources, cli.log_level);
+            let stats = rt.block_on(trace_icmp(&node, &opts))?;
+            if stats.lost > 0 {
+                log::warn!("{} events were lost (ring buffer full)", stats.lost);
+            }
+            Ok(())
         }
         Command::Peers { json, sources } => rt.block_on(async {
             let pods = pods::discover(&sources.pods()).await;

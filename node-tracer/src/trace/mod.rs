@@ -9,6 +9,7 @@ mod filter;
 mod format;
 mod names;
 mod pcapng;
+mod ringbuf;
 mod summary;
 
 use std::fs::File;
@@ -26,6 +27,7 @@ pub use filter::{AddressMatch, Filter, FilterError, TypeMatch};
 pub use format::{format_line, rfc3339_micros, to_json};
 pub use names::{icmp_code_name, icmp_type_name};
 pub use pcapng::PcapngWriter;
+pub use ringbuf::RingBufSource;
 pub use summary::Summary;
 
 use crate::model::Port;

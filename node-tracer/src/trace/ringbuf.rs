@@ -1,0 +1,50 @@
+//! The real [`EventSource`]: the programs' `EVENTS` ring buffer, read when epoll says it is
+//! readable (no polling interval, no busy loop).
+
+use std::{future::Future, pin::Pin};
+
+use aya::maps::{MapData, RingBuf};
+use node_tracer_common::IcmpEvent;
+use tokio::io::unix::AsyncFd;
+
+use super::EventSource;
+use crate::error::{Error, Result};
+
+pub struct RingBufSource {
+    ring: AsyncFd<RingBuf<MapData>>,
+    lost: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl RingBufSource {
+    /// `lost` reads the programs' count of events dropped because the ring was full.
+    pub fn new(ring: RingBuf<MapData>, lost: Box<dyn Fn() -> u64 + Send + Sync>) -> Result<Self> {
+        // SAFETY: the RingBuf owns its map fd and mmap for as long as the AsyncFd owns it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::io("register the event ring buffer with epoll", e.into()))?;
+        Ok(Self { ring, lost })
+    }
+}
+
+impl EventSource for RingBufSource {
+    fn next_event(&mut self) -> Pin<Box<dyn Future<Output = Option<IcmpEvent>> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                let mut guard = self.ring.readable_mut().await.ok()?;
+                if let Some(item) = guard.get_inner_mut().next() {
+                    if item.len() < std::mem::size_of::<IcmpEvent>() {
+                        continue;
+                    }
+                    // SAFETY: the item holds at least one IcmpEvent written by the program;
+                    // read_unaligned copies it out of the ring without alignment assumptions.
+                    let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<IcmpEvent>()) };
+                    return Some(ev);
+                }
+                guard.clear_ready();
+            }
+        })
+    }
+
+    fn lost(&self) -> u64 {
+        (self.lost)()
+    }
+}
