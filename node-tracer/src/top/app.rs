@@ -176,6 +176,8 @@ pub enum Action {
     Quit,
 }
 
+// Each bool is an independent on/off key (Enter, p, b); an enum would only rename them.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone)]
 pub struct App {
     pub interval: Duration,
@@ -245,6 +247,11 @@ impl App {
             return;
         }
         self.error = None;
+        // An agent serves its latest sample; polling it faster than it samples returns the same
+        // one again, which is no news (and would read as a second of silence).
+        if self.samples > 0 && snap.taken_at_ms == self.snapshot.taken_at_ms {
+            return;
+        }
         self.samples += 1;
         let prev = std::mem::replace(&mut self.snapshot, snap);
         self.prev = (self.samples > 1).then_some(prev);
@@ -300,16 +307,15 @@ impl App {
             })
             .collect();
         for r in &self.rows {
-            let idx = match out.iter().position(|t| t.name == r.bridge) {
-                Some(i) => i,
-                None => {
-                    out.push(BridgeTotal {
-                        name: r.bridge.clone(),
-                        ports: 0,
-                        rates: Rates::default(),
-                    });
-                    out.len() - 1
-                }
+            let idx = if let Some(i) = out.iter().position(|t| t.name == r.bridge) {
+                i
+            } else {
+                out.push(BridgeTotal {
+                    name: r.bridge.clone(),
+                    ports: 0,
+                    rates: Rates::default(),
+                });
+                out.len() - 1
             };
             out[idx].ports += 1;
             out[idx].rates.add(&r.rates);

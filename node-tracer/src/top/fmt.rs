@@ -65,7 +65,7 @@ pub fn fit(s: &str, width: usize) -> String {
     out
 }
 
-/// The name of an ICMP (`family` 4) or ICMPv6 (`family` 6) message type, as a person reading
+/// The name of an ICMP (`family` 4) or `ICMPv6` (`family` 6) message type, as a person reading
 /// `tcpdump` would say it.
 pub fn icmp_type_name(family: u8, ty: u8) -> &'static str {
     match (family, ty) {

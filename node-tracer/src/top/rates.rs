@@ -6,7 +6,7 @@ use crate::model::{Direction, IcmpCount, PortCounters, Snapshot};
 /// The protocol mix buckets shown by `top`, coarser than [`crate::model::PROTOCOLS`].
 pub const MIX: [&str; 5] = ["icmp", "tcp", "udp", "arp", "other"];
 
-/// Maps an index of [`crate::model::PROTOCOLS`] to its [`MIX`] bucket: ICMPv6 counts as ICMP
+/// Maps an index of [`crate::model::PROTOCOLS`] to its [`MIX`] bucket: `ICMPv6` counts as ICMP
 /// (a person asking "which veth sees my pings" means both), IP-other and non-IP as other.
 pub fn mix_bucket(proto: usize) -> usize {
     match proto {

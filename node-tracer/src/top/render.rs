@@ -285,7 +285,7 @@ fn ascending(app: &App) -> bool {
 
 fn humantime(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", d.as_secs_f64())
@@ -297,9 +297,9 @@ fn header_cell(c: Col, w: u16, app: &App) -> Line<'static> {
     if c.sorted_by(app.sort) {
         let arrow = if ascending(app) { '▲' } else { '▼' };
         if c.numeric() {
-            t.insert(0, arrow)
+            t.insert(0, arrow);
         } else {
-            t.push(arrow)
+            t.push(arrow);
         }
     }
     let style = if c.sorted_by(app.sort) {
@@ -337,8 +337,8 @@ fn widths(cols: &[(Col, u16)]) -> Vec<Constraint> {
     cols.iter().map(|&(_, w)| Constraint::Length(w)).collect()
 }
 
-fn cell(c: Col, w: u16, s: String) -> Line<'static> {
-    let l = Line::raw(fit(&s, usize::from(w)));
+fn cell(c: Col, w: u16, s: &str) -> Line<'static> {
+    let l = Line::raw(fit(s, usize::from(w)));
     if c.numeric() { l.right_aligned() } else { l }
 }
 
@@ -371,7 +371,7 @@ fn table(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
                     Col::Peer => row.peer.clone(),
                     _ => row.macs.to_string(),
                 });
-                cell(c, w, s)
+                cell(c, w, &s)
             });
             let silent = row.rates.rx_pps + row.rates.tx_pps == 0.0;
             let style = match (pos == app.selected, silent) {
@@ -444,7 +444,7 @@ fn bridges(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
                 Col::Bridge => t.name.clone(),
                 _ => t.ports.to_string(),
             });
-            cell(c, w, s)
+            cell(c, w, &s)
         }))
     });
     frame.render_widget(

@@ -3,8 +3,9 @@
 
 use std::io::{self, IsTerminal, Stdout, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ratatui::Terminal;
@@ -20,12 +21,25 @@ use crate::model::Snapshot;
 /// The saved stderr while the screen is ours, or -1; a static so the panic hook can put it back
 /// before the panic message is printed.
 static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
+/// Whether we switched to the alternate screen (so `restore` knows what it may clear).
+static IN_ALTERNATE: AtomicBool = AtomicBool::new(false);
 
-/// Puts the terminal (and stderr) back. Safe to call twice: the second call finds nothing to do
-/// and ignores the errors of undoing what is already undone.
+/// Puts the terminal (and stderr) back. Safe to call twice (panic hook, then the guard): the
+/// second call finds nothing left to undo.
 fn restore() {
     let _ = terminal::disable_raw_mode();
-    let _ = execute!(io::stdout(), terminal::LeaveAlternateScreen, cursor::Show);
+    // Only once: a second `?1049l` on the main screen would restore an old cursor position and
+    // make whatever prints next (the panic message) overwrite earlier lines.
+    if IN_ALTERNATE.swap(false, Ordering::SeqCst) {
+        // Blank the alternate screen first: tmux, when the window grew meanwhile, shows part of
+        // the alternate grid above the restored screen; blank lines there beat stale rows.
+        let _ = execute!(
+            io::stdout(),
+            terminal::Clear(terminal::ClearType::All),
+            terminal::LeaveAlternateScreen,
+            cursor::Show
+        );
+    }
     let saved = SAVED_STDERR.swap(-1, Ordering::SeqCst);
     if saved >= 0 {
         // SAFETY: `saved` is a descriptor we dup'ed and nobody else closes; dup2 onto 2 only
@@ -69,6 +83,7 @@ impl Guard {
         // From here on Drop restores whatever was done, even if a later step fails.
         terminal::enable_raw_mode().inspect_err(|_| restore())?;
         let mut out = io::stdout();
+        IN_ALTERNATE.store(true, Ordering::SeqCst);
         execute!(out, terminal::EnterAlternateScreen, cursor::Hide).inspect_err(|_| restore())?;
         let terminal = Terminal::new(CrosstermBackend::new(out)).inspect_err(|_| restore())?;
         Ok(Guard { terminal })
@@ -91,9 +106,9 @@ type Msg = Result<Snapshot, SourceError>;
 fn spawn_source<S: SnapshotSource>(
     mut source: S,
     interval: Duration,
-) -> Result<Receiver<Msg>, TopError> {
+) -> Result<(Receiver<Msg>, JoinHandle<()>), TopError> {
     let (tx, rx) = mpsc::channel::<Msg>();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("top-source".into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -117,7 +132,7 @@ fn spawn_source<S: SnapshotSource>(
                 }
             });
         })?;
-    Ok(rx)
+    Ok((rx, handle))
 }
 
 /// Runs the live view until the user quits. Owns the terminal for its whole duration and
@@ -130,9 +145,19 @@ pub fn run<S: SnapshotSource>(opts: TopOptions, source: S) -> Result<(), TopErro
     if !io::stdout().is_terminal() {
         return Err(TopError::NotATerminal);
     }
-    let rx = spawn_source(source, opts.interval)?;
+    let (rx, source_thread) = spawn_source(source, opts.interval)?;
     let mut guard = Guard::enter()?;
-    event_loop(&mut guard.terminal, &mut app, &rx)
+    let result = event_loop(&mut guard.terminal, &mut app, &rx);
+    drop(guard);
+    if result.is_err() && matches!(rx.try_recv(), Err(TryRecvError::Disconnected)) {
+        // The source thread is gone (or going): wait for it so its panic message is printed
+        // whole before our caller prints anything. A live thread is left to end at its next
+        // send, which it does within one interval now that `rx` is dropped.
+        if source_thread.join().is_err() {
+            return Err(TopError::SourceGone("the snapshot source panicked".into()));
+        }
+    }
+    result
 }
 
 fn event_loop(
