@@ -7,11 +7,17 @@
 //! [`SnapshotSource`] so the view runs without root.
 
 pub mod app;
+mod columns;
 mod detail;
+#[cfg(test)]
+mod fixtures;
 pub mod fmt;
 pub mod rates;
 pub mod render;
+mod sort;
 pub mod source;
+#[cfg(test)]
+mod state_tests;
 mod term;
 #[cfg(test)]
 mod tests;

@@ -11,144 +11,13 @@ use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table, Wrap};
 
 use super::app::{App, BridgeTotal, Input, SortKey};
+use super::columns::{Col, columns};
 use super::fmt::{fit, si};
-use super::rates::{MIX, Rates};
+use super::rates::Rates;
 
 /// Below this the table cannot show a pod, a veth and both bit rates.
 pub const MIN_WIDTH: u16 = 50;
 pub const MIN_HEIGHT: u16 = 10;
-
-const POD_MIN: u16 = 12;
-const POD_MAX: u16 = 48;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Col {
-    Pod,
-    Veth,
-    Bridge,
-    Port,
-    Peer,
-    RxPps,
-    TxPps,
-    RxBps,
-    TxBps,
-    /// The busiest protocol and its share, for narrow screens.
-    Mix,
-    /// One share column per protocol bucket, for wide screens.
-    Share(usize),
-    Macs,
-}
-
-impl Col {
-    fn width(self) -> u16 {
-        match self {
-            Col::Pod => POD_MIN,
-            Col::Veth => 15, // IFNAMSIZ - 1
-            Col::Bridge => 8,
-            Col::Port | Col::Macs => 4,
-            Col::Peer => 11,
-            Col::RxPps | Col::TxPps | Col::RxBps | Col::TxBps => 7,
-            Col::Mix => 9,
-            Col::Share(_) => 5,
-        }
-    }
-
-    fn title(self) -> &'static str {
-        match self {
-            Col::Pod => "POD",
-            Col::Veth => "VETH",
-            Col::Bridge => "BRIDGE",
-            Col::Port => "PORT",
-            Col::Peer => "PEER",
-            Col::RxPps => "RX pps",
-            Col::TxPps => "TX pps",
-            Col::RxBps => "RX bps",
-            Col::TxBps => "TX bps",
-            Col::Mix => "MIX",
-            Col::Share(i) => ["ICMP", "TCP", "UDP", "ARP", "OTH"][i],
-            Col::Macs => "MACS",
-        }
-    }
-
-    fn numeric(self) -> bool {
-        !matches!(
-            self,
-            Col::Pod | Col::Veth | Col::Bridge | Col::Peer | Col::Mix
-        )
-    }
-
-    fn sorted_by(self, k: SortKey) -> bool {
-        match (self, k) {
-            (Col::Pod, SortKey::Pod)
-            | (Col::Veth, SortKey::Veth)
-            | (Col::Bridge, SortKey::Bridge)
-            | (Col::Peer, SortKey::Peer)
-            | (Col::RxPps, SortKey::RxPps)
-            | (Col::TxPps, SortKey::TxPps)
-            | (Col::RxBps, SortKey::RxBps)
-            | (Col::TxBps, SortKey::TxBps)
-            | (Col::Macs, SortKey::Macs) => true,
-            (Col::Mix, k) => matches!(
-                k,
-                SortKey::Icmp | SortKey::Tcp | SortKey::Udp | SortKey::Arp | SortKey::Other
-            ),
-            (Col::Share(i), k) => MIX[i] == k.name(),
-            _ => false,
-        }
-    }
-}
-
-/// Picks the columns that fit `width`, most useful first, and their widths. The pod column
-/// takes what is left, up to [`POD_MAX`].
-fn columns(width: u16) -> Vec<(Col, u16)> {
-    use Col::{Bridge, Macs, Mix, Peer, Pod, Port, RxBps, RxPps, TxBps, TxPps, Veth};
-    let need = |cols: &[Col]| -> u16 { cols.iter().map(|c| c.width() + 1).sum::<u16>() - 1 };
-    let shares = [
-        Col::Share(0),
-        Col::Share(1),
-        Col::Share(2),
-        Col::Share(3),
-        Col::Share(4),
-    ];
-    let mut candidates: Vec<Vec<Col>> = vec![
-        vec![Pod, Veth, RxBps, TxBps],
-        vec![Pod, Veth, RxPps, TxPps, RxBps, TxBps],
-        vec![Pod, Veth, RxPps, TxPps, RxBps, TxBps, Macs],
-        vec![Pod, Veth, RxPps, TxPps, RxBps, TxBps, Mix, Macs],
-        vec![
-            Pod, Veth, Bridge, Port, RxPps, TxPps, RxBps, TxBps, Mix, Macs,
-        ],
-        vec![
-            Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps, Mix, Macs,
-        ],
-    ];
-    let mut wide = vec![Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps];
-    wide.extend(shares);
-    wide.push(Macs);
-    candidates.push(wide);
-    // Past the essentials, an extra column is only worth it while the pod keeps 24 cells: the
-    // pod name is what people scan for.
-    let chosen = candidates
-        .into_iter()
-        .enumerate()
-        .rev()
-        .find(|(i, c)| need(c) + if *i >= 4 { 24 - POD_MIN } else { 0 } <= width)
-        .map_or_else(|| vec![Pod, Veth, RxBps, TxBps], |(_, c)| c);
-    let spare = width.saturating_sub(need(&chosen));
-    chosen
-        .into_iter()
-        .map(|c| {
-            (
-                c,
-                if c == Pod {
-                    (POD_MIN + spare).min(POD_MAX)
-                } else {
-                    c.width()
-                },
-            )
-        })
-        .collect()
-}
 
 /// Screen areas, computed the same way for drawing and for telling the app its page size.
 struct Areas {
@@ -244,30 +113,29 @@ pub fn render(frame: &mut Frame, app: &App) {
 
 fn status(frame: &mut Frame, r: Rect, app: &App) {
     let arrow = if ascending(app) { "▲" } else { "▼" };
-    let mut spans = vec![
-        Span::styled(
-            " node-tracer top ",
-            Style::new().add_modifier(Modifier::BOLD),
-        ),
-        Span::raw(format!(
-            "│ {} veths, {} shown │ every {} │ sort {} {arrow} ",
-            app.rows.len(),
-            app.view.len(),
-            humantime(app.interval),
-            app.sort.name()
-        )),
-    ];
-    if !app.filter.is_empty() {
-        spans.push(Span::raw(format!("│ filter \"{}\" ", app.filter)));
-    }
-    if app.samples < 2 && !app.paused {
-        spans.push(Span::raw("│ measuring… "));
-    }
+    let mut spans = vec![Span::styled(
+        " node-tracer top ",
+        Style::new().add_modifier(Modifier::BOLD),
+    )];
+    // PAUSED comes first so a narrow screen cannot cut it off.
     if app.paused {
         spans.push(Span::styled(
             " PAUSED ",
             Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
         ));
+    }
+    spans.push(Span::raw(format!(
+        "│ {} veths, {} shown │ every {} │ sort {} {arrow} ",
+        app.rows.len(),
+        app.view.len(),
+        humantime(app.interval),
+        app.sort.name()
+    )));
+    if !app.filter.is_empty() {
+        spans.push(Span::raw(format!("│ filter \"{}\" ", app.filter)));
+    }
+    if app.samples < 2 && !app.paused {
+        spans.push(Span::raw("│ measuring… "));
     }
     let bar = Style::new().add_modifier(Modifier::REVERSED);
     frame.render_widget(Paragraph::new(Line::from(spans)).style(bar), r);
@@ -462,7 +330,7 @@ fn footer(frame: &mut Frame, r: Rect, app: &App) {
             Span::styled(" / ", key),
             Span::raw(format!(" filter: {}", app.filter)),
             Span::styled("█", Style::new().add_modifier(Modifier::SLOW_BLINK)),
-            Span::raw("   Enter apply · Esc cancel · matches pod, namespace, veth, bridge"),
+            Span::raw("   Enter apply · Esc cancel"),
         ])
     } else {
         let keys: [(&str, &str); 9] = [
