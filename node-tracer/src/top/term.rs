@@ -80,7 +80,7 @@ impl Guard {
                 }
             }
         }
-        // From here on Drop restores whatever was done, even if a later step fails.
+        // Until the guard exists, a failing step undoes the earlier ones itself.
         terminal::enable_raw_mode().inspect_err(|_| restore())?;
         let mut out = io::stdout();
         IN_ALTERNATE.store(true, Ordering::SeqCst);
