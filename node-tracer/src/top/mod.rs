@@ -1,1 +1,67 @@
-//! `node-tracer top`: the live view.
+//! `node-tracer top`: the live view. One row per host-side veth with its pod, wiring, rates
+//! from the pod's point of view, protocol mix and MACs; sortable, filterable, with a detail
+//! pane and per-bridge totals.
+//!
+//! The state ([`app`]) and the drawing ([`render`]) are pure and tested with ratatui's
+//! `TestBackend`; only [`term`] touches the terminal, and snapshots come in through
+//! [`SnapshotSource`] so the view runs without root.
+
+pub mod app;
+mod columns;
+mod detail;
+#[cfg(test)]
+mod fixtures;
+pub mod fmt;
+pub mod rates;
+pub mod render;
+mod sort;
+pub mod source;
+#[cfg(test)]
+mod state_tests;
+mod term;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use fmt::icmp_type_name;
+pub use source::{HttpSource, SnapshotSource, SourceError};
+pub use term::run;
+
+/// How `top` starts.
+#[derive(Debug, Clone)]
+pub struct TopOptions {
+    /// Time between snapshots.
+    pub interval: Duration,
+    /// Initial filter (matches pod, namespace, veth, bridge).
+    pub filter: Option<String>,
+    /// Initial sort column, by [`app::SortKey::name`]; a leading `-` reverses it.
+    pub sort: Option<String>,
+}
+
+impl Default for TopOptions {
+    fn default() -> Self {
+        TopOptions {
+            interval: Duration::from_secs(1),
+            filter: None,
+            sort: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopError {
+    #[error(
+        "node-tracer top draws a full-screen view and needs a terminal on stdout; \
+         for scripts use `node-tracer peers --json` or the agent's /metrics"
+    )]
+    NotATerminal,
+    #[error("unknown sort column {given:?}; one of: {valid}")]
+    BadSort { given: String, valid: String },
+    #[error("refresh interval must be at least 100ms, got {0:?}")]
+    BadInterval(Duration),
+    #[error("terminal: {0}")]
+    Terminal(#[from] std::io::Error),
+    #[error("snapshot source stopped: {0}")]
+    SourceGone(String),
+}

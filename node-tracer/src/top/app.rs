@@ -1,0 +1,383 @@
+//! The view's state, free of any terminal: rows built from the latest two snapshots, sort,
+//! filter, selection and toggles. Keys come in as crossterm events but nothing here does I/O.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::TopError;
+use super::rates::{self, Rates};
+pub use super::sort::SortKey;
+use super::sort::compare;
+use crate::model::{Mode, Port, Snapshot};
+
+/// One table row: everything the table shows, precomputed per snapshot so drawing a frame only
+/// formats the visible rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Index into the current snapshot's `ports`.
+    pub port: usize,
+    pub ifindex: u32,
+    /// `namespace/name`, or `-` when no pod was found.
+    pub pod: String,
+    pub veth: String,
+    /// Bridge name, `routed`, or `-`.
+    pub bridge: String,
+    pub port_no: Option<u16>,
+    pub peer: String,
+    pub rates: Rates,
+    pub macs: usize,
+    /// Lower-case text the filter matches: pod, namespace, veth, bridge.
+    haystack: String,
+}
+
+/// Sums over the ports of one bridge (or of all routed / unattached veths).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeTotal {
+    pub name: String,
+    pub ports: usize,
+    pub rates: Rates,
+}
+
+/// The peer as the pod's own `ip link` prints it: `eth0@ifN`, where N is the ifindex of the
+/// host-side veth (the link's other end, seen from inside the pod).
+pub fn peer_label(p: &Port) -> String {
+    match &p.peer {
+        Some(peer) => format!("{}@if{}", peer.name.as_deref().unwrap_or("?"), p.ifindex),
+        None => "-".to_owned(),
+    }
+}
+
+fn build_row(i: usize, p: &Port, prev: Option<&Port>, elapsed_ms: u64) -> Row {
+    let pod = p.pod.as_ref().map_or_else(
+        || "-".to_owned(),
+        |pod| format!("{}/{}", pod.namespace, pod.name),
+    );
+    let bridge = match (p.mode, &p.master) {
+        (_, Some(m)) => m.clone(),
+        (Mode::Routed, None) => "routed".to_owned(),
+        _ => "-".to_owned(),
+    };
+    let macs = p
+        .macs
+        .iter()
+        .map(|m| m.mac.as_str())
+        .collect::<BTreeSet<_>>()
+        .len();
+    let haystack = format!("{pod}\n{}\n{bridge}", p.name).to_lowercase();
+    Row {
+        port: i,
+        ifindex: p.ifindex,
+        pod,
+        veth: p.name.clone(),
+        bridge,
+        port_no: p.port_no,
+        peer: peer_label(p),
+        rates: rates::port_rates(prev.map(|q| &q.counters), &p.counters, elapsed_ms),
+        macs,
+        haystack,
+    }
+}
+
+/// Which overlay or input currently owns the keyboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Normal,
+    Help,
+    /// Editing the filter; holds the filter to go back to on Esc.
+    Filter {
+        before: String,
+    },
+}
+
+/// What the event loop should do after a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Quit,
+}
+
+// Each bool is an independent on/off key (Enter, p, b); an enum would only rename them.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Clone)]
+pub struct App {
+    pub interval: Duration,
+    pub snapshot: Snapshot,
+    /// The sample before `snapshot`, for deltas (ICMP per type in the detail pane).
+    pub prev: Option<Snapshot>,
+    pub elapsed_ms: u64,
+    pub rows: Vec<Row>,
+    /// Indices into `rows` after filter and sort: what the table shows, top to bottom.
+    pub view: Vec<usize>,
+    pub sort: SortKey,
+    pub reverse: bool,
+    pub filter: String,
+    pub mode: Input,
+    /// Position in `view`.
+    pub selected: usize,
+    /// First `view` position on screen.
+    pub offset: usize,
+    /// Table rows that fit on screen, told by the event loop for paging and scrolling.
+    pub page: usize,
+    pub detail: bool,
+    pub paused: bool,
+    pub bridges: bool,
+    pub samples: u64,
+    /// The last error from the snapshot source, shown until the next good snapshot.
+    pub error: Option<String>,
+    pub totals: Vec<BridgeTotal>,
+}
+
+impl App {
+    pub fn new(
+        interval: Duration,
+        filter: Option<String>,
+        sort: Option<&str>,
+    ) -> Result<App, TopError> {
+        let (sort, reverse) = match sort {
+            Some(s) => SortKey::parse(s)?,
+            None => (SortKey::RxBps, false),
+        };
+        Ok(App {
+            interval,
+            snapshot: Snapshot::default(),
+            prev: None,
+            elapsed_ms: 0,
+            rows: Vec::new(),
+            view: Vec::new(),
+            sort,
+            reverse,
+            filter: filter.unwrap_or_default(),
+            mode: Input::Normal,
+            selected: 0,
+            offset: 0,
+            page: 20,
+            detail: false,
+            paused: false,
+            bridges: true,
+            samples: 0,
+            error: None,
+            totals: Vec::new(),
+        })
+    }
+
+    /// Takes a new sample. While paused the screen stays frozen; the sample after unpausing is
+    /// compared with the last one shown, so its rates average over the pause.
+    pub fn on_snapshot(&mut self, snap: Snapshot) {
+        if self.paused {
+            return;
+        }
+        self.error = None;
+        // An agent serves its latest sample; polling it faster than it samples returns the same
+        // one again, which is no news (and would read as a second of silence).
+        if self.samples > 0 && snap.taken_at_ms == self.snapshot.taken_at_ms {
+            return;
+        }
+        self.samples += 1;
+        let prev = std::mem::replace(&mut self.snapshot, snap);
+        self.prev = (self.samples > 1).then_some(prev);
+        self.rebuild();
+    }
+
+    pub fn on_error(&mut self, e: String) {
+        self.error = Some(e);
+    }
+
+    fn rebuild(&mut self) {
+        // Until the second sample there are no rates and the order is by name; following the
+        // selected veth into the first rate order would leave the cursor mid-list.
+        let keep = if self.samples > 2 {
+            self.selected_row().map(|r| r.ifindex)
+        } else {
+            None
+        };
+        self.elapsed_ms = self
+            .prev
+            .as_ref()
+            .map_or(0, |p| rates::elapsed_ms(p, &self.snapshot));
+        // A port is the same port only if ifindex and name agree: the kernel reuses ifindexes.
+        let before: HashMap<u32, &Port> = self
+            .prev
+            .iter()
+            .flat_map(|s| &s.ports)
+            .map(|p| (p.ifindex, p))
+            .collect();
+        self.rows = self
+            .snapshot
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let prev = before.get(&p.ifindex).copied().filter(|q| q.name == p.name);
+                build_row(i, p, prev, self.elapsed_ms)
+            })
+            .collect();
+        self.totals = self.bridge_totals();
+        self.refilter(keep);
+    }
+
+    fn bridge_totals(&self) -> Vec<BridgeTotal> {
+        let mut out: Vec<BridgeTotal> = self
+            .snapshot
+            .bridges
+            .iter()
+            .map(|b| BridgeTotal {
+                name: b.name.clone(),
+                ports: 0,
+                rates: Rates::default(),
+            })
+            .collect();
+        for r in &self.rows {
+            let idx = if let Some(i) = out.iter().position(|t| t.name == r.bridge) {
+                i
+            } else {
+                out.push(BridgeTotal {
+                    name: r.bridge.clone(),
+                    ports: 0,
+                    rates: Rates::default(),
+                });
+                out.len() - 1
+            };
+            out[idx].ports += 1;
+            out[idx].rates.add(&r.rates);
+        }
+        out
+    }
+
+    /// Reapplies filter and sort, keeping the selection on the same veth when it is still shown.
+    fn refilter(&mut self, keep: Option<u32>) {
+        let needle = self.filter.to_lowercase();
+        self.view = (0..self.rows.len())
+            .filter(|&i| self.rows[i].haystack.contains(&needle))
+            .collect();
+        let (key, desc) = (self.sort, self.sort.descending() != self.reverse);
+        let rows = &self.rows;
+        self.view.sort_by(|&a, &b| {
+            let (ra, rb) = (&rows[a], &rows[b]);
+            let o = compare(key, ra, rb);
+            let o = if desc { o.reverse() } else { o };
+            // Ties by pod then veth, always A→Z, so equal rows do not shuffle between refreshes.
+            o.then_with(|| ra.pod.cmp(&rb.pod))
+                .then_with(|| ra.veth.cmp(&rb.veth))
+        });
+        self.selected = keep
+            .and_then(|ix| self.view.iter().position(|&i| self.rows[i].ifindex == ix))
+            .unwrap_or(0);
+        self.scroll();
+    }
+
+    pub fn selected_row(&self) -> Option<&Row> {
+        self.view.get(self.selected).map(|&i| &self.rows[i])
+    }
+
+    pub fn selected_port(&self) -> Option<&Port> {
+        self.selected_row()
+            .and_then(|r| self.snapshot.ports.get(r.port))
+    }
+
+    /// The selected port as it was in the previous sample, if it is the same veth.
+    pub fn selected_prev(&self) -> Option<&Port> {
+        let cur = self.selected_port()?;
+        self.prev
+            .as_ref()?
+            .ports
+            .iter()
+            .find(|p| p.ifindex == cur.ifindex && p.name == cur.name)
+    }
+
+    /// Sets how many table rows fit, and keeps the selection on screen.
+    pub fn set_page(&mut self, rows: usize) {
+        self.page = rows.max(1);
+        self.scroll();
+    }
+
+    fn scroll(&mut self) {
+        let max_off = self.view.len().saturating_sub(self.page);
+        if self.selected < self.offset {
+            self.offset = self.selected;
+        } else if self.selected >= self.offset + self.page {
+            self.offset = self.selected + 1 - self.page;
+        }
+        self.offset = self.offset.min(max_off);
+    }
+
+    fn select(&mut self, pos: usize) {
+        self.selected = pos.min(self.view.len().saturating_sub(1));
+        self.scroll();
+    }
+
+    pub fn set_sort(&mut self, key: SortKey, reverse: bool) {
+        let keep = self.selected_row().map(|r| r.ifindex);
+        self.sort = key;
+        self.reverse = reverse;
+        self.refilter(keep);
+    }
+
+    pub fn set_filter(&mut self, f: &str) {
+        let keep = self.selected_row().map(|r| r.ifindex);
+        f.clone_into(&mut self.filter);
+        self.refilter(keep);
+    }
+
+    pub fn on_key(&mut self, k: KeyEvent) -> Action {
+        if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+            return Action::Quit;
+        }
+        match std::mem::replace(&mut self.mode, Input::Normal) {
+            Input::Help => Action::Continue, // any key closes help
+            Input::Filter { before } => {
+                self.filter_key(k, before);
+                Action::Continue
+            }
+            Input::Normal => self.normal_key(k),
+        }
+    }
+
+    fn filter_key(&mut self, k: KeyEvent, before: String) {
+        // The filter applies as it is typed; Esc puts back the one from before.
+        let mut f = self.filter.clone();
+        match k.code {
+            KeyCode::Enter => return,
+            KeyCode::Esc => return self.set_filter(&before),
+            KeyCode::Backspace => {
+                f.pop();
+            }
+            KeyCode::Char(c) if !k.modifiers.contains(KeyModifiers::CONTROL) => f.push(c),
+            _ => {}
+        }
+        self.set_filter(&f);
+        self.mode = Input::Filter { before };
+    }
+
+    fn normal_key(&mut self, k: KeyEvent) -> Action {
+        match k.code {
+            KeyCode::Char('q') | KeyCode::Esc => return Action::Quit,
+            KeyCode::Down | KeyCode::Char('j') => self.select(self.selected + 1),
+            KeyCode::Up | KeyCode::Char('k') => self.select(self.selected.saturating_sub(1)),
+            KeyCode::PageDown => self.select(self.selected + self.page),
+            KeyCode::PageUp => self.select(self.selected.saturating_sub(self.page)),
+            KeyCode::Home | KeyCode::Char('g') => self.select(0),
+            KeyCode::End | KeyCode::Char('G') => self.select(usize::MAX),
+            KeyCode::Enter => self.detail = !self.detail,
+            KeyCode::Char('/') => {
+                self.mode = Input::Filter {
+                    before: self.filter.clone(),
+                }
+            }
+            KeyCode::Char('s') => {
+                let i = SortKey::ALL
+                    .iter()
+                    .position(|&k| k == self.sort)
+                    .unwrap_or(0);
+                self.set_sort(SortKey::ALL[(i + 1) % SortKey::ALL.len()], false);
+            }
+            KeyCode::Char('S') => self.set_sort(self.sort, !self.reverse),
+            KeyCode::Char('p' | ' ') => self.paused = !self.paused,
+            KeyCode::Char('b') => self.bridges = !self.bridges,
+            KeyCode::Char('?' | 'h') => self.mode = Input::Help,
+            _ => {}
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,169 @@
+//! Screens of `top`, drawn on ratatui's `TestBackend` and compared with the `.snap` files in
+//! `snapshots/` (review a changed one with `cargo insta review` or by reading it).
+
+use std::time::{Duration, Instant};
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::style::Modifier;
+
+use super::app::{Action, App, SortKey};
+use super::fixtures::{T0, app_of, ch, key, lab, lab_app, many, screen};
+use super::render::{render, table_rows};
+use crate::model::Snapshot;
+
+#[test]
+fn lab_node_wide() {
+    insta::assert_snapshot!(screen(&mut lab_app(), 132, 20));
+}
+
+#[test]
+fn lab_node_80x24() {
+    insta::assert_snapshot!(screen(&mut lab_app(), 80, 24));
+}
+
+#[test]
+fn lab_node_narrow_60x16() {
+    insta::assert_snapshot!(screen(&mut lab_app(), 60, 16));
+}
+
+#[test]
+fn too_small_terminal_says_so() {
+    insta::assert_snapshot!(screen(&mut lab_app(), 40, 8));
+}
+
+#[test]
+fn empty_node() {
+    let empty = Snapshot {
+        taken_at_ms: T0,
+        ports: vec![],
+        bridges: lab(0).bridges[..1].to_vec(),
+    };
+    let later = Snapshot {
+        taken_at_ms: T0 + 1000,
+        ..empty.clone()
+    };
+    insta::assert_snapshot!(screen(&mut app_of(empty, later), 80, 24));
+}
+
+#[test]
+fn before_the_first_snapshot() {
+    let mut app = App::new(Duration::from_secs(2), None, None).unwrap();
+    insta::assert_snapshot!(screen(&mut app, 80, 12));
+}
+
+#[test]
+fn detail_pane_of_a_routed_pod() {
+    let mut app = lab_app();
+    app.set_filter("pinger");
+    app.set_filter("");
+    // Select the pinger wherever the sort put it, then open the detail pane.
+    let pos = app
+        .view
+        .iter()
+        .position(|&i| app.rows[i].veth == "gke3a9d1c0b7e1")
+        .unwrap();
+    for _ in 0..pos {
+        app.on_key(ch('j'));
+    }
+    app.on_key(key(KeyCode::Enter));
+    assert!(app.detail);
+    insta::assert_snapshot!("detail_wide", screen(&mut app, 120, 34));
+    insta::assert_snapshot!("detail_80x24", screen(&mut app, 80, 24));
+}
+
+#[test]
+fn sorted_by_pod_then_reversed() {
+    let mut app = lab_app();
+    app.on_key(ch('s')); // rx-bps -> tx-bps
+    assert_eq!(app.sort, SortKey::TxBps);
+    app.set_sort(SortKey::Pod, false);
+    insta::assert_snapshot!("sort_pod", screen(&mut app, 100, 14));
+    app.on_key(ch('S'));
+    insta::assert_snapshot!("sort_pod_reversed", screen(&mut app, 100, 14));
+}
+
+#[test]
+fn filtered_while_typing_and_applied() {
+    let mut app = lab_app();
+    for k in [ch('/'), ch('c'), ch('n'), ch('i')] {
+        app.on_key(k);
+    }
+    insta::assert_snapshot!("filter_typing", screen(&mut app, 100, 14));
+    app.on_key(key(KeyCode::Enter));
+    insta::assert_snapshot!("filter_applied", screen(&mut app, 100, 14));
+    app.on_key(ch('/'));
+    app.on_key(ch('x'));
+    app.on_key(ch('x'));
+    insta::assert_snapshot!("filter_no_match", screen(&mut app, 100, 14));
+}
+
+#[test]
+fn help_and_pause() {
+    let mut app = lab_app();
+    app.on_key(ch('p'));
+    app.on_key(ch('?'));
+    insta::assert_snapshot!(screen(&mut app, 80, 24));
+}
+
+#[test]
+fn source_error_is_shown_not_fatal() {
+    let mut app = lab_app();
+    app.on_error("connect to 10.1.2.3:9100: Connection refused (os error 111)".into());
+    app.bridges = false;
+    insta::assert_snapshot!(screen(&mut app, 100, 12));
+}
+
+#[test]
+fn a_thousand_veths() {
+    let mut app = app_of(many(1000, 10), many(1000, 11));
+    assert_eq!(app.view.len(), 1000);
+    insta::assert_snapshot!("thousand_top", screen(&mut app, 120, 30));
+    app.on_key(key(KeyCode::End));
+    insta::assert_snapshot!("thousand_end", screen(&mut app, 120, 30));
+}
+
+#[test]
+fn a_thousand_veths_redraw_well_within_a_second() {
+    let (a, b) = (many(1000, 10), many(1000, 11));
+    let started = Instant::now();
+    let mut app = app_of(a, b.clone());
+    let mut t = Terminal::new(TestBackend::new(200, 60)).unwrap();
+    for i in 0..10 {
+        app.on_snapshot(Snapshot {
+            taken_at_ms: b.taken_at_ms + 1000 * (i + 1),
+            ..b.clone()
+        });
+        app.on_key(ch('j'));
+        t.draw(|f| render(f, &app)).unwrap();
+    }
+    // Ten rebuilds, sorts and frames; a debug build on a loaded 2-core box stays far under 10s.
+    let spent = started.elapsed();
+    assert!(
+        spent < Duration::from_secs(5),
+        "10 refreshes of 1000 veths took {spent:?}"
+    );
+}
+
+#[test]
+fn selected_row_is_reversed_and_ctrl_c_quits() {
+    let mut app = lab_app();
+    let mut t = Terminal::new(TestBackend::new(100, 20)).unwrap();
+    app.set_page(table_rows(ratatui::layout::Rect::new(0, 0, 100, 20), &app));
+    t.draw(|f| render(f, &app)).unwrap();
+    let buf = t.backend().buffer();
+    let y = (0..20)
+        .find(|&y| {
+            (0..100)
+                .map(|x| buf[(x, y)].symbol())
+                .collect::<String>()
+                .contains("web-7d4b")
+        })
+        .unwrap();
+    assert!(buf[(0, y)].modifier.contains(Modifier::REVERSED));
+    assert_eq!(
+        app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+        Action::Quit
+    );
+}
