@@ -7,11 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use node_tracer::{
     agent::{self, AgentOptions},
     lab,
-    node::{Node, NodeOptions, lock},
+    node::{self, Node, NodeOptions, lock},
     peers,
     pods::{self, PodConfig},
     probe::{AttachMode, ProbeOptions},
-    snapshot,
+    snapshot, top,
     topology::{self, ScanOptions},
     trace,
 };
@@ -46,6 +46,8 @@ enum Command {
         #[command(flatten)]
         sources: SourceArgs,
     },
+    /// Live view: rates per veth and pod, protocol mix, MACs; sortable, filterable.
+    Top(TopArgs),
     /// Which veth sees each packet: one line per packet per veth and direction.
     Trace {
         #[command(subcommand)]
@@ -60,6 +62,28 @@ enum Command {
         #[arg(long, default_value = "lab", global = true)]
         name: String,
     },
+}
+
+#[derive(Args, Clone)]
+struct TopArgs {
+    /// Read snapshots from a running agent (e.g. http://127.0.0.1:9465) instead of attaching
+    /// our own programs, so a node with the agent installed is not attached twice.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// Refresh interval in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Start with this filter (pod, namespace, veth or bridge text).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Sort column: pod veth bridge peer rx-pps tx-pps rx-bps tx-bps icmp tcp udp arp other
+    /// macs; a leading - reverses.
+    #[arg(long)]
+    sort: Option<String>,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    sources: SourceArgs,
 }
 
 #[derive(Subcommand)]
@@ -295,6 +319,39 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 node: node_options(&args.interfaces, &args.probe, &args.sources, cli.log_level),
             };
             rt.block_on(agent::run(opts)).context("node-tracer run")
+        }
+        Command::Top(args) => {
+            anyhow::ensure!(
+                args.interval.is_finite() && args.interval > 0.0,
+                "--interval must be a positive number of seconds"
+            );
+            let opts = top::TopOptions {
+                interval: Duration::from_secs_f64(args.interval),
+                filter: args.filter.clone(),
+                sort: args.sort.clone(),
+            };
+            drop(rt);
+            if let Some(url) = &args.connect {
+                let source = top::HttpSource::new(url)?;
+                return Ok(top::run(opts, source)?);
+            }
+            // The view owns this thread; the node's tasks (churn, relabel) need workers of
+            // their own.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let node = node_options(&[], &args.probe, &args.sources, cli.log_level);
+            let node = rt
+                .block_on(Node::start(&node))
+                .context("attaching to the node's veths")?;
+            let source = node::LocalSource {
+                state: node.state.clone(),
+            };
+            let result = top::run(opts, source);
+            rt.block_on(async { node.stop() });
+            Ok(result?)
         }
         Command::Trace {
             what: TraceWhat::Icmp(args),

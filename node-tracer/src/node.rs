@@ -193,6 +193,20 @@ impl Node {
     }
 }
 
+/// `top` without an agent: snapshots straight from our own programs' maps.
+pub struct LocalSource {
+    pub state: Arc<Mutex<State>>,
+}
+
+impl crate::top::SnapshotSource for LocalSource {
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Snapshot, crate::top::SourceError>> {
+        let snap = lock(&self.state).snapshot();
+        std::future::ready(Ok(snap))
+    }
+}
+
 pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     // A panic while holding the lock leaves the data usable: counters are read fresh each time.
     state
