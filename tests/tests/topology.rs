@@ -4,7 +4,9 @@
 //! Other tests create veths in parallel, so every assertion looks only at this test's objects.
 
 use std::{
+    fmt::Write as _,
     os::unix::fs::MetadataExt as _,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -229,7 +231,7 @@ impl Holder {
         let path = holder.ns_path();
         let start = Instant::now();
         // unshare execs sleep only after entering the new namespace.
-        while std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(own) == own {
+        while std::fs::metadata(&path).map_or(own, |m| m.ino()) == own {
             assert!(
                 start.elapsed() < Duration::from_secs(5),
                 "unshare did not switch namespace"
@@ -390,6 +392,37 @@ async fn next_event(w: &mut topology::LinkWatcher, want: impl Fn(&LinkEvent) -> 
     }
 }
 
+/// Many links made at once with `ip -batch`, removed on drop (also when the test fails).
+struct Batch {
+    undo: PathBuf,
+}
+
+impl Batch {
+    fn run(commands: &str, undo: &str) -> Self {
+        let file = std::env::temp_dir().join(format!("{}.batch", unique("b")));
+        let batch = Self {
+            undo: file.with_extension("undo"),
+        };
+        std::fs::write(&batch.undo, undo).unwrap();
+        std::fs::write(&file, commands).unwrap();
+        let out = sh_output(&format!("ip -batch {}", file.display()));
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "ip -batch: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        batch
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let _ = sh_output(&format!("ip -force -batch {}", self.undo.display()));
+        let _ = std::fs::remove_file(&self.undo);
+    }
+}
+
 /// A veth's own events, or a `Resync` (another test's burst of veths may overrun our socket;
 /// then the caller's answer is a rescan, and so is ours).
 fn about(name: &str) -> impl Fn(&LinkEvent) -> bool + '_ {
@@ -448,30 +481,57 @@ async fn watch_reports_veths_added_and_removed() {
 async fn watch_reports_resync_when_notifications_are_lost() {
     require_root();
     let mut w = topology::watch().expect("watch");
-    let names: Vec<String> = (0..150).map(|_| unique("ov")).collect();
-    let batch = names
-        .iter()
-        .map(|n| format!("link add {n} type veth peer name {n}p\n"))
-        .collect::<String>();
-    let del = names
-        .iter()
-        .map(|n| format!("link del {n}\n"))
-        .collect::<String>();
-    let file = std::env::temp_dir().join(format!("{}.batch", unique("b")));
-    let del_file = std::env::temp_dir().join(format!("{}.batch", unique("d")));
-    std::fs::write(&file, batch).unwrap();
-    std::fs::write(&del_file, del).unwrap();
-    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = sh_output(&format!("ip -force -batch {}", self.1.display()));
-            let _ = std::fs::remove_file(&self.0);
-            let _ = std::fs::remove_file(&self.1);
-        }
+    let mut add = String::new();
+    let mut del = String::new();
+    for _ in 0..150 {
+        let n = unique("ov");
+        let _ = writeln!(add, "link add {n} type veth peer name {n}p");
+        let _ = writeln!(del, "link del {n}");
     }
-    let _cleanup = Cleanup(file.clone(), del_file);
     // Nobody reads the socket while 300 links appear.
-    sh(&format!("ip -batch {}", file.display()));
+    let _links = Batch::run(&add, &del);
     let ev = next_event(&mut w, |e| *e == LinkEvent::Resync).await;
     assert_eq!(ev, LinkEvent::Resync);
+}
+
+/// Many pods at once: the scan stays well under a second. `NTT_SCAN_PODS` sets how many (200 by
+/// default, so the suite stays quick; 1000 is the design target).
+#[tokio::test]
+async fn scan_of_many_pods_is_fast() {
+    require_root();
+    let n: usize = std::env::var("NTT_SCAN_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let pods: Vec<(String, String)> = (0..n).map(|_| (unique("bn"), unique("bv"))).collect();
+    let mut add = String::new();
+    let mut del = String::new();
+    for (ns, v) in &pods {
+        let _ = writeln!(
+            add,
+            "netns add {ns}\nlink add {v} type veth peer name eth0 netns {ns}"
+        );
+        let _ = writeln!(del, "link del {v}\nnetns del {ns}");
+    }
+    let _pods = Batch::run(&add, &del);
+
+    let start = Instant::now();
+    let topo = scan().await;
+    let took = start.elapsed();
+    let mut resolved = 0;
+    for (ns, v) in &pods {
+        let peer = port(&topo, v).peer.clone().expect("peer");
+        assert_eq!(peer.netns, Some(format!("/run/netns/{ns}")));
+        assert_eq!(peer.name.as_deref(), Some("eth0"));
+        resolved += 1;
+    }
+    assert_eq!(resolved, n);
+    eprintln!(
+        "scan of {} ports ({n} pods) took {took:?}",
+        topo.ports.len()
+    );
+    assert!(
+        took < Duration::from_millis(900),
+        "scan of {n} pods took {took:?}"
+    );
 }

@@ -119,3 +119,113 @@ fn peer(
 fn addresses_of(view: &NsView, ifindex: u32) -> Vec<String> {
     view.addresses.get(&ifindex).cloned().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::model::Mode;
+
+    fn link(ifindex: u32, name: &str, kind: Kind) -> LinkRecord {
+        LinkRecord {
+            ifindex,
+            name: name.to_string(),
+            mac: Some(format!("02:00:00:00:00:{ifindex:02x}")),
+            kind,
+            master: None,
+            link: None,
+            link_netnsid: None,
+            promiscuous: false,
+            port_no: None,
+            hairpin: false,
+        }
+    }
+
+    /// The seed's `veth591ea0bf@if3` with host ifindex 3 = `docker0`: the peer is link 3 of the
+    /// pod's namespace, never the host's docker0.
+    #[test]
+    fn peer_ifindex_is_looked_up_in_the_peer_namespace() {
+        let cni0 = link(4, "cni0", Kind::Bridge);
+        let mut veth = link(7, "veth591ea0bf", Kind::Veth);
+        veth.master = Some(4);
+        veth.port_no = Some(2);
+        veth.link = Some(3);
+        veth.link_netnsid = Some(0);
+        let host = NsView {
+            links: vec![link(3, "docker0", Kind::Bridge), cni0, veth],
+            ..NsView::default()
+        };
+        let pod = NsView {
+            links: vec![link(1, "lo", Kind::Other), link(3, "eth0", Kind::Veth)],
+            addresses: HashMap::from([(3, vec!["10.244.1.5/24".to_string()])]),
+            routes: HashMap::new(),
+        };
+        let files = HashMap::from([(
+            0,
+            Candidate {
+                path: PathBuf::from("/run/netns/pod"),
+                inode: 4_026_532_999,
+            },
+        )]);
+        let views = HashMap::from([(0, pod)]);
+        let topo = build(
+            &host,
+            &PeerNamespaces {
+                host_inode: 1,
+                files: &files,
+                views: &views,
+            },
+        );
+
+        let port = &topo.ports[0];
+        assert_eq!(port.mode, Mode::Bridged);
+        assert_eq!(port.master.as_deref(), Some("cni0"));
+        assert_eq!(port.port_no, Some(2));
+        let peer = port.peer.as_ref().unwrap();
+        assert_eq!(peer.name.as_deref(), Some("eth0"));
+        assert_eq!(peer.addresses, ["10.244.1.5/24"]);
+        assert_eq!(peer.netns.as_deref(), Some("/run/netns/pod"));
+        assert_eq!(peer.netns_inode, Some(4_026_532_999));
+        let docker0 = topo.bridges.iter().find(|b| b.name == "docker0").unwrap();
+        assert!(docker0.ports.is_empty());
+        assert_eq!(
+            topo.bridges
+                .iter()
+                .find(|b| b.name == "cni0")
+                .unwrap()
+                .ports,
+            ["veth591ea0bf"]
+        );
+    }
+
+    #[test]
+    fn unvisited_namespace_keeps_only_what_the_host_knows() {
+        let mut veth = link(9, "veth1", Kind::Veth);
+        veth.link = Some(2);
+        veth.link_netnsid = Some(5);
+        let host = NsView {
+            links: vec![link(2, "eth0", Kind::Other), veth],
+            routes: HashMap::from([(9, vec!["10.8.0.9/32".to_string()])]),
+            ..NsView::default()
+        };
+        let empty = HashMap::new();
+        let views = HashMap::new();
+        let topo = build(
+            &host,
+            &PeerNamespaces {
+                host_inode: 1,
+                files: &empty,
+                views: &views,
+            },
+        );
+        let port = &topo.ports[0];
+        assert_eq!(port.mode, Mode::Routed);
+        let peer = port.peer.as_ref().unwrap();
+        assert_eq!((peer.ifindex, peer.netnsid), (2, Some(5)));
+        assert_eq!(
+            (peer.name.as_ref(), peer.netns.as_ref(), peer.netns_inode),
+            (None, None, None)
+        );
+    }
+}
