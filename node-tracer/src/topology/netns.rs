@@ -49,9 +49,14 @@ pub(crate) struct Candidate {
 }
 
 /// The calling process's own namespace, which is never a peer namespace to look up.
+///
+/// A host `/proc` mounted elsewhere may belong to another PID namespace where `self` does not
+/// exist; our own `/proc/self` always names the namespace our netlink sockets live in.
 pub(crate) fn host_identity(proc_root: &Path) -> Result<NsId, TopologyError> {
     let path = proc_root.join("self/ns/net");
-    let meta = std::fs::metadata(&path).map_err(|source| TopologyError::Io { path, source })?;
+    let meta = std::fs::metadata(&path)
+        .or_else(|_| std::fs::metadata("/proc/self/ns/net"))
+        .map_err(|source| TopologyError::Io { path, source })?;
     Ok(NsId {
         dev: meta.dev(),
         inode: meta.ino(),
@@ -119,11 +124,10 @@ pub(crate) async fn resolve_nsids(
         .buffer_unordered(NSID_QUERIES_IN_FLIGHT);
     let mut found = HashMap::new();
     while let Some((nsid, candidate)) = answers.next().await {
+        // No early exit once every nsid is found: answers to abandoned requests would each log
+        // a warning in netlink-proto, and the remaining queries cost little.
         if let Some(nsid) = nsid.filter(|id| wanted.contains(id)) {
             found.insert(nsid, candidate);
-            if found.len() == wanted.len() {
-                break;
-            }
         }
     }
     found
@@ -178,7 +182,13 @@ pub(crate) fn visit_all(visits: &[Visit]) -> HashMap<i32, NsView> {
     std::thread::scope(|scope| {
         let workers: Vec<_> = visits
             .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || visit_chunk(chunk)))
+            .filter_map(|chunk| {
+                std::thread::Builder::new()
+                    .name("netns-visit".into())
+                    .spawn_scoped(scope, move || visit_chunk(chunk))
+                    .inspect_err(|e| debug!("spawn a namespace visit thread: {e}"))
+                    .ok()
+            })
             .collect();
         let mut views = HashMap::new();
         for worker in workers {

@@ -69,6 +69,8 @@ impl LinkWatcher {
     ///
     /// `Added` may repeat for a veth the caller already knows (after a `Resync`, or for links
     /// that existed before the watch began): treat it as "make sure this one is handled".
+    ///
+    /// Cancel-safe: dropping the future (in a `select!`) loses no event.
     pub async fn next(&mut self) -> Option<LinkEvent> {
         loop {
             let message = match self.conn.as_mut() {
