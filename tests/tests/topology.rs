@@ -367,9 +367,17 @@ async fn unreachable_peer_namespace_leaves_fields_empty() {
     // The host side does not depend on the peer.
     assert_eq!(p.mode, Mode::Routed);
 
-    // An extra path is enough to reach it again.
-    let opts = ScanOptions {
+    // An extra path is enough to reach it again, a file or a directory of them.
+    let by_file = ScanOptions {
         extra_netns_paths: vec![pod.ns.path().into()],
+        ..opts.clone()
+    };
+    let topo = topology::scan(&by_file).await.expect("scan");
+    let peer = port(&topo, &pod.veth.name).peer.clone().expect("peer");
+    assert_eq!(peer.name.as_deref(), Some("eth0"));
+    assert_eq!(peer.netns.as_deref(), Some(pod.ns.path().as_str()));
+    let opts = ScanOptions {
+        extra_netns_paths: vec!["/run/netns".into()],
         ..opts
     };
     let topo = topology::scan(&opts).await.expect("scan");

@@ -39,7 +39,8 @@ pub struct Topology {
 /// Where to look for the namespaces that hold veth peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanOptions {
-    /// Namespace files outside the usual places (a runtime's own bind mounts, for example).
+    /// Namespace files outside the usual places, or directories of them (a runtime's own bind
+    /// mounts, such as `/var/run/docker/netns`).
     pub extra_netns_paths: Vec<PathBuf>,
     /// `/proc`, or where the host's proc is mounted when running in a container.
     pub proc_root: PathBuf,

@@ -68,7 +68,14 @@ pub(crate) fn host_identity(proc_root: &Path) -> Result<NsId, TopologyError> {
 /// paths, then `/proc/PID/ns/net` for namespaces held only by a process.
 pub(crate) fn candidates(opts: &ScanOptions, host: NsId) -> Vec<Candidate> {
     let mut paths = sorted_entries(&opts.netns_dir);
-    paths.extend(opts.extra_netns_paths.iter().cloned());
+    for extra in &opts.extra_netns_paths {
+        // A directory of bind mounts (`/var/run/docker/netns`) is as good as its files.
+        if extra.is_dir() {
+            paths.extend(sorted_entries(extra));
+        } else {
+            paths.push(extra.clone());
+        }
+    }
     let mut pids: Vec<u32> = std::fs::read_dir(&opts.proc_root)
         .into_iter()
         .flatten()
