@@ -110,3 +110,27 @@ pub async fn scan(opts: &ScanOptions) -> Result<Topology, TopologyError> {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent runs both from spawned tasks, which need `Send`.
+    #[test]
+    fn scan_future_and_watcher_are_send() {
+        fn send<T: Send>(_: &T) {}
+        fn send_type<T: Send>() {}
+        let opts = ScanOptions::default();
+        send(&scan(&opts));
+        send_type::<LinkWatcher>();
+        send_type::<TopologyError>();
+    }
+
+    #[test]
+    fn default_options_look_where_runtimes_put_namespaces() {
+        let opts = ScanOptions::default();
+        assert_eq!(opts.proc_root, PathBuf::from("/proc"));
+        assert_eq!(opts.netns_dir, PathBuf::from("/run/netns"));
+        assert!(opts.extra_netns_paths.is_empty());
+    }
+}
