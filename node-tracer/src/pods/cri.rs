@@ -1,0 +1,570 @@
+//! The container runtime's own view of its pods, over the kubelet's CRI API (`runtime.v1`).
+//!
+//! The messages are written by hand with the field numbers of k8s.io/cri-api's `api.proto`
+//! (only the fields we read or set; prost skips the rest), so the build needs no protoc step.
+//! The netns path is not a typed field of any CRI message: containerd only exposes it in the
+//! verbose `info["info"]` JSON of `PodSandboxStatus`.
+
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tonic::{
+    client::Grpc,
+    codegen::http::uri::PathAndQuery,
+    transport::{Channel, Endpoint},
+};
+
+use super::Found;
+use crate::model::{Pod, PodSource};
+
+/// CRI `runtime.v1` messages (k8s.io/cri-api/pkg/apis/runtime/v1/api.proto).
+pub mod api {
+    use std::collections::HashMap;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct VersionRequest {
+        #[prost(string, tag = "1")]
+        pub version: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct VersionResponse {
+        #[prost(string, tag = "1")]
+        pub version: String,
+        #[prost(string, tag = "2")]
+        pub runtime_name: String,
+        #[prost(string, tag = "3")]
+        pub runtime_version: String,
+        #[prost(string, tag = "4")]
+        pub runtime_api_version: String,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum NamespaceMode {
+        Pod = 0,
+        Container = 1,
+        Node = 2,
+        Target = 3,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum PodSandboxState {
+        SandboxReady = 0,
+        SandboxNotready = 1,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NamespaceOption {
+        #[prost(enumeration = "NamespaceMode", tag = "1")]
+        pub network: i32,
+        #[prost(enumeration = "NamespaceMode", tag = "2")]
+        pub pid: i32,
+        #[prost(enumeration = "NamespaceMode", tag = "3")]
+        pub ipc: i32,
+        #[prost(string, tag = "4")]
+        pub target_id: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LinuxSandboxSecurityContext {
+        #[prost(message, optional, tag = "1")]
+        pub namespace_options: Option<NamespaceOption>,
+        #[prost(bool, tag = "4")]
+        pub readonly_rootfs: bool,
+        #[prost(bool, tag = "6")]
+        pub privileged: bool,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LinuxPodSandboxConfig {
+        #[prost(string, tag = "1")]
+        pub cgroup_parent: String,
+        #[prost(message, optional, tag = "2")]
+        pub security_context: Option<LinuxSandboxSecurityContext>,
+        #[prost(map = "string, string", tag = "3")]
+        pub sysctls: HashMap<String, String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxMetadata {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub uid: String,
+        #[prost(string, tag = "3")]
+        pub namespace: String,
+        #[prost(uint32, tag = "4")]
+        pub attempt: u32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxConfig {
+        #[prost(message, optional, tag = "1")]
+        pub metadata: Option<PodSandboxMetadata>,
+        #[prost(string, tag = "2")]
+        pub hostname: String,
+        #[prost(string, tag = "3")]
+        pub log_directory: String,
+        #[prost(map = "string, string", tag = "6")]
+        pub labels: HashMap<String, String>,
+        #[prost(map = "string, string", tag = "7")]
+        pub annotations: HashMap<String, String>,
+        #[prost(message, optional, tag = "8")]
+        pub linux: Option<LinuxPodSandboxConfig>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RunPodSandboxRequest {
+        #[prost(message, optional, tag = "1")]
+        pub config: Option<PodSandboxConfig>,
+        #[prost(string, tag = "2")]
+        pub runtime_handler: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RunPodSandboxResponse {
+        #[prost(string, tag = "1")]
+        pub pod_sandbox_id: String,
+    }
+
+    /// Stop and Remove requests carry only the sandbox id.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxIdRequest {
+        #[prost(string, tag = "1")]
+        pub pod_sandbox_id: String,
+    }
+
+    /// `StopPodSandboxResponse` and `RemovePodSandboxResponse` are empty.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Empty {}
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxStatusRequest {
+        #[prost(string, tag = "1")]
+        pub pod_sandbox_id: String,
+        #[prost(bool, tag = "2")]
+        pub verbose: bool,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxNetworkStatus {
+        #[prost(string, tag = "1")]
+        pub ip: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxStatus {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(message, optional, tag = "2")]
+        pub metadata: Option<PodSandboxMetadata>,
+        #[prost(enumeration = "PodSandboxState", tag = "3")]
+        pub state: i32,
+        #[prost(int64, tag = "4")]
+        pub created_at: i64,
+        #[prost(message, optional, tag = "5")]
+        pub network: Option<PodSandboxNetworkStatus>,
+        #[prost(map = "string, string", tag = "7")]
+        pub labels: HashMap<String, String>,
+        #[prost(map = "string, string", tag = "8")]
+        pub annotations: HashMap<String, String>,
+        #[prost(string, tag = "9")]
+        pub runtime_handler: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxStatusResponse {
+        #[prost(message, optional, tag = "1")]
+        pub status: Option<PodSandboxStatus>,
+        #[prost(map = "string, string", tag = "2")]
+        pub info: HashMap<String, String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxStateValue {
+        #[prost(enumeration = "PodSandboxState", tag = "1")]
+        pub state: i32,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandboxFilter {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(message, optional, tag = "2")]
+        pub state: Option<PodSandboxStateValue>,
+        #[prost(map = "string, string", tag = "3")]
+        pub label_selector: HashMap<String, String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListPodSandboxRequest {
+        #[prost(message, optional, tag = "1")]
+        pub filter: Option<PodSandboxFilter>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodSandbox {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(message, optional, tag = "2")]
+        pub metadata: Option<PodSandboxMetadata>,
+        #[prost(enumeration = "PodSandboxState", tag = "3")]
+        pub state: i32,
+        #[prost(int64, tag = "4")]
+        pub created_at: i64,
+        #[prost(map = "string, string", tag = "5")]
+        pub labels: HashMap<String, String>,
+        #[prost(map = "string, string", tag = "6")]
+        pub annotations: HashMap<String, String>,
+        #[prost(string, tag = "7")]
+        pub runtime_handler: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListPodSandboxResponse {
+        #[prost(message, repeated, tag = "1")]
+        pub items: Vec<PodSandbox>,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    /// The socket is missing or nobody listens on it: "no runtime here", not a fault.
+    #[error("connect to CRI socket {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("CRI {method}: no answer within {timeout:?}")]
+    Timeout {
+        method: &'static str,
+        timeout: Duration,
+    },
+    #[error("CRI {method}: {status}")]
+    Status {
+        method: &'static str,
+        status: Box<tonic::Status>,
+    },
+    #[error("CRI {method}: channel not ready: {source}")]
+    Transport {
+        method: &'static str,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("CRI sandbox {id}: bad verbose info: {reason}")]
+    BadInfo { id: String, reason: String },
+}
+
+/// A minimal CRI `RuntimeService` client over a unix socket.
+#[derive(Debug, Clone)]
+pub struct CriClient {
+    grpc: Grpc<Channel>,
+    timeout: Duration,
+}
+
+impl CriClient {
+    /// Connects to the runtime at `path`; every later call is bounded by `timeout`.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, CriError> {
+        let socket = path.to_path_buf();
+        // The URI is a placeholder that tonic requires; the connector ignores it.
+        let endpoint = Endpoint::from_static("http://[::]:50051")
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let connect = endpoint.connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }));
+        let channel = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| CriError::Timeout {
+                method: "connect",
+                timeout,
+            })?
+            .map_err(|source| CriError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            grpc: Grpc::new(channel),
+            timeout,
+        })
+    }
+
+    async fn unary<Req, Resp>(&self, method: &'static str, req: Req) -> Result<Resp, CriError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let call = async {
+            let mut grpc = self.grpc.clone();
+            grpc.ready()
+                .await
+                .map_err(|source| CriError::Transport { method, source })?;
+            let path =
+                PathAndQuery::from_maybe_shared(format!("/runtime.v1.RuntimeService/{method}"))
+                    .map_err(|e| CriError::Status {
+                        method,
+                        status: Box::new(tonic::Status::internal(e.to_string())),
+                    })?;
+            let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+            grpc.unary(tonic::Request::new(req), path, codec)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| CriError::Status {
+                    method,
+                    status: Box::new(status),
+                })
+        };
+        bounded(method, self.timeout, call).await
+    }
+
+    pub async fn version(&self) -> Result<api::VersionResponse, CriError> {
+        let req = api::VersionRequest {
+            version: "v1".into(),
+        };
+        self.unary("Version", req).await
+    }
+
+    /// Ready sandboxes only: a stopped one has already lost its network namespace.
+    pub async fn list_pod_sandboxes(&self) -> Result<Vec<api::PodSandbox>, CriError> {
+        let req = api::ListPodSandboxRequest {
+            filter: Some(api::PodSandboxFilter {
+                state: Some(api::PodSandboxStateValue {
+                    state: api::PodSandboxState::SandboxReady.into(),
+                }),
+                ..Default::default()
+            }),
+        };
+        let resp: api::ListPodSandboxResponse = self.unary("ListPodSandbox", req).await?;
+        Ok(resp.items)
+    }
+
+    /// Verbose status: the runtime's `info` map is where the netns path lives.
+    pub async fn pod_sandbox_status(
+        &self,
+        id: &str,
+    ) -> Result<api::PodSandboxStatusResponse, CriError> {
+        let req = api::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        };
+        self.unary("PodSandboxStatus", req).await
+    }
+
+    /// Returns the new sandbox's id.
+    pub async fn run_pod_sandbox(
+        &self,
+        config: api::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String, CriError> {
+        let req = api::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: runtime_handler.into(),
+        };
+        let resp: api::RunPodSandboxResponse = self.unary("RunPodSandbox", req).await?;
+        Ok(resp.pod_sandbox_id)
+    }
+
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        let req = api::PodSandboxIdRequest {
+            pod_sandbox_id: id.into(),
+        };
+        let _: api::Empty = self.unary("StopPodSandbox", req).await?;
+        Ok(())
+    }
+
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
+        let req = api::PodSandboxIdRequest {
+            pod_sandbox_id: id.into(),
+        };
+        let _: api::Empty = self.unary("RemovePodSandbox", req).await?;
+        Ok(())
+    }
+}
+
+async fn bounded<T>(
+    method: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, CriError>>,
+) -> Result<T, CriError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| CriError::Timeout { method, timeout })?
+}
+
+/// What the verbose sandbox info tells about the sandbox's network namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxInfo {
+    /// `.runtimeSpec.linux.namespaces[type=network].path`
+    pub netns_path: Option<PathBuf>,
+    /// `.pid` of the pause process.
+    pub pid: Option<u32>,
+}
+
+/// Parses containerd's `info["info"]` JSON string.
+pub fn parse_sandbox_info(json: &str) -> Result<SandboxInfo, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if !v.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let netns_path = v
+        .pointer("/runtimeSpec/linux/namespaces")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|ns| ns.get("type").and_then(serde_json::Value::as_str) == Some("network"))
+        .and_then(|ns| ns.get("path"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let pid = v
+        .get("pid")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|&p| p > 0);
+    Ok(SandboxInfo { netns_path, pid })
+}
+
+/// Every ready sandbox of every runtime socket that answers.
+pub(super) async fn discover(sockets: &[PathBuf], timeout: Duration) -> Vec<Found> {
+    let mut out = Vec::new();
+    for socket in sockets {
+        if !socket.exists() {
+            log::debug!("pods: no CRI socket at {}", socket.display());
+            continue;
+        }
+        match from_socket(socket, timeout).await {
+            Ok(found) => out.extend(found),
+            Err(e @ CriError::Connect { .. }) => log::debug!("pods: {e}"),
+            Err(e) => log::warn!("pods: CRI at {} skipped: {e}", socket.display()),
+        }
+    }
+    out
+}
+
+async fn from_socket(socket: &Path, timeout: Duration) -> Result<Vec<Found>, CriError> {
+    let client = CriClient::connect(socket, timeout).await?;
+    // Version first: a socket that is not a CRI runtime fails here, once, not per pod.
+    let version = client.version().await?;
+    log::debug!(
+        "pods: CRI {} {} at {}",
+        version.runtime_name,
+        version.runtime_version,
+        socket.display()
+    );
+    let mut out = Vec::new();
+    for sandbox in client.list_pod_sandboxes().await? {
+        match sandbox_found(&client, &sandbox.id).await {
+            Ok(Some(found)) => out.push(found),
+            Ok(None) => {}
+            // One sandbox going away mid-scan must not cost the others.
+            Err(e) => log::warn!("pods: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+async fn sandbox_found(client: &CriClient, id: &str) -> Result<Option<Found>, CriError> {
+    let resp = client.pod_sandbox_status(id).await?;
+    let Some(meta) = resp.status.and_then(|s| s.metadata) else {
+        return Ok(None);
+    };
+    let Some(info) = resp.info.get("info") else {
+        log::debug!("pods: sandbox {id}: runtime gave no verbose info");
+        return Ok(None);
+    };
+    let info = parse_sandbox_info(info).map_err(|reason| CriError::BadInfo {
+        id: id.into(),
+        reason,
+    })?;
+    // Host-network pods have no network entry; the pause process still leads to the
+    // namespace (the host's, which the index then ignores).
+    let candidates = info
+        .netns_path
+        .into_iter()
+        .chain(info.pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))));
+    for path in candidates {
+        match super::netns_inode(&path) {
+            Ok(inode) => {
+                return Ok(Some(Found {
+                    inode,
+                    path,
+                    pod: Pod {
+                        namespace: meta.namespace,
+                        name: meta.name,
+                        uid: meta.uid,
+                        source: PodSource::Cri,
+                    },
+                }));
+            }
+            Err(e) => log::debug!("pods: sandbox {id}: {}: {e}", path.display()),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn parses_containerd_verbose_info() {
+        let json = r#"{"pid":4242,"processStatus":"running","netNamespaceClosed":false,
+            "runtimeSpec":{"linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"uts"},
+            {"type":"network","path":"/var/run/netns/cni-1a2b"}]}}}"#;
+        let info = parse_sandbox_info(json).unwrap();
+        assert_eq!(
+            info.netns_path,
+            Some(PathBuf::from("/var/run/netns/cni-1a2b"))
+        );
+        assert_eq!(info.pid, Some(4242));
+    }
+
+    #[test]
+    fn host_network_sandbox_has_only_a_pid() {
+        let json = r#"{"pid":7,"runtimeSpec":{"linux":{"namespaces":[{"type":"pid"}]}}}"#;
+        let info = parse_sandbox_info(json).unwrap();
+        assert_eq!(info.netns_path, None);
+        assert_eq!(info.pid, Some(7));
+    }
+
+    #[test]
+    fn malformed_info_is_an_error_or_empty_never_a_panic() {
+        assert!(parse_sandbox_info("{not json").is_err());
+        assert!(parse_sandbox_info("[1,2]").is_err());
+        let odd = r#"{"pid":-3,"runtimeSpec":{"linux":{"namespaces":"network"}}}"#;
+        assert_eq!(parse_sandbox_info(odd).unwrap(), SandboxInfo::default());
+    }
+
+    #[test]
+    fn metadata_uses_the_cri_field_numbers() {
+        // name=1, uid=2, namespace=3, attempt=4: a wrong tag would reorder these bytes.
+        let meta = api::PodSandboxMetadata {
+            name: "a".into(),
+            uid: "b".into(),
+            namespace: "c".into(),
+            attempt: 1,
+        };
+        assert_eq!(
+            meta.encode_to_vec(),
+            [0x0a, 1, b'a', 0x12, 1, b'b', 0x1a, 1, b'c', 0x20, 1]
+        );
+        let req = api::RunPodSandboxRequest {
+            config: None,
+            runtime_handler: "ptp".into(),
+        };
+        assert_eq!(req.encode_to_vec(), [0x12, 3, b'p', b't', b'p']);
+    }
+}
