@@ -261,6 +261,29 @@ pub enum CriError {
     BadInfo { id: String, reason: String },
 }
 
+impl CriError {
+    /// Nobody listens (stale socket) or we may not connect: the runtime is absent, which is
+    /// normal on a node without it. Anything else is a runtime misbehaving.
+    pub fn is_absent(&self) -> bool {
+        let CriError::Connect { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::PermissionDenied
+                );
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 /// A minimal CRI `RuntimeService` client over a unix socket.
 #[derive(Debug, Clone)]
 pub struct CriClient {
@@ -345,6 +368,13 @@ impl CriClient {
                 ..Default::default()
             }),
         };
+        let resp: api::ListPodSandboxResponse = self.unary("ListPodSandbox", req).await?;
+        Ok(resp.items)
+    }
+
+    /// Every sandbox, ready or not (teardown must remove the stopped ones too).
+    pub async fn list_all_pod_sandboxes(&self) -> Result<Vec<api::PodSandbox>, CriError> {
+        let req = api::ListPodSandboxRequest { filter: None };
         let resp: api::ListPodSandboxResponse = self.unary("ListPodSandbox", req).await?;
         Ok(resp.items)
     }
@@ -445,7 +475,7 @@ pub(super) async fn discover(sockets: &[PathBuf], timeout: Duration) -> Vec<Foun
         }
         match from_socket(socket, timeout).await {
             Ok(found) => out.extend(found),
-            Err(e @ CriError::Connect { .. }) => log::debug!("pods: {e}"),
+            Err(e) if e.is_absent() => log::debug!("pods: {e}"),
             Err(e) => log::warn!("pods: CRI at {} skipped: {e}", socket.display()),
         }
     }
@@ -518,6 +548,22 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_socket_nobody_listens_on_means_absent() {
+        let path = std::env::temp_dir().join(format!("nt-cri-stale-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let err = CriClient::connect(&path, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.is_absent(), "{err:?}");
+        let missing = CriClient::connect(Path::new("/nonexistent.sock"), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(missing.is_absent(), "{missing:?}");
+    }
 
     #[test]
     fn parses_containerd_verbose_info() {

@@ -1,0 +1,3 @@
+//! A lab of real pods on this machine.
+
+pub mod runtime;
