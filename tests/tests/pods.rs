@@ -6,7 +6,10 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU8, Ordering},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU8, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -36,6 +39,37 @@ fn lab_options(tag: &str) -> RuntimeOptions {
     o.bridge_subnet = Subnet::new([10, b, n.wrapping_mul(2), 0].into(), 24);
     o.ptp_subnet = Subnet::new([10, b, n.wrapping_mul(2) + 1, 0].into(), 24);
     o
+}
+
+/// Runtimes alive in this test binary, and `ip_forward` from before the first one started.
+static LIVE: Mutex<(usize, Option<String>)> = Mutex::new((0, None));
+
+fn ip_forward() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap()
+}
+
+/// Starts a runtime, counted in [`LIVE`].
+async fn start(opts: &RuntimeOptions) -> Runtime {
+    {
+        let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        if live.0 == 0 {
+            live.1 = Some(ip_forward());
+        }
+        live.0 += 1;
+    }
+    Runtime::start(opts.clone())
+        .await
+        .expect("start containerd")
+}
+
+/// The runtime is gone. `ip_forward` is shared by every runtime of the process, so the last one
+/// restores it: checked (under the lock, so no runtime starts meanwhile) when the count is 0.
+fn runtime_gone() {
+    let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+    live.0 -= 1;
+    if live.0 == 0 {
+        assert_eq!(Some(ip_forward()), live.1.take(), "ip_forward not restored");
+    }
 }
 
 fn inode(path: &Path) -> u64 {
@@ -100,6 +134,26 @@ fn containerd_running(rt_config: &Path) -> bool {
     })
 }
 
+/// Whether `pid` runs (a zombie waiting for PID 1 to reap it does not), given a moment to die.
+fn running(pid: u32) -> bool {
+    let start = Instant::now();
+    loop {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        {
+            return false;
+        }
+        if start.elapsed() > Duration::from_secs(2) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What must be gone once a runtime is stopped or dropped.
 fn assert_cleaned(opts: &RuntimeOptions, pods: &[PodHandle]) {
     assert!(
@@ -114,10 +168,7 @@ fn assert_cleaned(opts: &RuntimeOptions, pods: &[PodHandle]) {
     for pod in pods {
         assert!(!pod.netns.exists(), "{} left", pod.netns.display());
         if let Some(pid) = pod.pid {
-            assert!(
-                !Path::new(&format!("/proc/{pid}")).exists(),
-                "pause {pid} left"
-            );
+            assert!(!running(pid), "pause {pid} left");
         }
         let cg = format!("/sys/fs/cgroup/memory/kubepods/besteffort/pod{}", pod.uid);
         assert!(!Path::new(&cg).exists(), "{cg} left");
@@ -173,11 +224,8 @@ fn assert_wired(rt: &Runtime, pod: &PodHandle) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_and_cni_cache_name_real_pods() {
     init();
-    let ip_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let opts = lab_options("lab");
-    let rt = Runtime::start(opts.clone())
-        .await
-        .expect("start containerd");
+    let rt = start(&opts).await;
     let mut pods = Vec::new();
     for (name, handler) in [
         ("web-0", "runc"),
@@ -254,12 +302,9 @@ async fn cri_and_cni_cache_name_real_pods() {
     );
 
     rt.stop().await.expect("stop runtime");
+    runtime_gone();
     pods.push(gone);
     assert_cleaned(&opts, &pods);
-    assert_eq!(
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
-        ip_forward
-    );
 }
 
 /// A runtime dropped without `stop` (a failing test) cleans up all the same.
@@ -267,9 +312,7 @@ async fn cri_and_cni_cache_name_real_pods() {
 async fn dropped_runtime_cleans_up() {
     init();
     let opts = lab_options("drop");
-    let rt = Runtime::start(opts.clone())
-        .await
-        .expect("start containerd");
+    let rt = start(&opts).await;
     let a = rt
         .run_pod("a", "ns", &format!("{}-a", opts.name), "runc")
         .await
@@ -280,6 +323,38 @@ async fn dropped_runtime_cleans_up() {
         .unwrap();
     assert!(a.netns.exists() && b.netns.exists());
     drop(rt);
+    runtime_gone();
+    assert_cleaned(&opts, &[a, b]);
+}
+
+/// containerd dies under its pods (SIGKILL, no CRI to ask): dropping the runtime still removes
+/// the shims, the pause processes, the namespaces, the veths and the bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_runtime_cleans_up() {
+    init();
+    let opts = lab_options("crsh");
+    let rt = start(&opts).await;
+    let a = rt
+        .run_pod("a", "ns", &format!("{}-a", opts.name), "runc")
+        .await
+        .unwrap();
+    let b = rt
+        .run_pod("b", "ns", &format!("{}-b", opts.name), "ptp")
+        .await
+        .unwrap();
+    let again = Runtime::start(opts.clone()).await;
+    assert!(
+        matches!(
+            again,
+            Err(node_tracer::lab::runtime::RuntimeError::AlreadyRunning(_))
+        ),
+        "{again:?}"
+    );
+    let pid = i32::try_from(rt.pid().unwrap()).unwrap();
+    // SAFETY: our own child (containerd), by PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    drop(rt);
+    runtime_gone();
     assert_cleaned(&opts, &[a, b]);
 }
 

@@ -41,6 +41,8 @@ pub enum RuntimeError {
     SubnetInUse { subnet: Subnet, route: Subnet },
     #[error("link {0} already exists (another lab, or a leftover: `ip link del {0}`)")]
     BridgeExists(String),
+    #[error("a runtime already answers on {0}")]
+    AlreadyRunning(PathBuf),
     #[error("containerd did not come up: {reason}; log tail:\n{log}")]
     Start { reason: String, log: String },
     #[error(transparent)]
@@ -195,6 +197,13 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RuntimeErr
 
 impl Runtime {
     pub async fn start(opts: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        // Same name as a lab that is still up: starting would pull its state dir from under it.
+        if opts.socket.exists()
+            && let Ok(c) = CriClient::connect(&opts.socket, Duration::from_secs(2)).await
+            && c.version().await.is_ok()
+        {
+            return Err(RuntimeError::AlreadyRunning(opts.socket.clone()));
+        }
         opts.validate()?;
         host::acquire();
         // From here on, an error drops `rt`, whose Drop undoes what was done so far.
@@ -310,6 +319,11 @@ impl Runtime {
 
     pub fn options(&self) -> &RuntimeOptions {
         &self.opts
+    }
+
+    /// PID of the containerd child.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn socket(&self) -> &Path {

@@ -497,6 +497,14 @@ async fn from_socket(socket: &Path, timeout: Duration) -> Result<Vec<Found>, Cri
         match sandbox_found(&client, &sandbox.id).await {
             Ok(Some(found)) => out.push(found),
             Ok(None) => {}
+            // A runtime that stopped answering would cost a timeout per sandbox: give up on it.
+            Err(e @ CriError::Timeout { .. }) => {
+                log::warn!(
+                    "pods: CRI at {}: {e}; skipping its other sandboxes",
+                    socket.display()
+                );
+                break;
+            }
             // One sandbox going away mid-scan must not cost the others.
             Err(e) => log::warn!("pods: {e}"),
         }

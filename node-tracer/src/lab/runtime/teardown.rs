@@ -51,8 +51,8 @@ impl Teardown {
     /// stuck). Each step is a no-op after a clean stop.
     fn sweep(&self, ids: &[String]) {
         let o = &self.opts;
-        kill_shims(&o.socket);
-        // runc's state root is ours (`Root` in the config); `delete --force` kills and reaps.
+        // Containers before shims: a live shim reaps its pause process; an orphaned one would
+        // wait for PID 1 to reap it.
         let runc_root = o.state_dir.join("runc/k8s.io");
         if let Ok(containers) = std::fs::read_dir(&runc_root) {
             for c in containers.flatten() {
@@ -66,6 +66,7 @@ impl Teardown {
                     .status();
             }
         }
+        kill_shims(&o.socket);
         for netns in self.created.iter().filter_map(|c| c.netns.as_ref()) {
             if netns.exists() {
                 let _ = host::umount(netns, libc::MNT_DETACH);
