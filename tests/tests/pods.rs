@@ -138,10 +138,10 @@ fn containerd_running(rt_config: &Path) -> bool {
 fn running(pid: u32) -> bool {
     let start = Instant::now();
     loop {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return false;
         };
-        if stat
+        if text
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with('Z'))
         {
