@@ -290,6 +290,23 @@ async fn cri_and_cni_cache_name_real_pods() {
         );
     }
 
+    // Nothing but /proc: the pause process names the namespace, its cgroup the sandbox id.
+    let proc_only = pods::discover(&PodConfig {
+        cri_sockets: vec![],
+        cni_results_dir: opts.state_dir.join("none"),
+        netns_dir: opts.state_dir.join("none"),
+        ..PodConfig::default()
+    })
+    .await;
+    for pod in &pods {
+        let found = proc_only.lookup(pod.netns_inode).unwrap();
+        let pid = pod.pid.unwrap();
+        assert_eq!(
+            (found.name.clone(), found.uid.as_str(), found.source),
+            (format!("pause[{pid}]"), pod.id.as_str(), PodSource::Proc)
+        );
+    }
+
     // One pod removed: gone from CRI, from the cache, and from the host.
     let gone = pods.remove(0);
     rt.remove_pod(&gone).await.expect("remove pod");
