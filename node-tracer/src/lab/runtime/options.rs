@@ -107,3 +107,46 @@ impl Default for RuntimeOptions {
         Self::new("lab")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_do_not_collide() {
+        let o = RuntimeOptions::default();
+        assert!(!o.bridge_subnet.overlaps(&o.ptp_subnet));
+        assert_ne!(o.bridge_network(), o.ptp_network());
+        assert!(o.socket.starts_with(&o.state_dir));
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_anything_starts() {
+        let bad = |f: fn(&mut RuntimeOptions)| {
+            let mut o = RuntimeOptions::new("unit");
+            o.bridge = "ntunitnone0".into();
+            f(&mut o);
+            o.validate().is_err()
+        };
+        assert!(bad(|o| o.name = "Has Space".into()));
+        assert!(bad(|o| o.name = String::new()));
+        assert!(bad(|o| o.bridge = "a-name-too-long-for-ifnamsiz".into()));
+        assert!(bad(|o| o.ptp_subnet = o.bridge_subnet));
+        assert!(bad(
+            |o| o.socket = PathBuf::from(format!("/run/{}", "x".repeat(120)))
+        ));
+        assert!(bad(|o| o.state_dir = PathBuf::from("relative/dir")));
+        // A subnet the host already routes: a lab there would shadow real traffic.
+        let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        if let Some(route) = config::host_route_subnets(&routes).first() {
+            let mut o = RuntimeOptions::new("unit");
+            o.bridge = "ntunitnone0".into();
+            o.bridge_subnet = *route;
+            assert!(matches!(
+                o.validate(),
+                Err(RuntimeError::SubnetInUse { .. })
+            ));
+        }
+        assert!(!bad(|_| {}));
+    }
+}
