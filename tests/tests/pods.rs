@@ -170,6 +170,15 @@ fn assert_cleaned(opts: &RuntimeOptions, pods: &[PodHandle]) {
         if let Some(pid) = pod.pid {
             assert!(!running(pid), "pause {pid} left");
         }
+        let shim_socket = sh(&format!(
+            "printf %s '{}/k8s.io/{}' | sha256sum",
+            opts.socket.display(),
+            pod.id
+        ));
+        let shim_socket = format!("/run/containerd/s/{}", &shim_socket[..64]);
+        assert!(!Path::new(&shim_socket).exists(), "{shim_socket} left");
+        let lo = format!("/var/lib/cni/results/cni-loopback-{}-lo", pod.id);
+        assert!(!Path::new(&lo).exists(), "{lo} left");
         let cg = format!("/sys/fs/cgroup/memory/kubepods/besteffort/pod{}", pod.uid);
         assert!(!Path::new(&cg).exists(), "{cg} left");
     }

@@ -8,6 +8,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use sha2::{Digest as _, Sha256};
+
 use super::RuntimeError;
 
 /// The name the CRI plugin is told to use as `sandbox_image`.
@@ -47,12 +49,8 @@ fn run(cmd: &mut Command) -> Result<String, RuntimeError> {
 }
 
 fn sha256(path: &Path) -> Result<String, RuntimeError> {
-    let out = run(Command::new("sha256sum").arg(path))?;
-    out.split_whitespace()
-        .next()
-        .filter(|h| h.len() == 64)
-        .map(str::to_owned)
-        .ok_or_else(|| RuntimeError::Command("sha256sum".into(), out.clone()))
+    let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
+    Ok(format!("{:x}", Sha256::digest(bytes)))
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sha2::{Digest as _, Sha256};
+
 use super::{Created, RuntimeError, RuntimeOptions, host, remove_pod_cgroups};
 use crate::pods::cri::CriClient;
 
@@ -80,6 +82,14 @@ impl Teardown {
                 .status();
         }
         let cni = Path::new("/var/lib/cni");
+        for id in ids {
+            // containerd sets up `lo` through CNI too, outside our networks.
+            let _ = std::fs::remove_file(cni.join(format!("results/cni-loopback-{id}-lo")));
+            // A shim killed above never removed its socket: containerd names it
+            // sha256("<grpc address>/<namespace>/<id>") under the fixed /run/containerd/s.
+            let hash = Sha256::digest(format!("{}/k8s.io/{id}", o.socket.display()));
+            let _ = std::fs::remove_file(format!("/run/containerd/s/{hash:x}"));
+        }
         for net in [o.bridge_network(), o.ptp_network()] {
             let _ = std::fs::remove_dir_all(cni.join("networks").join(&net));
             if let Ok(results) = std::fs::read_dir(cni.join("results")) {
