@@ -41,11 +41,16 @@ fn lab_options(tag: &str) -> RuntimeOptions {
     o
 }
 
-/// Runtimes alive in this test binary, and `ip_forward` from before the first one started.
+/// Runtimes alive in this test binary, and [`host_state`] from before the first one started.
 static LIVE: Mutex<(usize, Option<String>)> = Mutex::new((0, None));
 
-fn ip_forward() -> String {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap()
+/// Host state every runtime of the process shares: `ip_forward`, and whether the dirs containerd
+/// and CNI always create exist.
+fn host_state() -> String {
+    let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let dirs =
+        ["/run/containerd", "/var/lib/cni"].map(|d| format!("{d}:{}", Path::new(d).exists()));
+    format!("ip_forward={} {}", forward.trim(), dirs.join(" "))
 }
 
 /// Starts a runtime, counted in [`LIVE`].
@@ -53,7 +58,7 @@ async fn start(opts: &RuntimeOptions) -> Runtime {
     {
         let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
         if live.0 == 0 {
-            live.1 = Some(ip_forward());
+            live.1 = Some(host_state());
         }
         live.0 += 1;
     }
@@ -62,13 +67,13 @@ async fn start(opts: &RuntimeOptions) -> Runtime {
         .expect("start containerd")
 }
 
-/// The runtime is gone. `ip_forward` is shared by every runtime of the process, so the last one
+/// The runtime is gone. Host state is shared by every runtime of the process, so the last one
 /// restores it: checked (under the lock, so no runtime starts meanwhile) when the count is 0.
 fn runtime_gone() {
     let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
     live.0 -= 1;
     if live.0 == 0 {
-        assert_eq!(Some(ip_forward()), live.1.take(), "ip_forward not restored");
+        assert_eq!(Some(host_state()), live.1.take(), "host state not restored");
     }
 }
 
