@@ -1,29 +1,216 @@
-//! Which pod owns a network namespace: CRI, CNI result cache, /run/netns, /proc.
+//! Which pod owns a network namespace.
+//!
+//! Four sources, best first: the container runtime over CRI ([`cri`]), the CNI result cache
+//! ([`cni`]), named namespaces under `/run/netns` ([`netns`]) and processes ([`proc`]). Everything
+//! is keyed by the namespace's inode (`stat(path).st_ino`): every pod's `eth0` is ifindex 2 in its
+//! own namespace, so an ifindex never identifies a pod.
+//!
+//! A source that is absent (no runtime, no cache dir) is skipped quietly; one that answers
+//! nonsense is skipped with a warning. Discovery never fails as a whole: a node with none of
+//! them simply has no pods.
 
-// TEMPORARY stand-in until the real sources land.
-use std::{path::PathBuf, time::Duration};
+pub mod cni;
+pub mod cri;
+pub mod netns;
+pub mod proc;
 
-#[derive(Debug, Clone, Default)]
+use std::{
+    collections::{BTreeSet, HashMap},
+    ffi::CString,
+    io,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::model::Pod;
+
+/// Where to look for pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodConfig {
+    /// CRI sockets tried in order; every one that answers contributes.
     pub cri_sockets: Vec<PathBuf>,
+    /// libcni's result cache (`<network>-<sandboxID>-<ifname>` JSON files).
     pub cni_results_dir: PathBuf,
+    /// Named namespaces (`ip netns add`, and where containerd mounts pod namespaces).
     pub netns_dir: PathBuf,
     pub proc_root: PathBuf,
+    /// Bound on each CRI call: a runtime that hangs must not stall a scrape.
     pub cri_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct PodIndex;
-
-impl PodIndex {
-    pub fn lookup(&self, _netns_inode: u64) -> Option<&crate::model::Pod> {
-        None
-    }
-    pub fn netns_paths(&self) -> Vec<PathBuf> {
-        Vec::new()
+impl Default for PodConfig {
+    fn default() -> Self {
+        Self {
+            cri_sockets: vec![
+                PathBuf::from("/run/containerd/containerd.sock"),
+                PathBuf::from("/run/crio/crio.sock"),
+            ],
+            cni_results_dir: PathBuf::from("/var/lib/cni/results"),
+            netns_dir: PathBuf::from("/run/netns"),
+            proc_root: PathBuf::from("/proc"),
+            cri_timeout: Duration::from_secs(2),
+        }
     }
 }
 
-pub async fn discover(_cfg: &PodConfig) -> PodIndex {
-    PodIndex
+/// One source's claim: the namespace at `path` (inode `inode`) belongs to `pod`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub inode: u64,
+    pub path: PathBuf,
+    pub pod: Pod,
+}
+
+/// Pods by network-namespace inode, best source kept.
+#[derive(Debug, Clone, Default)]
+pub struct PodIndex {
+    by_inode: HashMap<u64, Pod>,
+    paths: BTreeSet<PathBuf>,
+    host_inode: Option<u64>,
+}
+
+impl PodIndex {
+    fn new(host_inode: Option<u64>) -> Self {
+        Self {
+            host_inode,
+            ..Self::default()
+        }
+    }
+
+    pub fn lookup(&self, netns_inode: u64) -> Option<&Pod> {
+        self.by_inode.get(&netns_inode)
+    }
+
+    /// Every namespace path any source learned (several may open the same namespace), so the
+    /// topology module can open the peers' namespaces.
+    pub fn netns_paths(&self) -> Vec<PathBuf> {
+        self.paths.iter().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_inode.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_inode.is_empty()
+    }
+
+    /// Keeps `found` unless a better (or equal, earlier) source already claimed its namespace.
+    fn offer(&mut self, found: Found) {
+        // A host-network pod or a process in the host namespace is not "behind" any veth;
+        // labelling the host namespace with it would mislabel every host-side peer.
+        if Some(found.inode) == self.host_inode {
+            log::debug!(
+                "pods: {} is the host namespace, not a pod's",
+                found.path.display()
+            );
+            return;
+        }
+        self.paths.insert(found.path);
+        match self.by_inode.get(&found.inode) {
+            Some(have) if have.source <= found.pod.source => {}
+            _ => {
+                self.by_inode.insert(found.inode, found.pod);
+            }
+        }
+    }
+}
+
+/// Runs every source and keeps, per namespace inode, the best one (Cri > `CniCache` > Netns >
+/// Proc).
+pub async fn discover(cfg: &PodConfig) -> PodIndex {
+    let host_inode = netns_inode(&cfg.proc_root.join("self/ns/net")).ok();
+    let mut index = PodIndex::new(host_inode);
+    for found in cri::discover(&cfg.cri_sockets, cfg.cri_timeout).await {
+        index.offer(found);
+    }
+    // The file sources are small and local; reading them inline keeps discovery simple.
+    for found in cni::discover(&cfg.cni_results_dir) {
+        index.offer(found);
+    }
+    for found in netns::discover(&cfg.netns_dir) {
+        index.offer(found);
+    }
+    for found in proc::discover(&cfg.proc_root, host_inode) {
+        index.offer(found);
+    }
+    index
+}
+
+/// `nsfs`'s `f_type` (linux/magic.h).
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// Inode of the network namespace that `path` opens.
+///
+/// Checks that `path` really is a namespace (on nsfs): a file in `/run/netns` whose bind mount
+/// went away is a plain tmpfs file, and its inode would silently match nothing (or worse,
+/// something else).
+pub fn netns_inode(path: &Path) -> io::Result<u64> {
+    let meta = std::fs::metadata(path)?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: statfs only writes into the zeroed struct we pass; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    if i64::from(st.f_type) != NSFS_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a namespace (not on nsfs)", path.display()),
+        ));
+    }
+    Ok(meta.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PodSource;
+
+    fn found(inode: u64, path: &str, name: &str, source: PodSource) -> Found {
+        Found {
+            inode,
+            path: PathBuf::from(path),
+            pod: Pod {
+                namespace: String::new(),
+                name: name.into(),
+                uid: String::new(),
+                source,
+            },
+        }
+    }
+
+    #[test]
+    fn best_source_wins_whatever_the_order() {
+        let mut idx = PodIndex::new(Some(1));
+        idx.offer(found(7, "/proc/9/ns/net", "sleep[9]", PodSource::Proc));
+        idx.offer(found(7, "/run/netns/cni-a", "web", PodSource::Cri));
+        idx.offer(found(7, "/run/netns/cni-a", "cni-a", PodSource::Netns));
+        idx.offer(found(8, "/run/netns/x", "x", PodSource::Netns));
+        idx.offer(found(8, "/proc/3/ns/net", "x[3]", PodSource::Proc));
+        assert_eq!(idx.lookup(7).map(|p| p.name.as_str()), Some("web"));
+        assert_eq!(idx.lookup(8).map(|p| p.source), Some(PodSource::Netns));
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx.netns_paths().len(), 4);
+    }
+
+    #[test]
+    fn host_namespace_is_never_a_pod() {
+        let mut idx = PodIndex::new(Some(1));
+        idx.offer(found(1, "/proc/5/ns/net", "x", PodSource::Cri));
+        assert!(idx.is_empty());
+        assert!(idx.netns_paths().is_empty());
+    }
+
+    #[test]
+    fn own_namespace_has_an_nsfs_inode_and_a_plain_file_does_not() {
+        let ino = netns_inode(Path::new("/proc/self/ns/net")).unwrap();
+        assert!(ino > 0);
+        assert!(netns_inode(Path::new("/proc/self/status")).is_err());
+        assert!(netns_inode(Path::new("/nonexistent/ns")).is_err());
+    }
 }

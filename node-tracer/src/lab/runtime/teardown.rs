@@ -1,0 +1,195 @@
+//! Undoing a runtime: pods first (through CRI, so CNI DEL releases veths and addresses), then
+//! the daemon, then whatever a crash could have left (shims, runc containers, netns mounts,
+//! the bridge, CNI state, cgroups), then the state dir and the host's shared state.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest as _, Sha256};
+
+use super::{Created, RuntimeError, RuntimeOptions, host, remove_pod_cgroups};
+use crate::pods::cri::CriClient;
+
+#[derive(Debug)]
+pub(super) struct Teardown {
+    pub opts: RuntimeOptions,
+    pub child: Option<Child>,
+    pub created: Vec<Created>,
+    pub holds_host: bool,
+}
+
+impl Teardown {
+    pub async fn run(mut self) -> Result<(), RuntimeError> {
+        let mut first_err: Option<RuntimeError> = None;
+        let mut note = |r: Result<(), RuntimeError>| {
+            if let Err(e) = r {
+                log::warn!("lab {}: teardown: {e}", self.opts.name);
+                first_err.get_or_insert(e);
+            }
+        };
+        let daemon_alive = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let mut ids: Vec<String> = self.created.iter().map(|c| c.id.clone()).collect();
+        if daemon_alive {
+            note(remove_all_pods(&self.opts, &mut ids).await);
+        }
+        if let Some(child) = self.child.take() {
+            note(stop_child(child));
+        }
+        self.sweep(&ids);
+        note(remove_state_dir(&self.opts.state_dir));
+        if self.holds_host {
+            host::release();
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// What CRI should have removed, removed by hand in case it did not (daemon crashed, pod
+    /// stuck). Each step is a no-op after a clean stop.
+    fn sweep(&self, ids: &[String]) {
+        let o = &self.opts;
+        // Containers before shims: a live shim reaps its pause process; an orphaned one would
+        // wait for PID 1 to reap it.
+        let runc_root = o.state_dir.join("runc/k8s.io");
+        if let Ok(containers) = std::fs::read_dir(&runc_root) {
+            for c in containers.flatten() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force"])
+                    .arg(c.file_name())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        kill_shims(&o.socket);
+        for netns in self.created.iter().filter_map(|c| c.netns.as_ref()) {
+            if netns.exists() {
+                let _ = host::umount(netns, libc::MNT_DETACH);
+                let _ = std::fs::remove_file(netns);
+            }
+        }
+        if Path::new("/sys/class/net").join(&o.bridge).exists() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &o.bridge])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let cni = Path::new("/var/lib/cni");
+        for id in ids {
+            // containerd sets up `lo` through CNI too, outside our networks.
+            let _ = std::fs::remove_file(cni.join(format!("results/cni-loopback-{id}-lo")));
+            // A shim killed above never removed its socket: containerd names it
+            // sha256("<grpc address>/<namespace>/<id>") under the fixed /run/containerd/s.
+            let hash = Sha256::digest(format!("{}/k8s.io/{id}", o.socket.display()));
+            let _ = std::fs::remove_file(format!("/run/containerd/s/{hash:x}"));
+        }
+        for net in [o.bridge_network(), o.ptp_network()] {
+            let _ = std::fs::remove_dir_all(cni.join("networks").join(&net));
+            if let Ok(results) = std::fs::read_dir(cni.join("results")) {
+                let prefix = format!("{net}-");
+                for r in results.flatten() {
+                    if r.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_file(r.path());
+                    }
+                }
+            }
+        }
+        for c in &self.created {
+            remove_pod_cgroups(&c.id, &c.uid);
+        }
+        for id in ids {
+            remove_pod_cgroups(id, "");
+        }
+    }
+}
+
+/// Stops and removes every sandbox of this daemon (it is ours alone), ready or not.
+async fn remove_all_pods(opts: &RuntimeOptions, ids: &mut Vec<String>) -> Result<(), RuntimeError> {
+    let cri = CriClient::connect(&opts.socket, opts.cri_timeout).await?;
+    for sandbox in cri.list_all_pod_sandboxes().await? {
+        if !ids.contains(&sandbox.id) {
+            ids.push(sandbox.id);
+        }
+    }
+    let mut result = Ok(());
+    for id in ids.iter() {
+        let r = async {
+            cri.stop_pod_sandbox(id).await?;
+            cri.remove_pod_sandbox(id).await
+        };
+        if let Err(e) = r.await {
+            result = Err(e.into());
+        }
+    }
+    result
+}
+
+/// SIGTERM, then SIGKILL after 10 s; only ever our own child, by its PID.
+fn stop_child(mut child: Child) -> Result<(), RuntimeError> {
+    let pid = libc::pid_t::try_from(child.id())
+        .map_err(|e| RuntimeError::Options(format!("pid: {e}")))?;
+    // SAFETY: signalling our own child, which has not been reaped yet (so the PID is still ours).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+        .kill()
+        .map_err(|e| RuntimeError::Io("kill containerd".into(), e))?;
+    child
+        .wait()
+        .map_err(|e| RuntimeError::Io("wait containerd".into(), e))?;
+    Ok(())
+}
+
+/// Shims outlive the daemon by design. Ours are the ones started with `-address <our socket>`;
+/// they are killed by PID, nothing else is touched.
+fn kill_shims(socket: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let socket = socket.as_os_str().as_encoded_bytes();
+    for p in procs.flatten() {
+        let Some(pid) = p
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_shim = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"));
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == b"-address" && w[1] == socket);
+        if is_shim && ours {
+            // SAFETY: kill has no memory-safety preconditions; the PID was just checked to be a
+            // shim of our own daemon.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn remove_state_dir(dir: &PathBuf) -> Result<(), RuntimeError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    host::umount_below(dir);
+    std::fs::remove_dir_all(dir).map_err(|e| RuntimeError::Io(dir.display().to_string(), e))
+}
