@@ -414,7 +414,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let topo = topology::scan(&scan)
                 .await
                 .context("reading the host's links")?;
-            let snap = snapshot::build(&topo, &pods, &Default::default(), |_| false);
+            let snap = snapshot::build(&topo, &pods, &std::collections::HashMap::new(), |_| false);
             if json {
                 println!("{}", peers::to_json(&snap)?);
             } else {
