@@ -147,10 +147,23 @@ struct RunArgs {
     /// Attach only to this interface (repeatable). Default: every veth, following churn.
     #[arg(long = "interface", short = 'i')]
     interfaces: Vec<String>,
+    /// When this host has no pods, first start a lab node: real pods through its own containerd
+    /// and CNI (bridge cni0 and routed ptp pods, an empty docker0, steady pings), removed on exit.
+    /// Falls back to plain namespaces when containerd is missing. `--lab=always` builds it even
+    /// when the host has pods.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "auto", value_name = "WHEN")]
+    lab: Option<LabWhen>,
     #[command(flatten)]
     probe: ProbeArgs,
     #[command(flatten)]
     sources: SourceArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LabWhen {
+    /// Only when this host has no pods of its own.
+    Auto,
+    Always,
 }
 
 #[derive(Args, Clone)]
@@ -238,6 +251,67 @@ fn main() -> ExitCode {
     }
 }
 
+/// The lab behind `run --lab`: real pods when containerd is here, plain namespaces otherwise.
+enum RunningLab {
+    Pods(lab::pods::PodLab),
+    Netns(lab::LabSpec),
+}
+
+impl RunningLab {
+    async fn stop(self) {
+        log::info!("removing the lab");
+        match self {
+            RunningLab::Pods(l) => {
+                if let Err(e) = l.stop().await {
+                    log::warn!("lab teardown: {e}");
+                }
+            }
+            RunningLab::Netns(spec) => {
+                if let Err(e) = lab::down(&spec) {
+                    log::warn!("lab teardown: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn start_lab(opts: &mut AgentOptions) -> anyhow::Result<RunningLab> {
+    let have_containerd = std::process::Command::new("containerd")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if have_containerd {
+        log::info!("no pods on this host: starting a lab node with real pods (containerd + CNI)");
+        match lab::pods::PodLab::start("lab").await {
+            Ok(l) => {
+                for p in &l.pods {
+                    log::info!(
+                        "lab pod {}/{} ({})",
+                        p.namespace,
+                        p.name,
+                        if p.handler == "ptp" {
+                            "routed"
+                        } else {
+                            "bridged"
+                        }
+                    );
+                }
+                if let Some(sock) = l.cri_socket() {
+                    opts.node.pods.cri_sockets.insert(0, sock);
+                }
+                return Ok(RunningLab::Pods(l));
+            }
+            Err(e) => log::warn!("the pod lab did not start ({e}); using plain namespaces"),
+        }
+    } else {
+        log::info!("containerd is not installed: the lab uses plain network namespaces");
+    }
+    let spec = lab::LabSpec::default();
+    lab::up(&spec).context("lab up")?;
+    Ok(RunningLab::Netns(spec))
+}
+
 async fn trace_icmp(
     node: &NodeOptions,
     opts: &trace::TraceOptions,
@@ -314,11 +388,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            let opts = AgentOptions {
+            let mut opts = AgentOptions {
                 listen: args.listen,
                 node: node_options(&args.interfaces, &args.probe, &args.sources, cli.log_level),
             };
-            rt.block_on(agent::run(opts)).context("node-tracer run")
+            rt.block_on(async {
+                let lab = if args.lab == Some(LabWhen::Always)
+                    || (args.lab == Some(LabWhen::Auto) && !lab::host_has_pods())
+                {
+                    Some(start_lab(&mut opts).await?)
+                } else {
+                    if args.lab.is_some() {
+                        log::info!("this host has pods of its own: no lab needed");
+                    }
+                    None
+                };
+                let result = agent::run(opts).await.context("node-tracer run");
+                if let Some(lab) = lab {
+                    lab.stop().await;
+                }
+                result
+            })
         }
         Command::Top(args) => {
             anyhow::ensure!(
