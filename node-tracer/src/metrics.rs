@@ -24,6 +24,8 @@ pub struct Health {
     pub link_events: u64,
     /// Per program: (name, total run time, run count); zero unless `kernel.bpf_stats_enabled`.
     pub program_runs: Vec<(&'static str, std::time::Duration, u64)>,
+    /// Entries per map: (name, count).
+    pub map_entries: Vec<(&'static str, usize)>,
 }
 
 struct Family {
@@ -247,8 +249,17 @@ fn health_families(h: &Health) -> Vec<Family> {
         run_s.push(&[("program", name)], t.as_secs_f64());
         runs.push(&[("program", name)], *n as f64);
     }
+    let mut entries = Family::new(
+        "node_tracer_map_entries",
+        "Entries in each map: PORT_STATS holds one per attached port, MAC_SEEN and ICMP_STATS \
+         hold those of attached ports.",
+        GAUGE,
+    );
+    for (name, n) in &h.map_entries {
+        entries.push(&[("map", name)], *n as f64);
+    }
     vec![
-        attached, errors, map_errors, mac_new, lost, resyncs, events, run_s, runs,
+        attached, errors, map_errors, mac_new, lost, resyncs, events, run_s, runs, entries,
     ]
 }
 

@@ -80,6 +80,7 @@ impl State {
             self.health.program_stats = s;
         }
         self.health.program_runs = self.probe.program_run_stats();
+        self.health.map_entries = self.probe.map_entries();
         self.health.clone()
     }
 

@@ -481,9 +481,18 @@ impl Probe {
         })
     }
 
-    /// Entries currently in `PORT_STATS` (for tests and health).
-    pub fn port_entries(&self) -> usize {
-        self.port_stats().map_or(0, |m| m.keys().count())
+    /// Entries currently in `PORT_STATS` and `ICMP_STATS` (small maps: counting keys is cheap).
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        let mut out = vec![(
+            "PORT_STATS",
+            self.port_stats().map_or(0, |m| m.keys().count()),
+        )];
+        if let Some(map) = self.ebpf.map("ICMP_STATS")
+            && let Ok(m) = PerCpuHashMap::<_, IcmpKey, u64>::try_from(map)
+        {
+            out.push(("ICMP_STATS", m.keys().count()));
+        }
+        out
     }
 
     /// Entries in `MAC_SEEN` and `ICMP_STATS` belonging to `ifindex` (0 after a detach).
