@@ -22,8 +22,9 @@ pub struct Health {
     pub program_stats: [u64; 8],
     pub netlink_resyncs: u64,
     pub link_events: u64,
-    /// Per program: (name, total run time, run count); zero unless `kernel.bpf_stats_enabled`.
-    pub program_runs: Vec<(&'static str, std::time::Duration, u64)>,
+    /// Per program: (name, kernel program id, total run time, run count); times and counts are
+    /// zero unless `kernel.bpf_stats_enabled`.
+    pub program_runs: Vec<(&'static str, u32, std::time::Duration, u64)>,
     /// Entries per map: (name, count).
     pub map_entries: Vec<(&'static str, usize)>,
 }
@@ -245,9 +246,11 @@ fn health_families(h: &Health) -> Vec<Family> {
         "Runs of each program (needs sysctl kernel.bpf_stats_enabled=1).",
         COUNTER,
     );
-    for (name, t, n) in &h.program_runs {
-        run_s.push(&[("program", name)], t.as_secs_f64());
-        runs.push(&[("program", name)], *n as f64);
+    // The id label matches `bpftool prog show`, so an operator can find our programs there.
+    for (name, id, t, n) in &h.program_runs {
+        let id = id.to_string();
+        run_s.push(&[("program", name), ("id", &id)], t.as_secs_f64());
+        runs.push(&[("program", name), ("id", &id)], *n as f64);
     }
     let mut entries = Family::new(
         "node_tracer_map_entries",

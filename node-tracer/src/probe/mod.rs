@@ -441,13 +441,13 @@ impl Probe {
     }
 
     /// Run time and count of each program (non-zero only while `kernel.bpf_stats_enabled=1`).
-    pub fn program_run_stats(&self) -> Vec<(&'static str, std::time::Duration, u64)> {
+    pub fn program_run_stats(&self) -> Vec<(&'static str, u32, std::time::Duration, u64)> {
         let mut out = Vec::new();
         for name in [PROG_INGRESS, PROG_EGRESS] {
             if let Some(aya::programs::Program::SchedClassifier(p)) = self.ebpf.program(name)
                 && let Ok(info) = p.info()
             {
-                out.push((name, info.run_time(), info.run_count()));
+                out.push((name, info.id(), info.run_time(), info.run_count()));
             }
         }
         out
