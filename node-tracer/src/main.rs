@@ -338,9 +338,13 @@ async fn trace_icmp(
         let ports = move |ifindex: u32| lock(&state).port(ifindex);
         let mut stdout = std::io::stdout().lock();
         let mut tracer = trace::Tracer::new(opts, &events)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("install SIGTERM handler")?;
+        // Ctrl-C or SIGTERM end the trace the same way: summary written, pcapng complete.
         tokio::select! {
             r = tracer.pump(&mut events, &ports, &mut stdout) => { r?; }
             _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
         let stats = tracer.finish(&events, &mut stdout)?;
         anyhow::Ok(stats)
