@@ -61,6 +61,12 @@ enum Command {
         /// Lab name (keys its state file; prefixes its namespaces and veths).
         #[arg(long, default_value = "lab", global = true)]
         name: String,
+        /// The flannel-style bridge of the lab.
+        #[arg(long, default_value = "cni0", global = true)]
+        bridge: String,
+        /// The empty, docker0-like bridge of the lab.
+        #[arg(long, default_value = "docker0", global = true)]
+        docker_bridge: String,
     },
 }
 
@@ -253,7 +259,7 @@ fn main() -> ExitCode {
 
 /// The lab behind `run --lab`: real pods when containerd is here, plain namespaces otherwise.
 enum RunningLab {
-    Pods(lab::pods::PodLab),
+    Pods(Box<lab::pods::PodLab>),
     Netns(lab::LabSpec),
 }
 
@@ -300,7 +306,7 @@ async fn start_lab(opts: &mut AgentOptions) -> anyhow::Result<RunningLab> {
                 if let Some(sock) = l.cri_socket() {
                     opts.node.pods.cri_sockets.insert(0, sock);
                 }
-                return Ok(RunningLab::Pods(l));
+                return Ok(RunningLab::Pods(Box::new(l)));
             }
             Err(e) => log::warn!("the pod lab did not start ({e}); using plain namespaces"),
         }
@@ -362,15 +368,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Lab { action, name } => {
+        Command::Lab {
+            action,
+            name,
+            bridge,
+            docker_bridge,
+        } => {
             anyhow::ensure!(
                 !name.is_empty()
                     && name.len() <= 8
                     && name.chars().all(|c| c.is_ascii_alphanumeric()),
                 "--name must be 1 to 8 letters or digits (it prefixes interface names)"
             );
+            for b in [&bridge, &docker_bridge] {
+                anyhow::ensure!(
+                    !b.is_empty() && b.len() <= 15 && !b.contains(['/', ' ']),
+                    "bridge name {b:?}: 1 to 15 characters, no '/' or spaces"
+                );
+            }
             let mut spec = lab::LabSpec {
                 name,
+                bridge,
+                docker_bridge,
                 ..lab::LabSpec::default()
             };
             match action {

@@ -5,6 +5,9 @@
 //! One test in this binary on purpose: its agent attaches to every veth of the host, and test
 //! binaries run one after another, so it never touches another test's veths.
 
+// Counters are integers, exact in f64.
+#![allow(clippy::float_cmp)]
+
 use std::time::{Duration, Instant};
 
 use node_tracer_tests::{Agent, KernelCounters, metric, runtime};
