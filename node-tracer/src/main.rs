@@ -86,6 +86,10 @@ struct TopArgs {
     /// macs; a leading - reverses.
     #[arg(long)]
     sort: Option<String>,
+    /// Standalone only: on a host with no pods (auto), start a lab node first so there is
+    /// something to see; removed on exit.
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+    lab: TopLab,
     #[command(flatten)]
     probe: ProbeArgs,
     #[command(flatten)]
@@ -163,6 +167,13 @@ struct RunArgs {
     probe: ProbeArgs,
     #[command(flatten)]
     sources: SourceArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TopLab {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -455,15 +466,44 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let node = node_options(&[], &args.probe, &args.sources, cli.log_level);
-            let node = rt
-                .block_on(Node::start(&node))
-                .context("attaching to the node's veths")?;
+            // Say so before attaching anything or starting a lab.
+            top::require_terminal()?;
+            let mut agent = AgentOptions {
+                listen: ([127, 0, 0, 1], 0).into(),
+                node: node_options(&[], &args.probe, &args.sources, cli.log_level),
+            };
+            let lab = match args.lab {
+                TopLab::Always => true,
+                TopLab::Auto => !lab::host_has_pods(),
+                TopLab::Never => false,
+            };
+            let (node, lab) = rt.block_on(async {
+                let lab = if lab {
+                    eprintln!("node-tracer: no pods on this host: starting a lab node (--lab never skips it)");
+                    Some(start_lab(&mut agent).await?)
+                } else {
+                    None
+                };
+                match Node::start(&agent.node).await {
+                    Ok(n) => anyhow::Ok((n, lab)),
+                    Err(e) => {
+                        if let Some(l) = lab {
+                            l.stop().await;
+                        }
+                        Err(anyhow::Error::new(e).context("attaching to the node's veths"))
+                    }
+                }
+            })?;
             let source = node::LocalSource {
                 state: node.state.clone(),
             };
             let result = top::run(opts, source);
-            rt.block_on(async { node.stop() });
+            rt.block_on(async {
+                node.stop();
+                if let Some(l) = lab {
+                    l.stop().await;
+                }
+            });
             Ok(result?)
         }
         Command::Trace {
