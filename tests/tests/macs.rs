@@ -86,13 +86,14 @@ fn flags(report: &Value, veth: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-fn anomaly_gauge(agent: &Agent, kind: &str, veth: &str) -> f64 {
+/// The gauge's value (a count of flags, so whole); 0 when the series is absent.
+fn anomaly_gauge(agent: &Agent, kind: &str, veth: &str) -> u64 {
     metric(
         &agent.metrics(),
         "node_tracer_mac_anomalies",
         &[("kind", kind), ("interface", veth)],
     )
-    .unwrap_or(0.0)
+    .map_or(0, |v| v as u64)
 }
 
 fn ping(from: &Pod, to: &Pod, count: u32) {
@@ -220,8 +221,8 @@ fn a_pod_changing_its_mac_is_a_change_not_spoofing() {
         "{r:#}"
     );
     assert!(flags(&r, &b.veth.name).is_empty());
-    assert_eq!(anomaly_gauge(&agent, "mac_changed", &a.veth.name), 1.0);
-    assert_eq!(anomaly_gauge(&agent, "spoofed_source", &a.veth.name), 0.0);
+    assert_eq!(anomaly_gauge(&agent, "mac_changed", &a.veth.name), 1);
+    assert_eq!(anomaly_gauge(&agent, "spoofed_source", &a.veth.name), 0);
 }
 
 #[test]
@@ -248,7 +249,7 @@ fn forged_source_frames_from_a_pod_are_spoofing() {
         "{r:#}"
     );
     assert!(flags(&r, &b.veth.name).is_empty(), "{r:#}");
-    assert_eq!(anomaly_gauge(&agent, "spoofed_source", &a.veth.name), 1.0);
+    assert_eq!(anomaly_gauge(&agent, "spoofed_source", &a.veth.name), 1);
     // The table says it too, with its explanation.
     let url = format!("http://{}", agent.addr);
     let out = node_tracer(&["macs", "--connect", &url, "--bridge", &br.name]);
@@ -290,7 +291,7 @@ fn one_mac_in_two_pods_is_flagged_on_both_ports() {
             [("duplicate_mac".to_string(), Some(dup.to_string()))],
             "{r:#}"
         );
-        assert_eq!(anomaly_gauge(&agent, "duplicate_mac", &p.veth.name), 1.0);
+        assert_eq!(anomaly_gauge(&agent, "duplicate_mac", &p.veth.name), 1);
     }
     assert!(flags(&r, &pods[2].veth.name).is_empty(), "{r:#}");
 }
@@ -333,7 +334,7 @@ fn entries_learned_while_nobody_watched_are_flagged_until_traffic_is_seen() {
         "{r:#}"
     );
     assert_eq!(flags(&r, &b.veth.name), [(learned.clone(), Some(b.mac()))]);
-    assert_eq!(anomaly_gauge(&agent, &learned, &a.veth.name), 2.0);
+    assert_eq!(anomaly_gauge(&agent, &learned, &a.veth.name), 2);
 
     // Once the pods talk, only the entry nobody sent from stays flagged: a gauge, not a count.
     ping(a, b, 2);
@@ -343,7 +344,7 @@ fn entries_learned_while_nobody_watched_are_flagged_until_traffic_is_seen() {
         [(learned.clone(), Some(dynamic.to_string()))]
     );
     assert!(flags(&r, &b.veth.name).is_empty(), "{r:#}");
-    assert_eq!(anomaly_gauge(&agent, &learned, &a.veth.name), 1.0);
+    assert_eq!(anomaly_gauge(&agent, &learned, &a.veth.name), 1);
 }
 
 #[test]
@@ -362,9 +363,9 @@ fn hairpin_and_promiscuous_ports_are_flagged() {
     assert_eq!(flags(&r, &a.veth.name), [("hairpin".to_string(), None)]);
     assert_eq!(flags(&r, &b.veth.name), [("promiscuous".to_string(), None)]);
     assert!(flags(&r, &c.veth.name).is_empty(), "{r:#}");
-    assert_eq!(anomaly_gauge(&agent, "hairpin", &a.veth.name), 1.0);
-    assert_eq!(anomaly_gauge(&agent, "promiscuous", &b.veth.name), 1.0);
-    assert_eq!(anomaly_gauge(&agent, "hairpin", &b.veth.name), 0.0);
+    assert_eq!(anomaly_gauge(&agent, "hairpin", &a.veth.name), 1);
+    assert_eq!(anomaly_gauge(&agent, "promiscuous", &b.veth.name), 1);
+    assert_eq!(anomaly_gauge(&agent, "hairpin", &b.veth.name), 0);
 }
 
 #[test]
