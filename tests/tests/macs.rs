@@ -305,8 +305,12 @@ fn entries_learned_while_nobody_watched_are_flagged_until_traffic_is_seen() {
         // No IPv6 chatter (MLD reports) that would show the MAC behind our back.
         p.ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
     }
-    // The bridge learns both MACs before any program is attached.
+    // The bridge learns both MACs before any program is attached. Forgetting the neighbours
+    // afterwards keeps the pods quiet: b would otherwise re-probe a's MAC within seconds.
     ping(a, b, 2);
+    for p in &pods {
+        p.ns.exec("ip neigh flush all");
+    }
     let agent = agent_on(&pods);
     // And one more entry no frame ever taught it.
     let dynamic = "02:00:5e:10:00:03";
