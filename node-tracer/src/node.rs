@@ -55,7 +55,7 @@ impl State {
             probe.is_attached(i)
         });
         match topology::fdb::read_blocking() {
-            Ok(fdb) => snap.fdb = fdb,
+            Ok(fdb) => fdb.apply(&mut snap),
             Err(e) => log::warn!("reading the bridges' FDB: {e}"),
         }
         if !self.only.is_empty() {

@@ -352,13 +352,14 @@ fn entries_learned_while_nobody_watched_are_flagged_until_traffic_is_seen() {
 }
 
 #[test]
-fn hairpin_and_promiscuous_ports_are_flagged() {
+fn hairpin_and_promiscuous_ports_are_flagged_while_they_last() {
     setup();
     let (br, pods) = bridge_with(3);
     let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
     sh(&format!("bridge link set dev {} hairpin on", a.veth.name));
-    sh(&format!("ip link set {} promisc on", b.veth.name));
     let agent = agent_on(&pods);
+    // Set while the agent runs: no veth comes or goes, so only a fresh read can see it.
+    sh(&format!("ip link set {} promisc on", b.veth.name));
     ping(a, b, 2);
     ping(c, a, 2);
     let r = macs(&agent, &br);
@@ -370,6 +371,15 @@ fn hairpin_and_promiscuous_ports_are_flagged() {
     assert_eq!(anomaly_gauge(&agent, "hairpin", &a.veth.name), 1);
     assert_eq!(anomaly_gauge(&agent, "promiscuous", &b.veth.name), 1);
     assert_eq!(anomaly_gauge(&agent, "hairpin", &b.veth.name), 0);
+
+    // Turned off, the flags clear: the gauge follows the port's state.
+    sh(&format!("bridge link set dev {} hairpin off", a.veth.name));
+    sh(&format!("ip link set {} promisc off", b.veth.name));
+    let r = macs(&agent, &br);
+    assert!(flags(&r, &a.veth.name).is_empty(), "{r:#}");
+    assert!(flags(&r, &b.veth.name).is_empty(), "{r:#}");
+    assert_eq!(anomaly_gauge(&agent, "hairpin", &a.veth.name), 0);
+    assert_eq!(anomaly_gauge(&agent, "promiscuous", &b.veth.name), 0);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! `AF_BRIDGE` (what `bridge fdb show` sends) and one link dump to name the ports.
 //!
 //! Read at snapshot time rather than with the topology: the topology is rescanned on veth churn,
-//! but the FDB changes whenever a frame teaches the bridge something or an entry ages out.
+//! but the FDB changes whenever a frame teaches the bridge something or an entry ages out. The
+//! link dump that names the ports also refreshes their promiscuous and hairpin flags, which
+//! change without any veth coming or going.
 
 use std::collections::HashMap;
 
@@ -18,10 +20,31 @@ use super::{
     TopologyError,
     dump::{self, Kind, LinkRecord},
 };
-use crate::model::{FdbEntry, FdbState, format_mac};
+use crate::model::{FdbEntry, FdbState, Snapshot, format_mac};
+
+/// One read: the entries, and every link's port flags as of the same instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdbRead {
+    pub entries: Vec<FdbEntry>,
+    /// Per ifindex: (promiscuous, hairpin).
+    pub flags: HashMap<u32, (bool, bool)>,
+}
+
+impl FdbRead {
+    /// Puts the entries into the snapshot and refreshes its ports' flags.
+    pub fn apply(self, snap: &mut Snapshot) {
+        for p in &mut snap.ports {
+            if let Some(&(promiscuous, hairpin)) = self.flags.get(&p.ifindex) {
+                p.promiscuous = promiscuous;
+                p.hairpin = hairpin && p.master.is_some();
+            }
+        }
+        snap.fdb = self.entries;
+    }
+}
 
 /// Reads every bridge's FDB in the calling thread's network namespace.
-pub async fn read(handle: &Handle) -> Result<Vec<FdbEntry>, TopologyError> {
+pub async fn read(handle: &Handle) -> Result<FdbRead, TopologyError> {
     let links: Vec<LinkMessage> =
         handle
             .link()
@@ -47,11 +70,11 @@ pub async fn read(handle: &Handle) -> Result<Vec<FdbEntry>, TopologyError> {
     let links: Vec<LinkRecord> = links.iter().map(dump::parse_link).collect();
     let by_index: HashMap<u32, &LinkRecord> = links.iter().map(|l| (l.ifindex, l)).collect();
     let hz = user_hz();
-    let mut out: Vec<FdbEntry> = neighbours
+    let mut entries: Vec<FdbEntry> = neighbours
         .iter()
         .filter_map(|m| entry(&raw(m)?, &by_index, hz))
         .collect();
-    out.sort_by(|a, b| {
+    entries.sort_by(|a, b| {
         (a.bridge_ifindex, a.port_no, &a.mac, a.vlan).cmp(&(
             b.bridge_ifindex,
             b.port_no,
@@ -59,13 +82,17 @@ pub async fn read(handle: &Handle) -> Result<Vec<FdbEntry>, TopologyError> {
             b.vlan,
         ))
     });
-    Ok(out)
+    let flags = links
+        .iter()
+        .map(|l| (l.ifindex, (l.promiscuous, l.hairpin)))
+        .collect();
+    Ok(FdbRead { entries, flags })
 }
 
 /// [`read`] for synchronous callers (the snapshot is built under a mutex, on a blocking
 /// thread or inside `top`'s own runtime): runs on a short-lived thread with its own runtime, as
 /// namespace visits do, so it never blocks on, or nests inside, the caller's runtime.
-pub fn read_blocking() -> Result<Vec<FdbEntry>, TopologyError> {
+pub fn read_blocking() -> Result<FdbRead, TopologyError> {
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("fdb-read".into())
@@ -288,6 +315,35 @@ mod tests {
         .unwrap();
         assert_eq!((e.interface.as_str(), e.port_no), ("cni0", None));
         assert_eq!(e.vlan, Some(1));
+    }
+
+    #[test]
+    fn a_read_refreshes_port_flags_the_topology_read_earlier() {
+        use crate::model::Port;
+        let mut snap = Snapshot {
+            ports: vec![
+                Port {
+                    ifindex: 7,
+                    master: Some("cni0".into()),
+                    hairpin: true,
+                    ..Port::default()
+                },
+                Port {
+                    ifindex: 9,
+                    ..Port::default()
+                },
+            ],
+            ..Snapshot::default()
+        };
+        let read = FdbRead {
+            entries: vec![FdbEntry::default()],
+            flags: HashMap::from([(7, (true, false)), (9, (false, true))]),
+        };
+        read.apply(&mut snap);
+        assert!(snap.ports[0].promiscuous && !snap.ports[0].hairpin);
+        // Hairpin means nothing without a bridge, as in the topology.
+        assert!(!snap.ports[1].hairpin);
+        assert_eq!(snap.fdb.len(), 1);
     }
 
     #[test]
