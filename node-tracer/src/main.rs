@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use node_tracer::{
     agent::{self, AgentOptions},
-    lab,
+    lab, macs,
     node::{self, Node, NodeOptions, lock},
     peers,
     pods::{self, PodConfig},
@@ -53,6 +53,10 @@ enum Command {
         #[command(subcommand)]
         what: TraceWhat,
     },
+    /// MACs per bridge port (`brctl showmacs` that knows the pods): FDB entries joined with the
+    /// pod behind each port and the source MACs it sent; flags duplicates, spoofing, stale
+    /// entries, promiscuous and hairpin ports.
+    Macs(MacsArgs),
     /// A lab node in network namespaces: cni0 with two pods, an empty docker0, two routed
     /// GKE-style pods sharing one /32, and steady pings. For trying node-tracer anywhere.
     Lab {
@@ -94,6 +98,58 @@ struct TopArgs {
     probe: ProbeArgs,
     #[command(flatten)]
     sources: SourceArgs,
+}
+
+#[derive(Args, Clone)]
+struct MacsArgs {
+    /// Only this bridge (and no routed veths).
+    #[arg(long)]
+    bridge: Option<String>,
+    /// One JSON object: bridges, their ports and MACs, routed veths, anomalies.
+    #[arg(long)]
+    json: bool,
+    /// Read a running agent (e.g. http://127.0.0.1:9465) instead of attaching our own programs.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// Without --connect: seconds to watch traffic before printing (MACs are seen only while
+    /// programs are attached).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    duration: f64,
+    /// Without --connect: attach only to this interface (repeatable). Default: every veth.
+    #[arg(long = "interface", short = 'i')]
+    interfaces: Vec<String>,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    sources: SourceArgs,
+}
+
+async fn macs_command(args: &MacsArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
+    let source = if let Some(url) = &args.connect {
+        macs::Source::Connect(url.clone())
+    } else {
+        anyhow::ensure!(
+            args.duration.is_finite() && args.duration >= 0.0,
+            "--duration must be a number of seconds"
+        );
+        macs::Source::Attach {
+            node: Box::new(node_options(
+                &args.interfaces,
+                &args.probe,
+                &args.sources,
+                log_level,
+            )),
+            duration: Duration::from_secs_f64(args.duration),
+        }
+    };
+    let snap = macs::collect(source).await.context("node-tracer macs")?;
+    let report = macs::report(&snap, args.bridge.as_deref())?;
+    if args.json {
+        println!("{}", macs::to_json(&report)?);
+    } else {
+        print!("{}", macs::to_table(&report));
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -560,6 +616,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Macs(args) => rt.block_on(macs_command(&args, cli.log_level)),
         Command::Peers { json, sources } => rt.block_on(async {
             let pods = pods::discover(&sources.pods()).await;
             let mut scan = sources.scan();

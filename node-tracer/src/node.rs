@@ -54,8 +54,16 @@ impl State {
         let mut snap = snapshot::build(&self.topology, &self.pods, &readings, |i| {
             probe.is_attached(i)
         });
+        match topology::fdb::read_blocking() {
+            Ok(fdb) => fdb.apply(&mut snap),
+            Err(e) => log::warn!("reading the bridges' FDB: {e}"),
+        }
         if !self.only.is_empty() {
             snap.ports.retain(|p| self.only.contains(&p.name));
+            // The databases of the bridges the named ports belong to, and no others.
+            let bridges: HashSet<String> =
+                snap.ports.iter().filter_map(|p| p.master.clone()).collect();
+            snap.fdb.retain(|e| bridges.contains(&e.bridge));
         }
         snap
     }
