@@ -305,6 +305,7 @@ fn node_options(
         },
         pods: sources.pods(),
         scan: sources.scan(),
+        attach_filter: None,
     }
 }
 
@@ -609,7 +610,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Vec::new()
             };
-            let node = node_options(&only, &args.probe, &args.sources, cli.log_level);
+            let mut node = node_options(&only, &args.probe, &args.sources, cli.log_level);
+            if only.is_empty() && !(args.pod.is_empty() && args.veth.is_empty()) {
+                let f = opts.filter.clone();
+                node.attach_filter = Some(node::PortFilter(std::sync::Arc::new(move |p| {
+                    f.could_match_port(p)
+                })));
+            }
             let stats = rt.block_on(trace_icmp(&node, &opts))?;
             if stats.lost > 0 {
                 log::warn!("{} events were lost (ring buffer full)", stats.lost);
