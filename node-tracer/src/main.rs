@@ -268,6 +268,10 @@ async fn trace_icmp(
             r = tracer.pump(&mut events, &ports, &mut stdout) => { r?; }
             _ = tokio::signal::ctrl_c() => {}
         }
+        // Stop the programs writing, then report what they wrote before the stop and the pump
+        // had not read yet (Ctrl-C or --timeout can come while the ring holds events).
+        lock(&node.state).probe.set_tracing(false)?;
+        tracer.drain(&mut events, &ports, &mut stdout)?;
         let stats = tracer.finish(&events, &mut stdout)?;
         anyhow::Ok(stats)
     }
