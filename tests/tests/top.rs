@@ -187,6 +187,18 @@ fn order<'v>(screen: &str, veths: &[&'v str]) -> Vec<&'v str> {
     found.into_iter().map(|(_, v)| v).collect()
 }
 
+/// The status the shell printed after `EXIT=` (the typed command line holds `EXIT=$?`, which
+/// is no status; the status may follow a prompt on its line).
+fn exit_status(screen: &str) -> Option<&str> {
+    screen.lines().find_map(|l| {
+        let rest = &l[l.find("EXIT=")? + "EXIT=".len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
+    })
+}
+
 /// Drives `top` in tmux through the whole session: rates, sort, filter, detail, quit.
 fn drive(lab: &Lab, top_args: &str) {
     let tmux = Tmux::new(120, 30);
@@ -195,6 +207,8 @@ fn drive(lab: &Lab, top_args: &str) {
         lab.b.veth.name.as_str(),
         lab.c.veth.name.as_str(),
     );
+    // Type only once the shell is there, so its prompt and the command keep their order.
+    tmux.wait("the shell prompt", |s| s.contains('#') || s.contains('$'));
     tmux.type_text(&format!(
         "{} top --interval 1 {top_args}; echo EXIT=$?",
         binary().display()
@@ -260,12 +274,8 @@ fn drive(lab: &Lab, top_args: &str) {
 
     // `q`: top exits 0 and the shell's screen is back.
     tmux.press("q");
-    // (The typed command line holds "EXIT=$?"; the exit status is a line of its own.)
-    let s = tmux.wait("top to exit", |s| {
-        s.lines()
-            .any(|l| l.trim().starts_with("EXIT=") && !l.contains('$'))
-    });
-    assert!(s.lines().any(|l| l.trim() == "EXIT=0"), "{s}");
+    let s = tmux.wait("top to exit", |s| exit_status(s).is_some());
+    assert_eq!(exit_status(&s), Some("0"), "{s}");
     assert!(!tmux.alternate_on(), "still on the alternate screen");
     assert!(
         !s.contains("node-tracer top │"),
