@@ -407,11 +407,14 @@ fn pcapng_has_one_named_interface_per_veth_and_every_packet() {
             &b.veth.name,
             "--write",
             &file_arg,
+            // This one ends by itself: --timeout, then the file is closed and the summary out.
+            "--timeout",
+            "10",
         ],
         2,
     );
     a.ns.exec(&format!("ping -c {N} -i 0.05 -W 5 -q {}", b.ip));
-    let (status, stdout, stderr) = trace.stop();
+    let (status, stdout, stderr) = trace.finish();
     assert!(status.success(), "{status}: {stderr}");
     let (pkts, _) = packets(&stdout);
     // N requests and N replies, each on both veths.
