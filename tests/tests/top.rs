@@ -9,32 +9,37 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Link, Pod, binary, require_root, require_tool, sh, sh_output, unique, unique_net,
+    Agent, Link, Pod, TempDir, binary, require_root, require_tool, sh, sh_output, unique,
+    unique_net,
 };
 
-/// A detached tmux session on a server of its own (`-L`), so nothing here touches anyone's
-/// tmux; the session and its server are killed by name on drop, also when the test fails.
+/// A detached tmux session on a server of its own (`-S`, a socket in a temporary directory), so
+/// nothing here touches anyone's tmux; the session and its server are killed by name on drop,
+/// also when the test fails, and the socket goes with the directory.
 struct Tmux {
-    socket: String,
     session: String,
+    socket: String,
+    _dir: TempDir,
 }
 
 impl Tmux {
     fn new(width: u16, height: u16) -> Self {
         require_tool("tmux");
+        let dir = TempDir::new("tmx");
         let t = Self {
-            socket: unique("tmx"),
             session: unique("top"),
+            socket: dir.0.join("tmux.sock").display().to_string(),
+            _dir: dir,
         };
         sh(&format!(
-            "tmux -L {} -f /dev/null new-session -d -s {} -x {width} -y {height} sh",
+            "tmux -S {} -f /dev/null new-session -d -s {} -x {width} -y {height} sh",
             t.socket, t.session
         ));
         t
     }
 
     fn tmux(&self, args: &str) -> String {
-        sh(&format!("tmux -L {} {args}", self.socket))
+        sh(&format!("tmux -S {} {args}", self.socket))
     }
 
     /// Types `text` literally.
@@ -85,10 +90,10 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = sh_output(&format!(
-            "tmux -L {} kill-session -t {}",
+            "tmux -S {} kill-session -t {}",
             self.socket, self.session
         ));
-        let _ = sh_output(&format!("tmux -L {} kill-server", self.socket));
+        let _ = sh_output(&format!("tmux -S {} kill-server", self.socket));
     }
 }
 
