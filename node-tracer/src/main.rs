@@ -1,6 +1,6 @@
 //! node-tracer: which pod is behind every veth, and what it sends — from one eBPF agent.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -420,6 +420,10 @@ async fn trace_icmp(
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        // Stop the programs writing, then report what they wrote before the stop and the pump
+        // had not read yet (Ctrl-C or --timeout can come while the ring holds events).
+        lock(&node.state).probe.set_tracing(false)?;
+        tracer.drain(&mut events, &ports, &mut stdout)?;
         let stats = tracer.finish(&events, &mut stdout)?;
         anyhow::Ok(stats)
     }
@@ -512,6 +516,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 sort: args.sort.clone(),
             };
             drop(rt);
+            // Before any work: a standalone top would otherwise load and attach programs on
+            // every veth of the node only to say it has nowhere to draw.
+            if !std::io::stdout().is_terminal() {
+                return Err(top::TopError::NotATerminal.into());
+            }
             if let Some(url) = &args.connect {
                 let source = top::HttpSource::new(url)?;
                 return Ok(top::run(opts, source)?);
