@@ -241,7 +241,7 @@ fn drive(lab: &Lab, top_args: &str) {
             "bridge column {cell:?}: {s}"
         );
     }
-    assert_eq!(row(&s, a).unwrap()[0], format!("/{}", lab.a.ns.name), "{s}");
+    assert_eq!(row(&s, a).unwrap()[0], lab.a.ns.name, "{s}");
 
     // `s` cycles the sort column; from the default (rx-bps) to pod is 8 presses.
     tmux.press("s");
