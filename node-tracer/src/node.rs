@@ -85,6 +85,19 @@ impl State {
 
     /// Makes attachments match the topology: attach new veths, detach vanished ones.
     pub fn reconcile(&mut self) {
+        let (gone, wanted) = self.plan();
+        for i in gone {
+            self.probe.detach(i);
+        }
+        for (i, name) in wanted {
+            self.attach_logged(i, &name);
+        }
+        self.probe.collect_garbage();
+    }
+
+    /// What [`State::reconcile`] would do: attachments to drop, and interfaces to attach (attach
+    /// is idempotent, so already attached ones are in it too).
+    fn plan(&self) -> (Vec<u32>, Vec<(u32, String)>) {
         let wanted: Vec<(u32, String)> = if self.only.is_empty() {
             self.topology
                 .ports
@@ -104,22 +117,36 @@ impl State {
             .map(|(i, _)| i)
             .filter(|i| !keep.contains(i))
             .collect();
-        for i in gone {
-            self.probe.detach(i);
-        }
-        for (i, name) in wanted {
-            if let Err(e) = self.probe.attach(i, &name) {
-                self.health.attach_errors += 1;
-                // A veth deleted between the event and the attach is not worth a warning.
-                if ifindex_of(&name) == Some(i) {
-                    log::warn!("{e}");
-                } else {
-                    log::debug!("{e}");
-                }
+        (gone, wanted)
+    }
+
+    fn attach_logged(&mut self, ifindex: u32, name: &str) {
+        if let Err(e) = self.probe.attach(ifindex, name) {
+            self.health.attach_errors += 1;
+            // A veth deleted between the event and the attach is not worth a warning.
+            if ifindex_of(name) == Some(ifindex) {
+                log::warn!("{e}");
+            } else {
+                log::debug!("{e}");
             }
         }
-        self.probe.collect_garbage();
     }
+}
+
+/// [`State::reconcile`] taking the lock once per interface: after a burst of hundreds of veths a
+/// single hold would keep every scrape waiting for all their attaches (seconds on a busy node).
+fn reconcile_shared(state: &Mutex<State>) {
+    let (gone, wanted) = lock(state).plan();
+    for i in gone {
+        lock(state).probe.detach(i);
+    }
+    for (i, name) in wanted {
+        let mut s = lock(state);
+        if !s.probe.is_attached(i) {
+            s.attach_logged(i, &name);
+        }
+    }
+    lock(state).probe.collect_garbage();
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
@@ -221,30 +248,34 @@ async fn follow_links(
     relabel: Arc<Notify>,
 ) {
     while let Some(ev) = watcher.next().await {
-        let mut s = lock(&state);
-        s.health.link_events += 1;
-        match ev {
-            LinkEvent::Added { ifindex, name } => {
-                // Attach at once: counting must not wait for the (slower) pod lookup.
-                if let Err(e) = s.probe.attach(ifindex, &name) {
-                    s.health.attach_errors += 1;
-                    log::debug!("{e}");
-                } else {
-                    log::debug!("attached to new veth {name} ({ifindex})");
+        {
+            let mut s = lock(&state);
+            s.health.link_events += 1;
+            match ev {
+                LinkEvent::Added { ifindex, name } => {
+                    // Attach at once: counting must not wait for the (slower) pod lookup.
+                    if let Err(e) = s.probe.attach(ifindex, &name) {
+                        s.health.attach_errors += 1;
+                        log::debug!("{e}");
+                    } else {
+                        log::debug!("attached to new veth {name} ({ifindex})");
+                    }
+                }
+                LinkEvent::Removed { ifindex, name } => {
+                    s.probe.detach(ifindex);
+                    s.topology.ports.retain(|p| p.ifindex != ifindex);
+                    log::debug!("veth {name} ({ifindex}) removed");
+                }
+                LinkEvent::Resync => {
+                    s.health.netlink_resyncs += 1;
+                    log::warn!("netlink socket overran; rescanning all links");
                 }
             }
-            LinkEvent::Removed { ifindex, name } => {
-                s.probe.detach(ifindex);
-                s.topology.ports.retain(|p| p.ifindex != ifindex);
-                log::debug!("veth {name} ({ifindex}) removed");
-            }
-            LinkEvent::Resync => {
-                s.health.netlink_resyncs += 1;
-                log::warn!("netlink socket overran; rescanning all links");
-            }
         }
-        drop(s);
         relabel.notify_one();
+        // std's mutex is not fair: without a pause, a burst of hundreds of events would take
+        // the lock back-to-back and starve scrapes waiting for it.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -282,10 +313,16 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
                 .and_then(|x| x.netns_inode)
                 .is_some_and(|i| pods.lookup(i).is_none())
         });
-        let mut s = lock(&state);
-        s.topology = topology;
-        s.pods = pods;
-        s.reconcile();
+        {
+            let mut s = lock(&state);
+            s.topology = topology;
+            s.pods = pods;
+        }
+        // Hundreds of attaches are blocking syscalls: off the async workers, which also serve HTTP.
+        let st = state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || reconcile_shared(&st)).await {
+            log::warn!("reconcile: {e}");
+        }
         if !unlabelled {
             retry = RETRIES.len();
         }
