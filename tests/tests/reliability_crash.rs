@@ -3,6 +3,7 @@
 //! its own stale filters and counts exactly what the kernel counts.
 
 use std::{
+    collections::HashMap,
     process::{Child, Command, Stdio},
     time::{Duration, SystemTime},
 };
@@ -81,18 +82,59 @@ fn start_and_kill(extra: &[&str]) -> u64 {
     delay
 }
 
-fn tcx_programs(iface: &str) -> Vec<String> {
-    let mut names = Vec::new();
+/// PIDs holding each BPF program (through a program or link fd), from `/proc/*/fdinfo`.
+///
+/// This machine is shared: another checkout's agent may attach its own `nt_*` programs to every
+/// veth, ours included. A program a live process holds is that process's; one held by nobody
+/// and still attached is what a dead agent left behind.
+fn holders() -> HashMap<u32, Vec<i32>> {
+    let mut out: HashMap<u32, Vec<i32>> = HashMap::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                out.entry(id).or_default().push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Of program ids `progs`: (held by no live process, i.e. left behind; held by `pid`).
+fn orphans_and_held_by(progs: &[u32], pid: Option<i32>) -> (usize, usize) {
+    let h = holders();
+    let orphans = progs.iter().filter(|id| !h.contains_key(id)).count();
+    let held = progs
+        .iter()
+        .filter(|id| pid.is_some_and(|p| h.get(id).is_some_and(|v| v.contains(&p))))
+        .count();
+    (orphans, held)
+}
+
+/// Ids of the `nt_*` programs in the tcx chains of `iface`.
+fn tcx_programs(iface: &str) -> Vec<u32> {
+    let mut out = Vec::new();
     for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
         let (_, progs) = SchedClassifier::query_tcx(iface, ty)
             .unwrap_or_else(|e| panic!("query tcx on {iface}: {e}"));
-        names.extend(
+        out.extend(
             progs
                 .iter()
-                .map(|p| p.name_as_str().unwrap_or("?").to_string()),
+                .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("nt_")))
+                .map(aya::programs::ProgramInfo::id),
         );
     }
-    names
+    out
 }
 
 /// Pings `n` times from the pod and checks our count of what it transmitted equals the kernel's.
@@ -137,32 +179,32 @@ fn sigkill_in_tcx_mode_leaves_nothing_and_restart_attaches_once() {
     let mut delays = Vec::new();
     for _ in 0..5 {
         delays.push(start_and_kill(&["--attach-mode", "tcx", "-i", &veth]));
-        // bpf_links die with the process that held them.
-        let left = tcx_programs(&veth);
-        assert!(
-            !left.iter().any(|n| n.starts_with("nt_")),
-            "after SIGKILL at {delays:?} ms: {left:?} still on {veth}"
-        );
-        let links = sh("bpftool link show");
-        let ifindex = pod.veth.ifindex();
-        assert!(
-            !links.lines().any(|l| l.contains(&format!("ifindex {veth}"))
-                || l.contains(&format!("ifindex {ifindex} "))),
-            "a tcx link is left on {veth}: {links}"
+        // bpf_links die with the process that held them: nothing of the dead agent remains.
+        let progs = tcx_programs(&veth);
+        let (orphans, _) = orphans_and_held_by(&progs, None);
+        assert_eq!(
+            orphans, 0,
+            "after SIGKILL at {delays:?} ms: {progs:?} left on {veth}"
         );
     }
     let agent = Agent::start(&["--attach-mode", "tcx", "-i", &veth]);
     let progs = tcx_programs(&veth);
     assert_eq!(
-        progs.iter().filter(|n| n.starts_with("nt_")).count(),
-        2,
-        "exactly one ingress and one egress program: {progs:?}"
+        orphans_and_held_by(&progs, Some(agent.pid())),
+        (0, 2),
+        "exactly one ingress and one egress program of the new agent: {progs:?}"
     );
     traffic.kill();
     std::thread::sleep(Duration::from_millis(200));
     exact_count(&agent, &pod, &gw, 50);
+    let pid = agent.pid();
     drop(agent);
-    assert!(tcx_programs(&veth).is_empty(), "SIGTERM detaches");
+    let progs = tcx_programs(&veth);
+    assert_eq!(
+        orphans_and_held_by(&progs, Some(pid)),
+        (0, 0),
+        "SIGTERM detaches"
+    );
 }
 
 /// `tc -j filter show` entries of `iface` and `dir` (ingress/egress).
@@ -171,11 +213,16 @@ fn filters(iface: &str, dir: &str) -> Vec<serde_json::Value> {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("tc json {out}: {e}"))
 }
 
-fn ours(iface: &str, dir: &str, name: &str) -> usize {
-    filters(iface, dir)
+/// Our filters named `name` on `iface`: (held by no live process, i.e. stale; held by `pid`).
+/// Filters of another checkout's live agent on this shared machine are neither.
+fn ours(iface: &str, dir: &str, name: &str, pid: Option<i32>) -> (usize, usize) {
+    let progs: Vec<u32> = filters(iface, dir)
         .iter()
         .filter(|f| f["options"]["bpf_name"].as_str() == Some(name))
-        .count()
+        .filter_map(|f| f["options"]["prog"]["id"].as_u64())
+        .map(|id| u32::try_from(id).unwrap())
+        .collect();
+    orphans_and_held_by(&progs, pid)
 }
 
 /// Packets the other tool's mirror action has handled (None when the filter is gone).
@@ -223,20 +270,22 @@ fn netlink_restart_removes_only_our_stale_filters() {
         );
         assert!(has_clsact(&veth), "clsact removed after SIGKILL");
         assert!(
-            ours(&veth, "ingress", "nt_ingress") <= 1,
+            ours(&veth, "ingress", "nt_ingress", None).0 <= 1,
             "filters pile up across crashes ({delays:?} ms)"
         );
     }
     let agent = Agent::start(&["--attach-mode", "netlink", "-i", &veth]);
+    let pid = agent.pid();
+    // The stale filters are gone, the new agent's are there once.
     assert_eq!(
-        ours(&veth, "ingress", "nt_ingress"),
-        1,
+        ours(&veth, "ingress", "nt_ingress", Some(pid)),
+        (0, 1),
         "{:?}",
         filters(&veth, "ingress")
     );
     assert_eq!(
-        ours(&veth, "egress", "nt_egress"),
-        1,
+        ours(&veth, "egress", "nt_egress", Some(pid)),
+        (0, 1),
         "{:?}",
         filters(&veth, "egress")
     );
@@ -253,13 +302,13 @@ fn netlink_restart_removes_only_our_stale_filters() {
     let (status, _) = agent.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status}");
     assert_eq!(
-        ours(&veth, "ingress", "nt_ingress"),
-        0,
+        ours(&veth, "ingress", "nt_ingress", None),
+        (0, 0),
         "ours removed on SIGTERM"
     );
     assert_eq!(
-        ours(&veth, "egress", "nt_egress"),
-        0,
+        ours(&veth, "egress", "nt_egress", None),
+        (0, 0),
         "ours removed on SIGTERM"
     );
     assert!(
