@@ -264,6 +264,7 @@ fn frames_of_every_shape_arrive_byte_identical_and_in_order() {
     require_root();
     require_tool("tcpdump");
     require_tool("python3");
+    require_tool("taskset");
     let wire = Wire::new();
     let tmp = TempDir::new("tr");
 
@@ -309,6 +310,7 @@ fn frames_of_every_shape_arrive_byte_identical_and_in_order() {
 fn gso_super_packets_pass_intact() {
     require_root();
     require_tool("python3");
+    require_tool("ethtool");
     let wire = Wire::new();
     wire.a.exec(
         "ip addr add 10.77.0.1/24 dev eth0 && ethtool -K eth0 tso on gso on 2>/dev/null; true",
