@@ -289,6 +289,18 @@ fn netlink_restart_removes_only_our_stale_filters() {
         "{:?}",
         filters(&veth, "egress")
     );
+    // A second agent starting meanwhile (a rolling update) removes stale filters only: the
+    // running agent's stay, and each leaves with its own.
+    let second = Agent::start(&["--attach-mode", "netlink", "-i", &veth]);
+    assert_eq!(ours(&veth, "ingress", "nt_ingress", Some(pid)), (0, 1));
+    assert_eq!(
+        ours(&veth, "ingress", "nt_ingress", Some(second.pid())),
+        (0, 1)
+    );
+    let (status, _) = second.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    assert_eq!(ours(&veth, "ingress", "nt_ingress", Some(pid)), (0, 1));
+    assert_eq!(ours(&veth, "egress", "nt_egress", Some(pid)), (0, 1));
     traffic.kill();
     std::thread::sleep(Duration::from_millis(200));
     let hits = foreign_hits(&veth).expect("other tool's filter is still there");

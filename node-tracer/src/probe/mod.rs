@@ -629,24 +629,20 @@ fn log_level_byte(level: log::LevelFilter) -> u8 {
     }
 }
 
-/// Removes filters of ours a killed agent left on `iface` (netlink mode). Returns whether any
-/// were found: then the clsact qdisc was most likely ours too.
+/// Removes filters of ours a killed agent left on `iface` (netlink mode), never those of a
+/// running agent. Returns whether any were found: then the clsact qdisc was most likely ours too.
 fn remove_stale_filters(iface: &str) -> bool {
-    let mut found = false;
-    for (ty, name) in [
-        (TcAttachType::Ingress, PROG_INGRESS),
-        (TcAttachType::Egress, PROG_EGRESS),
-    ] {
-        match tc::qdisc_detach_program(iface, ty, name) {
-            Ok(()) => {
-                log::info!("removed a stale {name} filter left on {iface} by an earlier run");
-                found = true;
-            }
-            Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => log::debug!("looking for stale filters on {iface}: {e}"),
+    match qdisc::remove_orphan_filters(iface, &[PROG_INGRESS, PROG_EGRESS]) {
+        Ok(0) => false,
+        Ok(n) => {
+            log::info!("removed {n} stale filters left on {iface} by an earlier run");
+            true
+        }
+        Err(e) => {
+            log::debug!("looking for stale filters on {iface}: {e}");
+            false
         }
     }
-    found
 }
 
 /// Deletes the clsact qdisc of `iface` when no filter at all remains on it: another tool's
