@@ -307,6 +307,9 @@ async fn follow_links(
         }
         drop(s);
         relabel.notify_one();
+        // std's mutex is not fair: without a pause, a burst of hundreds of events would take
+        // the lock back-to-back and starve scrapes waiting for it.
+        tokio::task::yield_now().await;
     }
 }
 

@@ -175,6 +175,7 @@ fn test(args: &[String]) -> Result<()> {
         "cargo clippy",
     )?;
     build()?;
+    let programs_before = our_programs();
     step("tests: unit and integration (real kernel, namespaces, tools)");
     let result = status(
         Command::new("cargo")
@@ -185,7 +186,11 @@ fn test(args: &[String]) -> Result<()> {
         "cargo test",
     );
     step("checking that the tests left nothing behind");
-    let left = leftovers();
+    let mut left = leftovers();
+    // Only reported: a process or program is never ended here unless it is certainly ours,
+    // and "certainly" is more than a name can tell.
+    left.extend(leftover_programs(&programs_before));
+    left.extend(leftover_processes());
     sweep_test_leftovers();
     result?;
     if !left.is_empty() {
@@ -212,6 +217,15 @@ fn leftovers() -> Vec<String> {
             let n = e.file_name().to_string_lossy().to_string();
             if n.starts_with("ntt") {
                 out.push(format!("link {n}"));
+            }
+        }
+    }
+    // Lab runtimes (containerd state dirs) live here; only the image cache may stay.
+    if let Ok(rd) = std::fs::read_dir("/run/node-tracer-lab") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n != "cache" {
+                out.push(format!("lab runtime dir /run/node-tracer-lab/{n}"));
             }
         }
     }
@@ -246,4 +260,109 @@ fn sweep_test_leftovers() {
                 .status();
         }
     }
+}
+
+/// IDs of loaded programs named like ours (`bpftool prog show`: "ID: TYPE  name NAME  ...").
+fn our_programs() -> Vec<u32> {
+    let Ok(out) = Command::new("bpftool").args(["prog", "show"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" name nt_ingress ") || l.contains(" name nt_egress "))
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// Programs of ours loaded during the run and still loaded: held by nothing (a pin or a filter
+/// on a surviving interface) or by a process running this workspace's binaries. Programs held
+/// by other processes (an agent from another checkout on a shared machine) are not ours.
+fn leftover_programs(before: &[u32]) -> Vec<String> {
+    let holders = program_holders();
+    let target = workspace_root().join("target");
+    our_programs()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .filter_map(|id| match holders.iter().find(|(p, _)| *p == id) {
+            None => Some(format!("BPF program {id} (nt_*) held by no process")),
+            Some((_, exe)) if exe.starts_with(&target) => {
+                Some(format!("BPF program {id} (nt_*) held by {}", exe.display()))
+            }
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// (program id, executable of a process holding it through a program or link fd).
+fn program_holders() -> Vec<(u32, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let dir = p.path();
+        let Ok(exe) = std::fs::read_link(dir.join("exe")) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(dir.join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                out.push((id, exe.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Processes the tests started and did not end: this workspace's binaries, and tools
+/// (tcpdump, ping, iperf3, containerd, python3) whose command line names a test object (`ntt`
+/// namespaces, links, temp dirs).
+fn leftover_processes() -> Vec<String> {
+    const TOOLS: [&str; 7] = [
+        "tcpdump",
+        "ping",
+        "iperf3",
+        "containerd",
+        "containerd-shim",
+        "python3",
+        "node-tracer",
+    ];
+    let me = std::process::id();
+    let target = workspace_root().join("target");
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let dir = p.path();
+        let exe = std::fs::read_link(dir.join("exe")).unwrap_or_default();
+        let cmdline = std::fs::read(dir.join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let ours_binary = exe.starts_with(&target) && !cmdline.contains("xtask");
+        let names_test_object = cmdline
+            .split([' ', '/', '='])
+            .any(|w| w.starts_with("ntt") && w.len() >= 11);
+        if ours_binary || (TOOLS.contains(&comm.trim()) && names_test_object) {
+            out.push(format!("process {pid} ({}): {cmdline}", comm.trim()));
+        }
+    }
+    out
 }

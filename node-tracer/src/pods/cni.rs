@@ -77,10 +77,18 @@ pub(super) fn discover(dir: &Path) -> Vec<Found> {
         if !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
-        // A file removed between readdir and read is a pod torn down meanwhile: not news.
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            log::debug!("pods: CNI cache {} vanished or unreadable", path.display());
-            continue;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            // A file removed between readdir and read is a pod torn down meanwhile: not news.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                log::debug!("pods: CNI cache {} vanished", path.display());
+                continue;
+            }
+            // Not UTF-8, unreadable: a corrupt entry someone should look at.
+            Err(e) => {
+                log::warn!("pods: CNI cache {} skipped: {e}", path.display());
+                continue;
+            }
         };
         let parsed = match parse_result(&text) {
             Ok(p) => p,

@@ -481,6 +481,79 @@ impl Probe {
         })
     }
 
+    /// Runs program `prog` (`nt_ingress` or `nt_egress`) on `frame` through `BPF_PROG_TEST_RUN`,
+    /// `repeat` times, without any interface: returns the program's return value and the mean run
+    /// time in nanoseconds. The kernel gives the skb its loopback device, so counts land on the
+    /// `PORT_STATS` entry of ifindex 1 of the caller's namespace. For fuzzing and benchmarks.
+    pub fn test_run(&self, prog: &str, frame: &[u8], repeat: u32) -> Result<(u32, u32)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+
+        /// The `test` member of `union bpf_attr` (linux/bpf.h), up to `batch_size`.
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestRunAttr {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+            batch_size: u32,
+            pad: u32,
+        }
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+        let name: &'static str = match prog {
+            PROG_INGRESS => PROG_INGRESS,
+            PROG_EGRESS => PROG_EGRESS,
+            _ => return Err(Error::MapMissing("test_run: no such program")),
+        };
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(Error::MapMissing(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        let fd = p
+            .fd()
+            .map_err(|source| Error::Program { name, source })?
+            .as_fd()
+            .as_raw_fd();
+        let mut attr = TestRunAttr {
+            prog_fd: u32::try_from(fd).map_err(|_| Error::MapMissing(name))?,
+            data_size_in: u32::try_from(frame.len())
+                .map_err(|_| Error::io("test_run", std::io::ErrorKind::InvalidInput.into()))?,
+            data_in: frame.as_ptr() as u64,
+            repeat,
+            ..TestRunAttr::default()
+        };
+        // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix that outlives the call;
+        // `data_in` points at `frame`, which the kernel only reads; no output buffers are given.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &raw mut attr,
+                std::mem::size_of::<TestRunAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(Error::io(
+                format!("BPF_PROG_TEST_RUN {name}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok((attr.retval, attr.duration))
+    }
+
     /// Entries currently in `PORT_STATS` and `ICMP_STATS` (small maps: counting keys is cheap).
     pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
         let mut out = vec![(
@@ -565,24 +638,20 @@ fn log_level_byte(level: log::LevelFilter) -> u8 {
     }
 }
 
-/// Removes filters of ours a killed agent left on `iface` (netlink mode). Returns whether any
-/// were found: then the clsact qdisc was most likely ours too.
+/// Removes filters of ours a killed agent left on `iface` (netlink mode), never those of a
+/// running agent. Returns whether any were found: then the clsact qdisc was most likely ours too.
 fn remove_stale_filters(iface: &str) -> bool {
-    let mut found = false;
-    for (ty, name) in [
-        (TcAttachType::Ingress, PROG_INGRESS),
-        (TcAttachType::Egress, PROG_EGRESS),
-    ] {
-        match tc::qdisc_detach_program(iface, ty, name) {
-            Ok(()) => {
-                log::info!("removed a stale {name} filter left on {iface} by an earlier run");
-                found = true;
-            }
-            Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => log::debug!("looking for stale filters on {iface}: {e}"),
+    match qdisc::remove_orphan_filters(iface, &[PROG_INGRESS, PROG_EGRESS]) {
+        Ok(0) => false,
+        Ok(n) => {
+            log::info!("removed {n} stale filters left on {iface} by an earlier run");
+            true
+        }
+        Err(e) => {
+            log::debug!("looking for stale filters on {iface}: {e}");
+            false
         }
     }
-    found
 }
 
 /// Deletes the clsact qdisc of `iface` when no filter at all remains on it: another tool's

@@ -1,5 +1,6 @@
-//! The two netlink-mode chores aya does not do for us: counting the filters left on a clsact
-//! qdisc, and deleting the qdisc once nothing uses it.
+//! The netlink-mode chores aya does not do for us: counting the filters left on a clsact qdisc,
+//! deleting the qdisc once nothing uses it, and removing the filters a dead agent left behind
+//! (and only those).
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::tc::TcHandle;
@@ -36,6 +37,102 @@ pub fn filters_on(iface: &str) -> Result<usize> {
         }
         Ok(n)
     })
+}
+
+/// Removes the cls_bpf filters on `iface` running a program named in `names` that no live
+/// process holds: what a killed agent left. A filter whose program a live process holds belongs
+/// to a running agent (a second instance, or the old one during a rolling update) and stays.
+/// Returns how many were removed.
+pub fn remove_orphan_filters(iface: &str, names: &'static [&'static str]) -> Result<usize> {
+    use futures::StreamExt as _;
+    use netlink_packet_route::{
+        RouteNetlinkMessage,
+        tc::{TcAttribute, TcFilterBpfOption, TcOption},
+    };
+    use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+
+    let index = ifindex(iface)?;
+    let iface = iface.to_string();
+    let held = held_programs();
+    block_on(async move {
+        let (conn, mut handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("netlink socket", e))?;
+        tokio::spawn(conn);
+        let mut removed = 0;
+        for egress in [false, true] {
+            let mut req = handle.traffic_filter(index).get();
+            req = if egress { req.egress() } else { req.ingress() };
+            let found: Vec<_> = req
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::Netlink(format!("list filters on {iface}: {e}")))?;
+            for m in found {
+                let (mut name, mut id) = (None, None);
+                for a in &m.attributes {
+                    if let TcAttribute::Options(opts) = a {
+                        for o in opts {
+                            match o {
+                                TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n),
+                                TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                let (Some(name), Some(id)) = (name, id) else {
+                    continue;
+                };
+                if !names.contains(&name.as_str()) || held.contains(&id) {
+                    continue;
+                }
+                // The listed header names exactly this filter: parent, priority and handle.
+                let mut del = netlink_packet_route::tc::TcMessage::default();
+                del.header = m.header.clone();
+                let mut msg = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(del));
+                msg.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+                let mut resp = handle
+                    .request(msg)
+                    .map_err(|e| Error::Netlink(format!("delete filter on {iface}: {e}")))?;
+                while let Some(r) = resp.next().await {
+                    if let NetlinkPayload::Error(e) = r.payload
+                        && e.code.is_some()
+                    {
+                        return Err(Error::Netlink(format!(
+                            "delete stale {name} filter on {iface}: {e}"
+                        )));
+                    }
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    })
+}
+
+/// Ids of the BPF programs some live process holds (a program or link fd), from
+/// `/proc/*/fdinfo`.
+fn held_programs() -> std::collections::HashSet<u32> {
+    let mut out = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Some(id) = std::fs::read_to_string(fd.path())
+                .ok()
+                .as_deref()
+                .and_then(|t| t.lines().find_map(|l| l.strip_prefix("prog_id:")))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                out.insert(id);
+            }
+        }
+    }
+    out
 }
 
 /// Deletes the clsact qdisc of `iface`.
