@@ -291,21 +291,22 @@ async fn follow_links(
             relabel.notify_one();
             continue;
         }
-        let mut s = lock(&state);
-        s.health.link_events += 1;
-        match ev {
-            LinkEvent::Added { .. } => {}
-            LinkEvent::Removed { ifindex, name } => {
-                s.probe.detach(ifindex);
-                s.topology.ports.retain(|p| p.ifindex != ifindex);
-                log::debug!("veth {name} ({ifindex}) removed");
-            }
-            LinkEvent::Resync => {
-                s.health.netlink_resyncs += 1;
-                log::warn!("netlink socket overran; rescanning all links");
+        {
+            let mut s = lock(&state);
+            s.health.link_events += 1;
+            match ev {
+                LinkEvent::Added { .. } => {}
+                LinkEvent::Removed { ifindex, name } => {
+                    s.probe.detach(ifindex);
+                    s.topology.ports.retain(|p| p.ifindex != ifindex);
+                    log::debug!("veth {name} ({ifindex}) removed");
+                }
+                LinkEvent::Resync => {
+                    s.health.netlink_resyncs += 1;
+                    log::warn!("netlink socket overran; rescanning all links");
+                }
             }
         }
-        drop(s);
         relabel.notify_one();
         // std's mutex is not fair: without a pause, a burst of hundreds of events would take
         // the lock back-to-back and starve scrapes waiting for it.
