@@ -215,12 +215,24 @@ fn parse_ipv6(ctx: &TcContext, off: usize, out: &mut Parsed) {
     }
 }
 
+/// Counts one failure or event; returns this CPU's new count.
 #[inline(always)]
-fn bump_stat(index: u32) {
-    if let Some(v) = AGENT_STATS.get_ptr_mut(index) {
+fn bump_stat(index: u32) -> u64 {
+    match AGENT_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *v += 1 };
+        Some(v) => unsafe {
+            *v += 1;
+            *v
+        },
+        None => 0,
     }
+}
+
+/// Logs only the 1st, 2nd, 4th, 8th... failure per CPU: a full map under a flood must not turn
+/// into a flood of log records.
+#[inline(always)]
+fn worth_logging(count: u64) -> bool {
+    count & count.wrapping_sub(1) == 0
 }
 
 #[inline(always)]
@@ -238,8 +250,13 @@ fn count_port(ctx: &TcContext, ifindex: u32, dir: u8, proto: usize, len: u64) {
                 .is_err()
                 && PORT_STATS.get_ptr_mut(ifindex).is_none()
             {
-                bump_stat(STAT_PORT_INSERT_FAILED);
-                warn!(ctx, "PORT_STATS full, ifindex {} not counted", ifindex);
+                let n = bump_stat(STAT_PORT_INSERT_FAILED);
+                if worth_logging(n) {
+                    warn!(
+                        ctx,
+                        "PORT_STATS full: ifindex {} not counted ({} times)", ifindex, n
+                    );
+                }
                 return;
             }
             match PORT_STATS.get_ptr_mut(ifindex) {
@@ -288,8 +305,13 @@ fn track_mac(ctx: &TcContext, ifindex: u32, dir: u8, mac: [u8; 6], len: u64) {
     if MAC_SEEN.insert(&key, &v, 0).is_ok() {
         bump_stat(STAT_MAC_NEW);
     } else {
-        bump_stat(STAT_MAC_INSERT_FAILED);
-        warn!(ctx, "MAC_SEEN insert failed on ifindex {}", ifindex);
+        let n = bump_stat(STAT_MAC_INSERT_FAILED);
+        if worth_logging(n) {
+            warn!(
+                ctx,
+                "MAC_SEEN insert failed on ifindex {} ({} times)", ifindex, n
+            );
+        }
     }
 }
 
@@ -310,7 +332,16 @@ fn on_icmp(ctx: &TcContext, ifindex: u32, dir: u8, parsed: &Parsed) {
         Some(c) => unsafe { *c += 1 },
         None => {
             if ICMP_STATS.insert(&key, 1, 0).is_err() {
-                bump_stat(STAT_ICMP_INSERT_FAILED);
+                let n = bump_stat(STAT_ICMP_INSERT_FAILED);
+                if worth_logging(n) {
+                    warn!(
+                        ctx,
+                        "ICMP_STATS full: type {} on ifindex {} not counted ({} times)",
+                        tc[0],
+                        ifindex,
+                        n
+                    );
+                }
             }
         }
     }

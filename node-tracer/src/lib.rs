@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod error;
 pub mod lab;
+pub mod macs;
 pub mod metrics;
 pub mod model;
 pub mod node;

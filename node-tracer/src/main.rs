@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use node_tracer::{
     agent::{self, AgentOptions},
-    lab,
+    lab, macs,
     node::{self, Node, NodeOptions, lock},
     peers,
     pods::{self, PodConfig},
@@ -53,6 +53,10 @@ enum Command {
         #[command(subcommand)]
         what: TraceWhat,
     },
+    /// MACs per bridge port (`brctl showmacs` that knows the pods): FDB entries joined with the
+    /// pod behind each port and the source MACs it sent; flags duplicates, spoofing, stale
+    /// entries, promiscuous and hairpin ports.
+    Macs(MacsArgs),
     /// A lab node in network namespaces: cni0 with two pods, an empty docker0, two routed
     /// GKE-style pods sharing one /32, and steady pings. For trying node-tracer anywhere.
     Lab {
@@ -61,6 +65,12 @@ enum Command {
         /// Lab name (keys its state file; prefixes its namespaces and veths).
         #[arg(long, default_value = "lab", global = true)]
         name: String,
+        /// The flannel-style bridge of the lab.
+        #[arg(long, default_value = "cni0", global = true)]
+        bridge: String,
+        /// The empty, docker0-like bridge of the lab.
+        #[arg(long, default_value = "docker0", global = true)]
+        docker_bridge: String,
     },
 }
 
@@ -80,10 +90,66 @@ struct TopArgs {
     /// macs; a leading - reverses.
     #[arg(long)]
     sort: Option<String>,
+    /// Standalone only: on a host with no pods (auto), start a lab node first so there is
+    /// something to see; removed on exit.
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+    lab: TopLab,
     #[command(flatten)]
     probe: ProbeArgs,
     #[command(flatten)]
     sources: SourceArgs,
+}
+
+#[derive(Args, Clone)]
+struct MacsArgs {
+    /// Only this bridge (and no routed veths).
+    #[arg(long)]
+    bridge: Option<String>,
+    /// One JSON object: bridges, their ports and MACs, routed veths, anomalies.
+    #[arg(long)]
+    json: bool,
+    /// Read a running agent (e.g. http://127.0.0.1:9465) instead of attaching our own programs.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// Without --connect: seconds to watch traffic before printing (MACs are seen only while
+    /// programs are attached).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    duration: f64,
+    /// Without --connect: attach only to this interface (repeatable). Default: every veth.
+    #[arg(long = "interface", short = 'i')]
+    interfaces: Vec<String>,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    sources: SourceArgs,
+}
+
+async fn macs_command(args: &MacsArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
+    let source = if let Some(url) = &args.connect {
+        macs::Source::Connect(url.clone())
+    } else {
+        anyhow::ensure!(
+            args.duration.is_finite() && args.duration >= 0.0,
+            "--duration must be a number of seconds"
+        );
+        macs::Source::Attach {
+            node: Box::new(node_options(
+                &args.interfaces,
+                &args.probe,
+                &args.sources,
+                log_level,
+            )),
+            duration: Duration::from_secs_f64(args.duration),
+        }
+    };
+    let snap = macs::collect(source).await.context("node-tracer macs")?;
+    let report = macs::report(&snap, args.bridge.as_deref())?;
+    if args.json {
+        println!("{}", macs::to_json(&report)?);
+    } else {
+        print!("{}", macs::to_table(&report));
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -147,10 +213,30 @@ struct RunArgs {
     /// Attach only to this interface (repeatable). Default: every veth, following churn.
     #[arg(long = "interface", short = 'i')]
     interfaces: Vec<String>,
+    /// When this host has no pods, first start a lab node: real pods through its own containerd
+    /// and CNI (bridge cni0 and routed ptp pods, an empty docker0, steady pings), removed on exit.
+    /// Falls back to plain namespaces when containerd is missing. `--lab=always` builds it even
+    /// when the host has pods.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "auto", value_name = "WHEN")]
+    lab: Option<LabWhen>,
     #[command(flatten)]
     probe: ProbeArgs,
     #[command(flatten)]
     sources: SourceArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TopLab {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LabWhen {
+    /// Only when this host has no pods of its own.
+    Auto,
+    Always,
 }
 
 #[derive(Args, Clone)]
@@ -238,6 +324,67 @@ fn main() -> ExitCode {
     }
 }
 
+/// The lab behind `run --lab`: real pods when containerd is here, plain namespaces otherwise.
+enum RunningLab {
+    Pods(Box<lab::pods::PodLab>),
+    Netns(lab::LabSpec),
+}
+
+impl RunningLab {
+    async fn stop(self) {
+        log::info!("removing the lab");
+        match self {
+            RunningLab::Pods(l) => {
+                if let Err(e) = l.stop().await {
+                    log::warn!("lab teardown: {e}");
+                }
+            }
+            RunningLab::Netns(spec) => {
+                if let Err(e) = lab::down(&spec) {
+                    log::warn!("lab teardown: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn start_lab(opts: &mut AgentOptions) -> anyhow::Result<RunningLab> {
+    let have_containerd = std::process::Command::new("containerd")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if have_containerd {
+        log::info!("no pods on this host: starting a lab node with real pods (containerd + CNI)");
+        match lab::pods::PodLab::start("lab").await {
+            Ok(l) => {
+                for p in &l.pods {
+                    log::info!(
+                        "lab pod {}/{} ({})",
+                        p.namespace,
+                        p.name,
+                        if p.handler == "ptp" {
+                            "routed"
+                        } else {
+                            "bridged"
+                        }
+                    );
+                }
+                if let Some(sock) = l.cri_socket() {
+                    opts.node.pods.cri_sockets.insert(0, sock);
+                }
+                return Ok(RunningLab::Pods(Box::new(l)));
+            }
+            Err(e) => log::warn!("the pod lab did not start ({e}); using plain namespaces"),
+        }
+    } else {
+        log::info!("containerd is not installed: the lab uses plain network namespaces");
+    }
+    let spec = lab::LabSpec::default();
+    lab::up(&spec).context("lab up")?;
+    Ok(RunningLab::Netns(spec))
+}
+
 async fn trace_icmp(
     node: &NodeOptions,
     opts: &trace::TraceOptions,
@@ -264,9 +411,13 @@ async fn trace_icmp(
         let ports = move |ifindex: u32| lock(&state).port(ifindex);
         let mut stdout = std::io::stdout().lock();
         let mut tracer = trace::Tracer::new(opts, &events)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("install SIGTERM handler")?;
+        // Ctrl-C or SIGTERM end the trace the same way: summary written, pcapng complete.
         tokio::select! {
             r = tracer.pump(&mut events, &ports, &mut stdout) => { r?; }
             _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
         let stats = tracer.finish(&events, &mut stdout)?;
         anyhow::Ok(stats)
@@ -284,15 +435,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Lab { action, name } => {
+        Command::Lab {
+            action,
+            name,
+            bridge,
+            docker_bridge,
+        } => {
             anyhow::ensure!(
                 !name.is_empty()
                     && name.len() <= 8
                     && name.chars().all(|c| c.is_ascii_alphanumeric()),
                 "--name must be 1 to 8 letters or digits (it prefixes interface names)"
             );
+            for b in [&bridge, &docker_bridge] {
+                anyhow::ensure!(
+                    !b.is_empty() && b.len() <= 15 && !b.contains(['/', ' ']),
+                    "bridge name {b:?}: 1 to 15 characters, no '/' or spaces"
+                );
+            }
             let mut spec = lab::LabSpec {
                 name,
+                bridge,
+                docker_bridge,
                 ..lab::LabSpec::default()
             };
             match action {
@@ -314,11 +478,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            let opts = AgentOptions {
+            let mut opts = AgentOptions {
                 listen: args.listen,
                 node: node_options(&args.interfaces, &args.probe, &args.sources, cli.log_level),
             };
-            rt.block_on(agent::run(opts)).context("node-tracer run")
+            rt.block_on(async {
+                let lab = if args.lab == Some(LabWhen::Always)
+                    || (args.lab == Some(LabWhen::Auto) && !lab::host_has_pods())
+                {
+                    Some(start_lab(&mut opts).await?)
+                } else {
+                    if args.lab.is_some() {
+                        log::info!("this host has pods of its own: no lab needed");
+                    }
+                    None
+                };
+                let result = agent::run(opts).await.context("node-tracer run");
+                if let Some(lab) = lab {
+                    lab.stop().await;
+                }
+                result
+            })
         }
         Command::Top(args) => {
             anyhow::ensure!(
@@ -342,15 +522,44 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let node = node_options(&[], &args.probe, &args.sources, cli.log_level);
-            let node = rt
-                .block_on(Node::start(&node))
-                .context("attaching to the node's veths")?;
+            // Say so before attaching anything or starting a lab.
+            top::require_terminal()?;
+            let mut agent = AgentOptions {
+                listen: ([127, 0, 0, 1], 0).into(),
+                node: node_options(&[], &args.probe, &args.sources, cli.log_level),
+            };
+            let lab = match args.lab {
+                TopLab::Always => true,
+                TopLab::Auto => !lab::host_has_pods(),
+                TopLab::Never => false,
+            };
+            let (node, lab) = rt.block_on(async {
+                let lab = if lab {
+                    eprintln!("node-tracer: no pods on this host: starting a lab node (--lab never skips it)");
+                    Some(start_lab(&mut agent).await?)
+                } else {
+                    None
+                };
+                match Node::start(&agent.node).await {
+                    Ok(n) => anyhow::Ok((n, lab)),
+                    Err(e) => {
+                        if let Some(l) = lab {
+                            l.stop().await;
+                        }
+                        Err(anyhow::Error::new(e).context("attaching to the node's veths"))
+                    }
+                }
+            })?;
             let source = node::LocalSource {
                 state: node.state.clone(),
             };
             let result = top::run(opts, source);
-            rt.block_on(async { node.stop() });
+            rt.block_on(async {
+                node.stop();
+                if let Some(l) = lab {
+                    l.stop().await;
+                }
+            });
             Ok(result?)
         }
         Command::Trace {
@@ -407,6 +616,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Macs(args) => rt.block_on(macs_command(&args, cli.log_level)),
         Command::Peers { json, sources } => rt.block_on(async {
             let pods = pods::discover(&sources.pods()).await;
             let mut scan = sources.scan();

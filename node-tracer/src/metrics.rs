@@ -22,8 +22,11 @@ pub struct Health {
     pub program_stats: [u64; 8],
     pub netlink_resyncs: u64,
     pub link_events: u64,
-    /// Per program: (name, total run time, run count); zero unless `kernel.bpf_stats_enabled`.
-    pub program_runs: Vec<(&'static str, std::time::Duration, u64)>,
+    /// Per program: (name, kernel program id, total run time, run count); times and counts are
+    /// zero unless `kernel.bpf_stats_enabled`.
+    pub program_runs: Vec<(&'static str, u32, std::time::Duration, u64)>,
+    /// Entries per map: (name, count).
+    pub map_entries: Vec<(&'static str, usize)>,
 }
 
 struct Family {
@@ -177,12 +180,57 @@ pub fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
             1.0,
         );
     }
-    let mut out = vec![rx_p, tx_p, rx_b, tx_b, icmp, macs, info];
+    let mut out = vec![
+        rx_p,
+        tx_p,
+        rx_b,
+        tx_b,
+        icmp,
+        macs,
+        info,
+        mac_anomalies(snap),
+    ];
     out.extend(health_families(health));
     out.into_iter()
         .map(|f| f.inner)
         .filter(|f| !f.get_metric().is_empty())
         .collect()
+}
+
+/// `node_tracer_mac_anomalies`: how many anomalies of each kind `macs` flags on each port now.
+///
+/// A gauge, not a counter: a flag is a state that clears by itself (a learned entry ages out,
+/// hairpin is turned off, a forged MAC is evicted), and a counter could only ever go up. Only
+/// ports with a flag get a series, so a clean node exports none.
+fn mac_anomalies(snap: &Snapshot) -> Family {
+    let mut f = Family::new(
+        "node_tracer_mac_anomalies",
+        "MAC anomalies flagged now per port, by kind: duplicate_mac, spoofed_source, \
+         mac_changed, learned_without_traffic, promiscuous, hairpin (see `node-tracer macs`).",
+        MetricType::GAUGE,
+    );
+    let mut counts: std::collections::BTreeMap<(&'static str, String, String, String), u32> =
+        std::collections::BTreeMap::new();
+    for a in crate::macs::anomalies(snap) {
+        let (ns, pod) = a
+            .pod
+            .map_or((String::new(), String::new()), |p| (p.namespace, p.name));
+        *counts
+            .entry((a.kind.as_str(), ns, pod, a.interface))
+            .or_default() += 1;
+    }
+    for ((kind, ns, pod, iface), n) in &counts {
+        f.push(
+            &[
+                ("kind", kind),
+                ("namespace", ns),
+                ("pod", pod),
+                ("interface", iface),
+            ],
+            f64::from(*n),
+        );
+    }
+    f
 }
 
 fn health_families(h: &Health) -> Vec<Family> {
@@ -243,12 +291,23 @@ fn health_families(h: &Health) -> Vec<Family> {
         "Runs of each program (needs sysctl kernel.bpf_stats_enabled=1).",
         COUNTER,
     );
-    for (name, t, n) in &h.program_runs {
-        run_s.push(&[("program", name)], t.as_secs_f64());
-        runs.push(&[("program", name)], *n as f64);
+    // The id label matches `bpftool prog show`, so an operator can find our programs there.
+    for (name, id, t, n) in &h.program_runs {
+        let id = id.to_string();
+        run_s.push(&[("program", name), ("id", &id)], t.as_secs_f64());
+        runs.push(&[("program", name), ("id", &id)], *n as f64);
+    }
+    let mut entries = Family::new(
+        "node_tracer_map_entries",
+        "Entries in each map: PORT_STATS holds one per attached port, MAC_SEEN and ICMP_STATS \
+         hold those of attached ports.",
+        GAUGE,
+    );
+    for (name, n) in &h.map_entries {
+        entries.push(&[("map", name)], *n as f64);
     }
     vec![
-        attached, errors, map_errors, mac_new, lost, resyncs, events, run_s, runs,
+        attached, errors, map_errors, mac_new, lost, resyncs, events, run_s, runs, entries,
     ]
 }
 
@@ -374,6 +433,40 @@ mod tests {
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("node_tracer_"), "broken line: {line:?}");
         }
+    }
+
+    #[test]
+    fn mac_anomalies_are_a_gauge_per_kind_and_port() {
+        use crate::model::{Direction, MacSeen};
+        let mut p = port("veth591ea0bf", Some(("default", "web-1")));
+        p.hairpin = true;
+        p.peer.as_mut().unwrap().mac = Some("0a:58:0a:f4:01:05".into());
+        for (mac, first, last) in [
+            ("0a:58:0a:f4:01:05", 1, 9),
+            ("02:de:ad:be:ef:01", 5, 5),
+            ("02:de:ad:be:ef:02", 6, 6),
+        ] {
+            p.macs.push(MacSeen {
+                mac: mac.into(),
+                direction: Direction::Transmit,
+                packets: 1,
+                bytes: 60,
+                first_seen_ms: first,
+                last_seen_ms: last,
+            });
+        }
+        let t = text(&Snapshot {
+            ports: vec![p, port("vethclean", None)],
+            ..Snapshot::default()
+        });
+        assert!(t.contains("# TYPE node_tracer_mac_anomalies gauge"), "{t}");
+        assert!(t.contains(
+            "node_tracer_mac_anomalies{kind=\"spoofed_source\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 2"
+        ), "{t}");
+        assert!(t.contains(
+            "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 1"
+        ));
+        assert!(!t.contains("node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"\",pod=\"\",interface=\"vethclean\""));
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub struct Snapshot {
     pub ports: Vec<Port>,
     /// Every bridge of the host namespace, with or without ports (`docker0` often has none).
     pub bridges: Vec<Bridge>,
+    /// The bridges' forwarding databases, read when the snapshot was taken (learning changes
+    /// them every second, so they are not part of the slower-moving topology). Absent in JSON
+    /// from agents older than `macs`.
+    #[serde(default)]
+    pub fdb: Vec<FdbEntry>,
 }
 
 /// How a veth is wired on the host side.
@@ -206,6 +211,53 @@ pub struct Bridge {
     pub ports: Vec<String>,
 }
 
+/// One entry of a bridge's forwarding database (`bridge fdb show br BRIDGE`, master entries).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The bridge whose database holds the entry.
+    pub bridge: String,
+    pub bridge_ifindex: u32,
+    /// The device frames to `mac` leave through: a port, or the bridge itself for its own MACs.
+    pub ifindex: u32,
+    pub interface: String,
+    /// Port number of `interface` (`None` when the entry points at the bridge itself).
+    pub port_no: Option<u16>,
+    pub mac: String,
+    pub vlan: Option<u16>,
+    pub state: FdbState,
+    /// Put there by software (a VXLAN controller, switchdev), not learned from frames.
+    pub extern_learn: bool,
+    /// Pinned to its port: a frame from another port cannot move it.
+    pub sticky: bool,
+    /// Milliseconds since the entry was last refreshed (`brctl showmacs`' ageing timer).
+    pub updated_ms: u64,
+    /// Milliseconds since the entry last forwarded a frame.
+    pub used_ms: u64,
+}
+
+/// How an FDB entry got there.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum FdbState {
+    /// A MAC of the port or bridge itself (`permanent`, brctl's "is local? yes"): never ages.
+    Local,
+    /// Added by hand (`bridge fdb add ... static`): never ages, never learned.
+    Static,
+    /// Learned from a frame's source MAC on that port (or added as `dynamic`); ages out.
+    #[default]
+    Learned,
+}
+
+impl FdbState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FdbState::Local => "local",
+            FdbState::Static => "static",
+            FdbState::Learned => "learned",
+        }
+    }
+}
+
 /// Formats a MAC the way `ip link` does.
 pub fn format_mac(mac: &[u8]) -> String {
     use std::fmt::Write;
@@ -229,6 +281,13 @@ mod tests {
             format_mac(&[0x02, 0x42, 0xfd, 0x0b, 0x0c, 0xf4]),
             "02:42:fd:0b:0c:f4"
         );
+    }
+
+    #[test]
+    fn snapshots_without_fdb_still_parse() {
+        let old = r#"{"taken_at_ms":1,"ports":[],"bridges":[]}"#;
+        let s: Snapshot = serde_json::from_str(old).unwrap();
+        assert!(s.fdb.is_empty());
     }
 
     #[test]

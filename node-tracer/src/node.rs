@@ -54,8 +54,16 @@ impl State {
         let mut snap = snapshot::build(&self.topology, &self.pods, &readings, |i| {
             probe.is_attached(i)
         });
+        match topology::fdb::read_blocking() {
+            Ok(fdb) => fdb.apply(&mut snap),
+            Err(e) => log::warn!("reading the bridges' FDB: {e}"),
+        }
         if !self.only.is_empty() {
             snap.ports.retain(|p| self.only.contains(&p.name));
+            // The databases of the bridges the named ports belong to, and no others.
+            let bridges: HashSet<String> =
+                snap.ports.iter().filter_map(|p| p.master.clone()).collect();
+            snap.fdb.retain(|e| bridges.contains(&e.bridge));
         }
         snap
     }
@@ -80,11 +88,14 @@ impl State {
             self.health.program_stats = s;
         }
         self.health.program_runs = self.probe.program_run_stats();
+        self.health.map_entries = self.probe.map_entries();
         self.health.clone()
     }
 
-    /// Makes attachments match the topology: attach new veths, detach vanished ones.
-    pub fn reconcile(&mut self) {
+    /// Detaches from vanished veths and returns the ones still to attach. Detaching is quick;
+    /// attaching is not (a tcx attach waits for an RCU grace period, ~14 ms), so the caller
+    /// attaches one at a time without holding the lock throughout: see [`reconcile`].
+    fn plan(&mut self) -> Vec<(u32, String)> {
         let wanted: Vec<(u32, String)> = if self.only.is_empty() {
             self.topology
                 .ports
@@ -107,18 +118,28 @@ impl State {
         for i in gone {
             self.probe.detach(i);
         }
-        for (i, name) in wanted {
-            if let Err(e) = self.probe.attach(i, &name) {
-                self.health.attach_errors += 1;
-                // A veth deleted between the event and the attach is not worth a warning.
-                if ifindex_of(&name) == Some(i) {
-                    log::warn!("{e}");
-                } else {
-                    log::debug!("{e}");
-                }
+        self.probe.collect_garbage();
+        wanted
+            .into_iter()
+            .filter(|(i, name)| {
+                !self
+                    .probe
+                    .attached()
+                    .any(|(a, n)| a == *i && n == name.as_str())
+            })
+            .collect()
+    }
+
+    fn attach_one(&mut self, ifindex: u32, name: &str) {
+        if let Err(e) = self.probe.attach(ifindex, name) {
+            self.health.attach_errors += 1;
+            // A veth deleted between the event and the attach is not worth a warning.
+            if ifindex_of(name) == Some(ifindex) {
+                log::warn!("{e}");
+            } else {
+                log::debug!("{e}");
             }
         }
-        self.probe.collect_garbage();
     }
 }
 
@@ -164,7 +185,7 @@ impl Node {
             health: Health::default(),
             only: opts.interfaces.iter().cloned().collect(),
         }));
-        lock(&state).reconcile();
+        reconcile(&state);
         let relabel = Arc::new(Notify::new());
         let mut tasks = vec![tokio::spawn(relabel_loop(
             state.clone(),
@@ -207,6 +228,16 @@ impl crate::top::SnapshotSource for LocalSource {
     }
 }
 
+/// Makes attachments match the topology: detach vanished veths, attach new ones. The lock is
+/// taken per attach, so scrapes and snapshots are served between attaches even when hundreds of
+/// veths appear at once.
+pub fn reconcile(state: &Mutex<State>) {
+    let todo = lock(state).plan();
+    for (ifindex, name) in todo {
+        lock(state).attach_one(ifindex, &name);
+    }
+}
+
 pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     // A panic while holding the lock leaves the data usable: counters are read fresh each time.
     state
@@ -221,18 +252,27 @@ async fn follow_links(
     relabel: Arc<Notify>,
 ) {
     while let Some(ev) = watcher.next().await {
+        if let LinkEvent::Added { ifindex, name } = &ev {
+            // Attach at once (counting must not wait for the slower pod lookup), on a blocking
+            // thread: a tcx attach waits for an RCU grace period.
+            let (st, ifindex, name) = (state.clone(), *ifindex, name.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut s = lock(&st);
+                s.health.link_events += 1;
+                let wanted = s.only.is_empty() || s.only.contains(&name);
+                if wanted {
+                    s.attach_one(ifindex, &name);
+                    log::debug!("attached to new veth {name} ({ifindex})");
+                }
+            })
+            .await;
+            relabel.notify_one();
+            continue;
+        }
         let mut s = lock(&state);
         s.health.link_events += 1;
         match ev {
-            LinkEvent::Added { ifindex, name } => {
-                // Attach at once: counting must not wait for the (slower) pod lookup.
-                if let Err(e) = s.probe.attach(ifindex, &name) {
-                    s.health.attach_errors += 1;
-                    log::debug!("{e}");
-                } else {
-                    log::debug!("attached to new veth {name} ({ifindex})");
-                }
-            }
+            LinkEvent::Added { .. } => {}
             LinkEvent::Removed { ifindex, name } => {
                 s.probe.detach(ifindex);
                 s.topology.ports.retain(|p| p.ifindex != ifindex);
@@ -282,10 +322,19 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
                 .and_then(|x| x.netns_inode)
                 .is_some_and(|i| pods.lookup(i).is_none())
         });
-        let mut s = lock(&state);
-        s.topology = topology;
-        s.pods = pods;
-        s.reconcile();
+        {
+            let mut s = lock(&state);
+            s.topology = topology;
+            s.pods = pods;
+        }
+        // Attaching blocks (~14 ms per tcx attach): off the async thread that serves HTTP.
+        let st = state.clone();
+        if tokio::task::spawn_blocking(move || reconcile(&st))
+            .await
+            .is_err()
+        {
+            log::warn!("reconcile panicked");
+        }
         if !unlabelled {
             retry = RETRIES.len();
         }

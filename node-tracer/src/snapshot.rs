@@ -40,6 +40,7 @@ pub fn build(
         taken_at_ms: now_ms(),
         ports,
         bridges: topology.bridges.clone(),
+        fdb: Vec::new(),
     }
 }
 

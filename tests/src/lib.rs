@@ -6,6 +6,8 @@
 //! interrupted run left behind without touching anything else.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod runtime;
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},

@@ -138,52 +138,27 @@ unsafe extern "C" {
 
 fn run_agent(listen: &str, extra: &[String]) -> Result<()> {
     require_root("cargo xtask run")?;
-    let has_pods = host_has_pods();
-    if !has_pods {
-        step("no pods on this host: building the lab node (cni0 + docker0 + routed pods, pings)");
-        status(
-            Command::new(binary()).args(["lab", "up"]),
-            "node-tracer lab up",
-        )?;
-    }
     step(&format!(
-        "node-tracer run on {listen} — try, in another terminal:\n    \
+        "node-tracer run --lab on {listen}: on a host without pods it first starts a lab node \
+         (real pods via containerd + CNI: cni0 with two pods, two routed pods, an empty docker0, \
+         pings). In another terminal:\n    \
          curl -s http://{listen}/metrics | grep node_tracer_transmit_packets_total\n    \
-         ./target/debug/node-tracer peers\n    \
-         Ctrl-C stops the agent{}",
-        if has_pods { "" } else { " and removes the lab" }
+         ./target/debug/node-tracer peers --cri-socket /run/node-tracer-lab/lab/containerd.sock\n    \
+         ./target/debug/node-tracer top --connect http://{listen}\n    \
+         ./target/debug/node-tracer trace icmp --count 10\n\
+         Ctrl-C stops the agent and removes the lab."
     ));
     let mut child = Command::new(binary())
-        .args(["run", "--listen", listen])
+        .args(["run", "--lab", "--listen", listen])
         .args(extra)
         .spawn()
         .context("starting node-tracer run")?;
-    // Ctrl-C reaches the agent too (same process group); wait for it to detach and exit.
+    // Ctrl-C reaches the agent too (same process group); it detaches, removes the lab, exits.
     let st = child.wait().context("waiting for node-tracer run")?;
-    if !has_pods {
-        step("removing the lab node");
-        status(
-            Command::new(binary()).args(["lab", "down"]),
-            "node-tracer lab down",
-        )?;
-    }
-    // 130: interrupted by Ctrl-C, which is how a user ends it.
-    if !st.success() && st.code() != Some(130) && st.code().is_some() {
+    if !st.success() && st.code().is_some() {
         bail!("node-tracer run failed ({st})");
     }
     Ok(())
-}
-
-/// Same rule as the agent's lab default: a veth whose peer lives elsewhere means pods.
-fn host_has_pods() -> bool {
-    std::fs::read_dir("/sys/class/net").is_ok_and(|rd| {
-        rd.flatten().any(|e| {
-            let p = e.path();
-            let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
-            let (i, l) = (read("ifindex"), read("iflink"));
-            !i.is_empty() && i != l && !p.join("device").exists() && !p.join("bridge").exists()
-        })
-    })
 }
 
 fn test(args: &[String]) -> Result<()> {

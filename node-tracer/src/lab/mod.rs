@@ -7,6 +7,7 @@
 //! after a crash), and `up` twice is harmless.
 
 mod netns;
+pub mod pods;
 pub mod runtime;
 
 pub use netns::{LabPod, LabState};

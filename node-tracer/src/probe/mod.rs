@@ -441,13 +441,13 @@ impl Probe {
     }
 
     /// Run time and count of each program (non-zero only while `kernel.bpf_stats_enabled=1`).
-    pub fn program_run_stats(&self) -> Vec<(&'static str, std::time::Duration, u64)> {
+    pub fn program_run_stats(&self) -> Vec<(&'static str, u32, std::time::Duration, u64)> {
         let mut out = Vec::new();
         for name in [PROG_INGRESS, PROG_EGRESS] {
             if let Some(aya::programs::Program::SchedClassifier(p)) = self.ebpf.program(name)
                 && let Ok(info) = p.info()
             {
-                out.push((name, info.run_time(), info.run_count()));
+                out.push((name, info.id(), info.run_time(), info.run_count()));
             }
         }
         out
@@ -481,9 +481,18 @@ impl Probe {
         })
     }
 
-    /// Entries currently in `PORT_STATS` (for tests and health).
-    pub fn port_entries(&self) -> usize {
-        self.port_stats().map_or(0, |m| m.keys().count())
+    /// Entries currently in `PORT_STATS` and `ICMP_STATS` (small maps: counting keys is cheap).
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        let mut out = vec![(
+            "PORT_STATS",
+            self.port_stats().map_or(0, |m| m.keys().count()),
+        )];
+        if let Some(map) = self.ebpf.map("ICMP_STATS")
+            && let Ok(m) = PerCpuHashMap::<_, IcmpKey, u64>::try_from(map)
+        {
+            out.push(("ICMP_STATS", m.keys().count()));
+        }
+        out
     }
 
     /// Entries in `MAC_SEEN` and `ICMP_STATS` belonging to `ifindex` (0 after a detach).

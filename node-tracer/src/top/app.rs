@@ -52,7 +52,14 @@ pub fn peer_label(p: &Port) -> String {
 fn build_row(i: usize, p: &Port, prev: Option<&Port>, elapsed_ms: u64) -> Row {
     let pod = p.pod.as_ref().map_or_else(
         || "-".to_owned(),
-        |pod| format!("{}/{}", pod.namespace, pod.name),
+        // Named namespaces and processes have no Kubernetes namespace: show the name alone.
+        |pod| {
+            if pod.namespace.is_empty() {
+                pod.name.clone()
+            } else {
+                format!("{}/{}", pod.namespace, pod.name)
+            }
+        },
     );
     let bridge = match (p.mode, &p.master) {
         (_, Some(m)) => m.clone(),

@@ -185,6 +185,7 @@ pub fn lab(secs: u64) -> Snapshot {
                 ports: vec!["veth1c2a6f3e".into(), "veth8f31d0b2".into()],
             },
         ],
+        fdb: Vec::new(),
     }
 }
 
@@ -262,5 +263,6 @@ pub fn many(n: u32, secs: u64) -> Snapshot {
             name: "cni0".into(),
             ..Bridge::default()
         }],
+        fdb: Vec::new(),
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 pub use fmt::icmp_type_name;
 pub use source::{HttpSource, SnapshotSource, SourceError};
-pub use term::run;
+pub use term::{require_terminal, run};
 
 /// How `top` starts.
 #[derive(Debug, Clone)]

@@ -142,9 +142,7 @@ pub fn run<S: SnapshotSource>(opts: TopOptions, source: S) -> Result<(), TopErro
         return Err(TopError::BadInterval(opts.interval));
     }
     let mut app = App::new(opts.interval, opts.filter, opts.sort.as_deref())?;
-    if !io::stdout().is_terminal() {
-        return Err(TopError::NotATerminal);
-    }
+    require_terminal()?;
     let (rx, source_thread) = spawn_source(source, opts.interval)?;
     let mut guard = Guard::enter()?;
     let result = event_loop(&mut guard.terminal, &mut app, &rx);
@@ -201,5 +199,15 @@ fn event_loop(
                 _ => {}
             }
         }
+    }
+}
+
+/// Fails with [`TopError::NotATerminal`] unless stdout is a terminal: callers check before
+/// attaching anything or starting a lab.
+pub fn require_terminal() -> Result<(), TopError> {
+    if io::stdout().is_terminal() {
+        Ok(())
+    } else {
+        Err(TopError::NotATerminal)
     }
 }

@@ -39,6 +39,7 @@ fn empty_node() {
         taken_at_ms: T0,
         ports: vec![],
         bridges: lab(0).bridges[..1].to_vec(),
+        fdb: Vec::new(),
     };
     let later = Snapshot {
         taken_at_ms: T0 + 1000,

@@ -7,11 +7,12 @@
 //! namespace is entered on a short-lived thread, and the peer is read there.
 //!
 //! [`scan`] reads the whole picture once; [`watch`] follows veth churn so the caller knows when
-//! to scan again.
+//! to scan again; [`fdb`] reads the bridges' forwarding databases, which change far more often.
 
 mod assemble;
 mod dump;
 mod error;
+pub mod fdb;
 mod format;
 mod netns;
 mod watch;

@@ -1,0 +1,54 @@
+//! Where `macs` gets its snapshot: a running agent, or our own programs attached for a while
+//! (observed MACs exist only while programs are attached).
+
+use std::time::Duration;
+
+use crate::{
+    model::Snapshot,
+    node::{Node, NodeOptions},
+    top::{HttpSource, SnapshotSource as _, SourceError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MacsError {
+    #[error("no bridge named {0}")]
+    NoSuchBridge(String),
+    #[error("reading the agent's snapshot: {0}")]
+    Agent(#[from] SourceError),
+    #[error(transparent)]
+    Node(#[from] crate::error::Error),
+}
+
+/// Where to read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A running `node-tracer run` (`http://host:port`), so the node is not attached twice.
+    Connect(String),
+    /// Attach our own programs for `duration`, then read (Ctrl-C reads at once).
+    Attach {
+        node: Box<NodeOptions>,
+        duration: Duration,
+    },
+}
+
+/// Takes one snapshot from `source`.
+pub async fn collect(source: Source) -> Result<Snapshot, MacsError> {
+    match source {
+        Source::Connect(url) => Ok(HttpSource::new(&url)?.next().await?),
+        Source::Attach { node, duration } => {
+            let node = Node::start(&node).await?;
+            log::info!(
+                "watching source MACs for {:.1}s; Ctrl-C to stop early",
+                duration.as_secs_f64()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(duration) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            // A few syscalls and one netlink dump: short enough to run on this thread.
+            let snap = node.snapshot();
+            node.stop();
+            Ok(snap)
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The bridges' forwarding databases, read over netlink: one `RTM_GETNEIGH` dump with family
+//! `AF_BRIDGE` (what `bridge fdb show` sends) and one link dump to name the ports.
+//!
+//! Read at snapshot time rather than with the topology: the topology is rescanned on veth churn,
+//! but the FDB changes whenever a frame teaches the bridge something or an entry ages out. The
+//! link dump that names the ports also refreshes their promiscuous and hairpin flags, which
+//! change without any veth coming or going.
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    link::LinkMessage,
+    neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+};
+use rtnetlink::Handle;
+
+use super::{
+    TopologyError,
+    dump::{self, Kind, LinkRecord},
+};
+use crate::model::{FdbEntry, FdbState, Snapshot, format_mac};
+
+/// One read: the entries, and every link's port flags as of the same instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdbRead {
+    pub entries: Vec<FdbEntry>,
+    /// Per ifindex: (promiscuous, hairpin).
+    pub flags: HashMap<u32, (bool, bool)>,
+}
+
+impl FdbRead {
+    /// Puts the entries into the snapshot and refreshes its ports' flags.
+    pub fn apply(self, snap: &mut Snapshot) {
+        for p in &mut snap.ports {
+            if let Some(&(promiscuous, hairpin)) = self.flags.get(&p.ifindex) {
+                p.promiscuous = promiscuous;
+                p.hairpin = hairpin && p.master.is_some();
+            }
+        }
+        snap.fdb = self.entries;
+    }
+}
+
+/// Reads every bridge's FDB in the calling thread's network namespace.
+pub async fn read(handle: &Handle) -> Result<FdbRead, TopologyError> {
+    let links: Vec<LinkMessage> =
+        handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| TopologyError::Netlink {
+                what: "link dump",
+                source,
+            })?;
+    let neighbours: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| TopologyError::Netlink {
+            what: "bridge fdb dump",
+            source,
+        })?;
+    let links: Vec<LinkRecord> = links.iter().map(dump::parse_link).collect();
+    let by_index: HashMap<u32, &LinkRecord> = links.iter().map(|l| (l.ifindex, l)).collect();
+    let hz = user_hz();
+    let mut entries: Vec<FdbEntry> = neighbours
+        .iter()
+        .filter_map(|m| entry(&raw(m)?, &by_index, hz))
+        .collect();
+    entries.sort_by(|a, b| {
+        (a.bridge_ifindex, a.port_no, &a.mac, a.vlan).cmp(&(
+            b.bridge_ifindex,
+            b.port_no,
+            &b.mac,
+            b.vlan,
+        ))
+    });
+    let flags = links
+        .iter()
+        .map(|l| (l.ifindex, (l.promiscuous, l.hairpin)))
+        .collect();
+    Ok(FdbRead { entries, flags })
+}
+
+/// [`read`] for synchronous callers (the snapshot is built under a mutex, on a blocking
+/// thread or inside `top`'s own runtime): runs on a short-lived thread with its own runtime, as
+/// namespace visits do, so it never blocks on, or nests inside, the caller's runtime.
+pub fn read_blocking() -> Result<FdbRead, TopologyError> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("fdb-read".into())
+            .spawn_scoped(scope, || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .map_err(TopologyError::Socket)?;
+                rt.block_on(dump::with_connection(|handle| async move {
+                    read(&handle).await
+                }))
+            })
+            .map_err(TopologyError::Socket)?;
+        worker
+            .join()
+            .map_err(|_| TopologyError::Visit("the FDB read thread panicked".into()))?
+    })
+}
+
+/// The fields of one `RTM_NEWNEIGH` an FDB entry needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RawFdb {
+    pub ifindex: u32,
+    /// `NDA_MASTER`: set on entries of a bridge's own database, absent on the `self` entries
+    /// every device reports for its unicast and multicast address lists.
+    pub master: Option<u32>,
+    pub mac: [u8; 6],
+    pub vlan: Option<u16>,
+    pub state: NeighbourState,
+    pub flags: NeighbourFlags,
+    /// `NDA_CACHEINFO` `updated` and `used`, in clock ticks (`USER_HZ`).
+    pub updated_ticks: u32,
+    pub used_ticks: u32,
+}
+
+fn raw(msg: &NeighbourMessage) -> Option<RawFdb> {
+    if msg.header.family != AddressFamily::Bridge {
+        return None;
+    }
+    let mut r = RawFdb {
+        ifindex: msg.header.ifindex,
+        state: msg.header.state,
+        flags: msg.header.flags,
+        ..RawFdb::default()
+    };
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            NeighbourAttribute::Controller(m) => r.master = Some(*m),
+            NeighbourAttribute::Vlan(v) => r.vlan = Some(*v),
+            NeighbourAttribute::CacheInfo(c) => {
+                r.updated_ticks = c.updated;
+                r.used_ticks = c.used;
+            }
+            _ => {}
+        }
+    }
+    r.mac = mac?;
+    Some(r)
+}
+
+/// Turns a raw entry into the model's, naming the bridge and the port; `None` for anything that
+/// is not an entry of a bridge's own database.
+pub(crate) fn entry(r: &RawFdb, links: &HashMap<u32, &LinkRecord>, hz: u64) -> Option<FdbEntry> {
+    let master = r.master?;
+    if r.flags.contains(NeighbourFlags::Own) {
+        return None;
+    }
+    let bridge = links.get(&master).filter(|b| b.kind == Kind::Bridge)?;
+    let dev = links.get(&r.ifindex);
+    let on_bridge = r.ifindex == master;
+    let state = if r.state == NeighbourState::Permanent {
+        FdbState::Local
+    } else if r.state == NeighbourState::Noarp {
+        FdbState::Static
+    } else {
+        FdbState::Learned
+    };
+    let ms = |ticks: u32| u64::from(ticks) * 1000 / hz.max(1);
+    Some(FdbEntry {
+        bridge: bridge.name.clone(),
+        bridge_ifindex: master,
+        ifindex: r.ifindex,
+        interface: dev.map_or_else(|| r.ifindex.to_string(), |d| d.name.clone()),
+        port_no: if on_bridge {
+            None
+        } else {
+            dev.and_then(|d| d.port_no)
+        },
+        mac: format_mac(&r.mac),
+        vlan: r.vlan,
+        state,
+        extern_learn: r.flags.contains(NeighbourFlags::ExtLearned),
+        sticky: r.flags.contains(NeighbourFlags::Sticky),
+        updated_ms: ms(r.updated_ticks),
+        used_ms: ms(r.used_ticks),
+    })
+}
+
+/// Clock ticks per second of `NDA_CACHEINFO` (the kernel reports `clock_t`, as `iproute2`
+/// assumes when it divides by `sysconf(_SC_CLK_TCK)`).
+fn user_hz() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::neighbour::NeighbourCacheInfo;
+
+    use super::*;
+
+    fn link(ifindex: u32, name: &str, kind: Kind, port_no: Option<u16>) -> LinkRecord {
+        LinkRecord {
+            ifindex,
+            name: name.into(),
+            mac: None,
+            kind,
+            master: None,
+            link: None,
+            link_netnsid: None,
+            promiscuous: false,
+            port_no,
+            hairpin: false,
+        }
+    }
+
+    fn links() -> Vec<LinkRecord> {
+        vec![
+            link(3, "cni0", Kind::Bridge, None),
+            link(7, "veth591ea0bf", Kind::Veth, Some(2)),
+            link(9, "bond0", Kind::Other, None),
+        ]
+    }
+
+    fn raw_entry() -> RawFdb {
+        RawFdb {
+            ifindex: 7,
+            master: Some(3),
+            mac: [0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05],
+            state: NeighbourState::Reachable,
+            updated_ticks: 150,
+            used_ticks: 20,
+            ..RawFdb::default()
+        }
+    }
+
+    #[test]
+    fn learned_entry_names_bridge_and_port() {
+        let l = links();
+        let by: HashMap<u32, &LinkRecord> = l.iter().map(|l| (l.ifindex, l)).collect();
+        let e = entry(&raw_entry(), &by, 100).unwrap();
+        assert_eq!(e.bridge, "cni0");
+        assert_eq!(e.interface, "veth591ea0bf");
+        assert_eq!(e.port_no, Some(2));
+        assert_eq!(e.mac, "0a:58:0a:f4:01:05");
+        assert_eq!(e.state, FdbState::Learned);
+        assert_eq!((e.updated_ms, e.used_ms), (1500, 200));
+    }
+
+    #[test]
+    fn states_map_like_bridge_fdb_show() {
+        let l = links();
+        let by: HashMap<u32, &LinkRecord> = l.iter().map(|l| (l.ifindex, l)).collect();
+        let with = |state| {
+            entry(
+                &RawFdb {
+                    state,
+                    ..raw_entry()
+                },
+                &by,
+                100,
+            )
+            .unwrap()
+            .state
+        };
+        assert_eq!(with(NeighbourState::Permanent), FdbState::Local);
+        assert_eq!(with(NeighbourState::Noarp), FdbState::Static);
+        // An entry past the ageing time but not yet collected is reported stale: still learned.
+        assert_eq!(with(NeighbourState::Stale), FdbState::Learned);
+    }
+
+    #[test]
+    fn self_entries_and_non_bridge_masters_are_not_fdb_entries() {
+        let l = links();
+        let by: HashMap<u32, &LinkRecord> = l.iter().map(|l| (l.ifindex, l)).collect();
+        let own = RawFdb {
+            flags: NeighbourFlags::Own,
+            ..raw_entry()
+        };
+        assert!(entry(&own, &by, 100).is_none());
+        let no_master = RawFdb {
+            master: None,
+            ..raw_entry()
+        };
+        assert!(entry(&no_master, &by, 100).is_none());
+        let bond = RawFdb {
+            master: Some(9),
+            ..raw_entry()
+        };
+        assert!(entry(&bond, &by, 100).is_none());
+    }
+
+    #[test]
+    fn bridge_own_entries_have_no_port_number() {
+        let l = links();
+        let by: HashMap<u32, &LinkRecord> = l.iter().map(|l| (l.ifindex, l)).collect();
+        let e = entry(
+            &RawFdb {
+                ifindex: 3,
+                state: NeighbourState::Permanent,
+                vlan: Some(1),
+                ..raw_entry()
+            },
+            &by,
+            100,
+        )
+        .unwrap();
+        assert_eq!((e.interface.as_str(), e.port_no), ("cni0", None));
+        assert_eq!(e.vlan, Some(1));
+    }
+
+    #[test]
+    fn a_read_refreshes_port_flags_the_topology_read_earlier() {
+        use crate::model::Port;
+        let mut snap = Snapshot {
+            ports: vec![
+                Port {
+                    ifindex: 7,
+                    master: Some("cni0".into()),
+                    hairpin: true,
+                    ..Port::default()
+                },
+                Port {
+                    ifindex: 9,
+                    ..Port::default()
+                },
+            ],
+            ..Snapshot::default()
+        };
+        let read = FdbRead {
+            entries: vec![FdbEntry::default()],
+            flags: HashMap::from([(7, (true, false)), (9, (false, true))]),
+        };
+        read.apply(&mut snap);
+        assert!(snap.ports[0].promiscuous && !snap.ports[0].hairpin);
+        // Hairpin means nothing without a bridge, as in the topology.
+        assert!(!snap.ports[1].hairpin);
+        assert_eq!(snap.fdb.len(), 1);
+    }
+
+    #[test]
+    fn parses_a_netlink_message() {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = 7;
+        msg.header.state = NeighbourState::Reachable;
+        msg.header.flags = NeighbourFlags::Sticky;
+        let mut ci = [0u8; 16];
+        ci[8..12].copy_from_slice(&42u32.to_ne_bytes());
+        msg.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 1]),
+            NeighbourAttribute::Controller(3),
+            NeighbourAttribute::Vlan(10),
+            NeighbourAttribute::CacheInfo(NeighbourCacheInfo::parse(&ci).unwrap()),
+        ];
+        let r = raw(&msg).unwrap();
+        assert_eq!(r.master, Some(3));
+        assert_eq!(r.vlan, Some(10));
+        assert_eq!(r.mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(r.updated_ticks, 42);
+        let l = links();
+        let by: HashMap<u32, &LinkRecord> = l.iter().map(|l| (l.ifindex, l)).collect();
+        assert!(entry(&r, &by, 100).unwrap().sticky);
+        msg.header.family = AddressFamily::Inet;
+        assert!(raw(&msg).is_none(), "an ARP neighbour is not an FDB entry");
+    }
+}

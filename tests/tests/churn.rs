@@ -1,0 +1,185 @@
+//! Live churn with a real pod runtime: pods created and deleted while the agent runs. A new
+//! pod's veth is attached and labelled from netlink events, its traffic counted exactly with its
+//! pod labels; a deleted pod takes its series, map entries and attachments with it.
+//!
+//! One test in this binary on purpose: its agent attaches to every veth of the host, and test
+//! binaries run one after another, so it never touches another test's veths.
+
+// Counters are integers, exact in f64.
+#![allow(clippy::float_cmp)]
+
+use std::time::{Duration, Instant};
+
+use node_tracer_tests::{Agent, KernelCounters, metric, runtime};
+use serde_json::Value;
+
+fn port_of<'a>(snap: &'a Value, uid: &str) -> Option<&'a Value> {
+    snap["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["pod"]["uid"] == uid)
+}
+
+/// Waits until the agent's snapshot shows the pod's veth attached and labelled.
+fn wait_labelled(agent: &Agent, uid: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let snap = agent.snapshot();
+        if let Some(p) = port_of(&snap, uid)
+            && p["attached"] == true
+        {
+            return p["name"].as_str().unwrap().to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pod {uid} not attached and labelled after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn icmp_tx(m: &str, veth: &str, pod: &str) -> f64 {
+    metric(
+        m,
+        "node_tracer_transmit_packets_total",
+        &[
+            ("namespace", "default"),
+            ("pod", pod),
+            ("interface", veth),
+            ("protocol", "icmp"),
+        ],
+    )
+    .unwrap_or(0.0)
+}
+
+/// IDs of the agent's own programs, as it reports them.
+fn programs_of(agent: &Agent) -> std::collections::HashSet<u64> {
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("node_tracer_program_runs_total{"))
+        .filter_map(|l| l.split("id=\"").nth(1)?.split('"').next()?.parse().ok())
+        .collect()
+}
+
+/// bpf links (tcx: bpftool 7.1 prints type 11) running one of `progs`.
+fn links_of(progs: &std::collections::HashSet<u64>) -> usize {
+    let v: Value = serde_json::from_str(&node_tracer_tests::sh("bpftool -j link show")).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| progs.contains(&id)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_come_and_go_while_the_agent_runs() {
+    node_tracer_tests::require_tool("bpftool");
+    let rt = runtime::start("ch").await;
+    let sock = rt.socket().to_string_lossy().to_string();
+    let agent = Agent::start(&["--cri-socket", &sock]);
+    let agents_programs = programs_of(&agent);
+    assert_eq!(
+        agents_programs.len(),
+        2,
+        "the agent loaded nt_ingress and nt_egress"
+    );
+
+    // Created after the agent: found from RTM_NEWLINK, labelled once the CRI knows the pod.
+    let a = rt
+        .run_pod("web-a", "default", &runtime::uid(), "runc")
+        .await
+        .unwrap();
+    let b = rt
+        .run_pod("web-b", "default", &runtime::uid(), "runc")
+        .await
+        .unwrap();
+    let veth_a = wait_labelled(&agent, &a.uid);
+    let veth_b = wait_labelled(&agent, &b.uid);
+    assert_ne!(veth_a, veth_b);
+
+    // Traffic sent once the pod is up is counted exactly, with its pod labels.
+    let m0 = agent.metrics();
+    let k0 = KernelCounters::read(&veth_a);
+    node_tracer_tests::sh(&format!(
+        "nsenter --net={} ping -c 20 -i 0.02 -q {}",
+        a.netns.display(),
+        runtime::pod_ip(&b)
+    ));
+    let m1 = agent.metrics();
+    let k1 = KernelCounters::read(&veth_a);
+    assert_eq!(
+        icmp_tx(&m1, &veth_a, "web-a") - icmp_tx(&m0, &veth_a, "web-a"),
+        20.0
+    );
+    let tx = |m: &str| {
+        metric(
+            m,
+            "node_tracer_transmit_packets_total",
+            &[("interface", &veth_a)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (tx(&m1) - tx(&m0)) as u64,
+        k1.rx_packets - k0.rx_packets,
+        "vs kernel counters"
+    );
+    let info = metric(
+        &m1,
+        "node_tracer_port_info",
+        &[("interface", &veth_a), ("pod", "web-a")],
+    );
+    assert_eq!(info, Some(1.0), "port_info carries the pod");
+
+    // A deleted pod takes its series, map entries and attachments with it.
+    let attached_before = metric(&m1, "node_tracer_attached_interfaces", &[]).unwrap();
+    rt.remove_pod(&a).await.unwrap();
+    wait_until("veth_a's series to go", || {
+        !agent.metrics().contains(&format!("interface=\"{veth_a}\""))
+    });
+    let m2 = agent.metrics();
+    let attached = metric(&m2, "node_tracer_attached_interfaces", &[]).unwrap();
+    assert_eq!(attached, attached_before - 1.0);
+    let entries = metric(&m2, "node_tracer_map_entries", &[("map", "PORT_STATS")]).unwrap();
+    assert_eq!(
+        entries, attached,
+        "one PORT_STATS entry per attached port, no more"
+    );
+    // Two tcx links (ingress, egress) per attached port: the deleted veth's were released.
+    assert_eq!(links_of(&agents_programs), 2 * attached as usize);
+
+    // And a pod created after a deletion is picked up too.
+    let c = rt
+        .run_pod("web-c", "default", &runtime::uid(), "runc")
+        .await
+        .unwrap();
+    let veth_c = wait_labelled(&agent, &c.uid);
+    let m3 = agent.metrics();
+    node_tracer_tests::sh(&format!(
+        "nsenter --net={} ping -c 5 -i 0.02 -q {}",
+        c.netns.display(),
+        runtime::pod_ip(&b)
+    ));
+    let m4 = agent.metrics();
+    assert_eq!(
+        icmp_tx(&m4, &veth_c, "web-c") - icmp_tx(&m3, &veth_c, "web-c"),
+        5.0
+    );
+
+    drop(agent);
+    // SIGTERM detaches everything: no link of its programs is left.
+    assert_eq!(links_of(&agents_programs), 0);
+    rt.stop().await.unwrap();
+}
