@@ -71,7 +71,7 @@ fn prometheus_rates_match_pings_and_vanished_veths_go_stale() {
         &idle.veth.name,
     ]);
     let prom = Prometheus::start(agent.addr);
-    let _ping = Pinger::start(&a, &b);
+    let ping = Pinger::start(&a, &b);
 
     // A sends 5 echo requests a second, B answers each; the idle pod sends nothing once its
     // link-up chatter is over (IPv6 router solicitations and DAD are off).
@@ -154,7 +154,7 @@ fn prometheus_rates_match_pings_and_vanished_veths_go_stale() {
     // A veth that vanishes takes its series with it: gone from the next scrape, and
     // Prometheus marks them stale, so an instant query stops returning them at once.
     let gone = a.veth.name.clone();
-    drop(_ping);
+    drop(ping);
     let out = sh_output(&format!("ip link del {gone}"));
     assert!(out.status.success(), "ip link del {gone}");
     let selector = format!("node_tracer_transmit_packets_total{{interface=\"{gone}\"}}");

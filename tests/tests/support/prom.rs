@@ -2,6 +2,7 @@
 //! its PID on drop; and its HTTP query API.
 
 use std::{
+    fmt::Write as _,
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -63,7 +64,7 @@ impl Prometheus {
                 break;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < Duration::from_mins(1),
                 "prometheus not ready: {}",
                 p.log()
             );
@@ -136,7 +137,7 @@ pub fn percent_encode(s: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
