@@ -85,8 +85,11 @@ fn prometheus_rates_match_pings_and_vanished_veths_go_stale() {
             Ok(())
         } else {
             Err(format!(
-                "rates {rates:?}; want ~5 on {} and {}, 0 on {}",
-                a.veth.name, b.veth.name, idle.veth.name
+                "rates {rates:?}; want ~5 on {} and {}, 0 on {}; targets: {}",
+                a.veth.name,
+                b.veth.name,
+                idle.veth.name,
+                prom.targets()
             ))
         }
     });
@@ -156,7 +159,11 @@ fn prometheus_rates_match_pings_and_vanished_veths_go_stale() {
     let gone = a.veth.name.clone();
     drop(ping);
     let out = sh_output(&format!("ip link del {gone}"));
-    assert!(out.status.success(), "ip link del {gone}");
+    assert!(
+        out.status.success(),
+        "ip link del {gone}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let selector = format!("node_tracer_transmit_packets_total{{interface=\"{gone}\"}}");
     assert!(!prom.query(&selector).is_empty(), "{gone} had series");
     eventually(Duration::from_secs(5), || {
@@ -238,6 +245,15 @@ fn hostile_pod_names_pass_promtool_and_round_trip_through_prometheus() {
         "escaped pod label in:\n{metrics}"
     );
 
+    // Series hygiene as deploy/README.md counts it: a veth with no traffic yet has 8 protocols
+    // x 2 directions of packets, 2 byte counters, port_info and port_macs; ICMP series come
+    // only with ICMP seen.
+    let series = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&format!("interface=\"{veth}\"")))
+        .count();
+    assert_eq!(series, 20, "series of an idle veth:\n{metrics}");
+
     // promtool parses and lints the live exposition.
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
@@ -269,7 +285,7 @@ fn hostile_pod_names_pass_promtool_and_round_trip_through_prometheus() {
     let series = eventually(Duration::from_secs(20), || {
         let s = prom.query(&format!("node_tracer_port_info{{interface=\"{veth}\"}}"));
         if s.is_empty() {
-            Err("no port_info yet".to_string())
+            Err(format!("no port_info yet; targets: {}", prom.targets()))
         } else {
             Ok(s)
         }

@@ -103,6 +103,34 @@ impl Prometheus {
             .collect()
     }
 
+    /// Scrape health of every target, for failure messages.
+    pub fn targets(&self) -> String {
+        match http_get(self.addr, "/api/v1/targets") {
+            Ok((_, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                .map(|v| {
+                    v["data"]["activeTargets"]
+                        .as_array()
+                        .map(|t| {
+                            t.iter()
+                                .map(|t| {
+                                    format!(
+                                        "{} {} {:?} {}",
+                                        t["scrapeUrl"],
+                                        t["health"],
+                                        t["lastError"],
+                                        t["lastScrape"]
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        })
+                        .unwrap_or_default()
+                })
+                .unwrap_or(body),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Every rule group the server loaded, with its health.
     pub fn rules(&self) -> serde_json::Value {
         let (status, body) = http_get(self.addr, "/api/v1/rules").expect("rules");
