@@ -303,3 +303,141 @@ fn hostile_pod_names_pass_promtool_and_round_trip_through_prometheus() {
             .all(|s| s["metric"]["interface"] == veth.as_str())
     );
 }
+
+/// The pod's IPv4 address and host-side veth, read from the kernel: `eth0@ifN` in the pod's
+/// namespace names the host ifindex N.
+fn pod_wiring(netns: &str) -> (String, String) {
+    let addr = node_tracer_tests::sh(&format!("ip -n {netns} -4 -o addr show eth0"));
+    let ip = addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|c| c.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv4 on eth0 in {netns}: {addr}"))
+        .to_string();
+    let link = node_tracer_tests::sh(&format!("ip -n {netns} -o link show eth0"));
+    let ifindex: u32 = link
+        .split_once("eth0@if")
+        .and_then(|(_, r)| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no peer ifindex in {link:?}"));
+    let veth = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("ifindex"))
+                .is_ok_and(|i| i.trim() == ifindex.to_string())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| panic!("no host link with ifindex {ifindex}"));
+    (ip, veth)
+}
+
+/// The same through a real runtime: containerd pods (CRI RunPodSandbox, CNI bridge), named by
+/// the CRI source, their series gone once the pod is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pods_carry_cri_names_into_prometheus() {
+    preconditions();
+    for t in ["containerd", "ctr", "runc", "gcc"] {
+        require_tool(t);
+    }
+    use node_tracer::lab::runtime::{Runtime, RuntimeOptions, Subnet};
+    let mut opts = RuntimeOptions::new(&unique("prom"));
+    opts.bridge = unique("br");
+    // Apart from pods.rs's 10.20-219 range and from each other process.
+    let b = 230 + (std::process::id() % 20) as u8;
+    opts.bridge_subnet = Subnet::new([10, b, 0, 0].into(), 24);
+    opts.ptp_subnet = Subnet::new([10, b, 1, 0].into(), 24);
+    let rt = Runtime::start(opts.clone())
+        .await
+        .expect("start containerd");
+    let mut pods = Vec::new();
+    for name in ["web-0", "web-1"] {
+        let uid = format!("{}-{name}", opts.name);
+        pods.push(
+            rt.run_pod(name, "shop", &uid, "runc")
+                .await
+                .expect("RunPodSandbox"),
+        );
+    }
+    let netns: Vec<String> = pods
+        .iter()
+        .map(|p| p.netns.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let (_, veth0) = pod_wiring(&netns[0]);
+    let (ip1, veth1) = pod_wiring(&netns[1]);
+    let socket = opts.socket.display().to_string();
+    let agent = Agent::start(&["--cri-socket", &socket, "-i", &veth0, "-i", &veth1]);
+    let prom = Prometheus::start(agent.addr);
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &netns[0], "ping", "-q", "-i", "0.2", &ip1])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ping");
+    let ping = Killed(ping);
+
+    let q = "sum by (namespace, pod) (rate(node_tracer_transmit_packets_total[5s]))";
+    eventually(Duration::from_secs(40), || {
+        let rows: Vec<(String, String, f64)> = prom
+            .query(q)
+            .iter()
+            .map(|s| {
+                (
+                    s["metric"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    s["metric"]["pod"].as_str().unwrap_or_default().to_string(),
+                    s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(f64::NAN),
+                )
+            })
+            .collect();
+        let ok = rows.len() == 2
+            && ["web-0", "web-1"].iter().all(|n| {
+                rows.iter()
+                    .any(|(ns, p, r)| ns == "shop" && p == n && (4.0..=6.5).contains(r))
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{rows:?}; targets: {}", prom.targets()))
+        }
+    });
+
+    drop(ping);
+    let gone = pods.remove(0);
+    rt.remove_pod(&gone).await.expect("remove pod");
+    let selector = format!("node_tracer_transmit_packets_total{{interface=\"{veth0}\"}}");
+    eventually(Duration::from_secs(5), || {
+        let left = prom.query(&selector);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} series of removed pod web-0 still answer",
+                left.len()
+            ))
+        }
+    });
+    let left = prom.query("count by (pod) (node_tracer_port_info)");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["metric"]["pod"], "web-1");
+    drop(prom);
+    drop(agent);
+    rt.stop().await.expect("stop runtime");
+}
+
+/// Kills its process by PID on drop (also when the test fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
