@@ -21,6 +21,7 @@ use node_tracer_tests::{
     unique_net,
 };
 use prom::deploy_dir;
+use serde::Deserialize as _;
 use serde_yaml::Value;
 
 fn yaml(rel: &str) -> Value {
@@ -204,6 +205,49 @@ fn manifests_carry_host_access_least_privilege_probes_and_discovery() {
         false
     );
     assert_eq!(yaml("namespace.yaml")["metadata"]["name"], "node-tracer");
+}
+
+/// The base renders as kustomize (kubectl's built-in) builds it: every object in the
+/// node-tracer namespace, the image substituted.
+#[test]
+fn kustomize_renders_the_base() {
+    require_tool("kubectl");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy_dir())
+        .output()
+        .expect("spawn kubectl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    let mut kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "DaemonSet",
+            "Namespace",
+            "PodMonitor",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    for d in &docs {
+        if d["kind"] != "Namespace" {
+            assert_eq!(d["metadata"]["namespace"], "node-tracer", "{:?}", d["kind"]);
+        }
+    }
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
+    assert!(image.ends_with("/node-tracer:0.1.0"), "{image}");
 }
 
 fn promtool(args: &[&str]) -> String {
