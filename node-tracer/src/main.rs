@@ -1,6 +1,6 @@
 //! node-tracer: which pod is behind every veth, and what it sends — from one eBPF agent.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -305,6 +305,7 @@ fn node_options(
         },
         pods: sources.pods(),
         scan: sources.scan(),
+        attach_filter: None,
     }
 }
 
@@ -419,6 +420,10 @@ async fn trace_icmp(
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        // Stop the programs writing, then report what they wrote before the stop and the pump
+        // had not read yet (Ctrl-C or --timeout can come while the ring holds events).
+        lock(&node.state).probe.set_tracing(false)?;
+        tracer.drain(&mut events, &ports, &mut stdout)?;
         let stats = tracer.finish(&events, &mut stdout)?;
         anyhow::Ok(stats)
     }
@@ -511,6 +516,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 sort: args.sort.clone(),
             };
             drop(rt);
+            // Before any work: a standalone top would otherwise load and attach programs on
+            // every veth of the node only to say it has nowhere to draw.
+            if !std::io::stdout().is_terminal() {
+                return Err(top::TopError::NotATerminal.into());
+            }
             if let Some(url) = &args.connect {
                 let source = top::HttpSource::new(url)?;
                 return Ok(top::run(opts, source)?);
@@ -609,7 +619,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Vec::new()
             };
-            let node = node_options(&only, &args.probe, &args.sources, cli.log_level);
+            let mut node = node_options(&only, &args.probe, &args.sources, cli.log_level);
+            if only.is_empty() && !(args.pod.is_empty() && args.veth.is_empty()) {
+                let f = opts.filter.clone();
+                node.attach_filter = Some(node::PortFilter(std::sync::Arc::new(move |p| {
+                    f.could_match_port(p)
+                })));
+            }
             let stats = rt.block_on(trace_icmp(&node, &opts))?;
             if stats.lost > 0 {
                 log::warn!("{} events were lost (ring buffer full)", stats.lost);

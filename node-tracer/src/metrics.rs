@@ -269,6 +269,12 @@ fn health_families(h: &Health) -> Vec<Family> {
         COUNTER,
     );
     lost.push(&[], s(c::STAT_EVENTS_LOST));
+    let mut sent = Family::new(
+        "node_tracer_events_sent_total",
+        "Trace events the programs wrote to the ring buffer; stays 0 while nobody traces.",
+        COUNTER,
+    );
+    sent.push(&[], s(c::STAT_EVENTS_SENT));
     let mut resyncs = Family::new(
         "node_tracer_netlink_resyncs_total",
         "Full rescans after the netlink socket overran (ENOBUFS).",
@@ -307,7 +313,7 @@ fn health_families(h: &Health) -> Vec<Family> {
         entries.push(&[("map", name)], *n as f64);
     }
     vec![
-        attached, errors, map_errors, mac_new, lost, resyncs, events, run_s, runs, entries,
+        attached, errors, map_errors, mac_new, lost, sent, resyncs, events, run_s, runs, entries,
     ]
 }
 
@@ -467,6 +473,16 @@ mod tests {
             "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 1"
         ));
         assert!(!t.contains("node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"\",pod=\"\",interface=\"vethclean\""));
+    }
+
+    #[test]
+    fn trace_events_sent_and_lost_are_exported() {
+        let mut health = Health::default();
+        health.program_stats[node_tracer_common::STAT_EVENTS_SENT as usize] = 12;
+        health.program_stats[node_tracer_common::STAT_EVENTS_LOST as usize] = 3;
+        let t = String::from_utf8(encode(&Snapshot::default(), &health).unwrap()).unwrap();
+        assert!(t.contains("\nnode_tracer_events_sent_total 12\n"), "{t}");
+        assert!(t.contains("\nnode_tracer_events_lost_total 3\n"), "{t}");
     }
 
     #[test]

@@ -132,6 +132,18 @@ pub struct Pod {
     pub source: PodSource,
 }
 
+impl Pod {
+    /// `namespace/name` as kubectl writes it, or the name alone for a named network namespace or
+    /// a process, which have no Kubernetes namespace.
+    pub fn qualified_name(&self) -> String {
+        if self.namespace.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
 /// Packet and byte counters of one port, from the pod's point of view: the host veth's ingress is
 /// the pod's transmit, its egress the pod's receive.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

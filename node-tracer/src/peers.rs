@@ -74,12 +74,7 @@ pub fn to_table(snap: &Snapshot) -> String {
             (None, None) => "host".into(),
         });
         let pod = p.pod.as_ref().map_or("-".to_string(), |pod| {
-            let who = if pod.namespace.is_empty() {
-                pod.name.clone()
-            } else {
-                format!("{}/{}", pod.namespace, pod.name)
-            };
-            format!("{who} ({})", pod.source.as_str())
+            format!("{} ({})", pod.qualified_name(), pod.source.as_str())
         });
         rows.push([
             p.name.clone(),

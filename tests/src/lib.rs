@@ -257,6 +257,21 @@ impl KernelCounters {
     }
 }
 
+/// Reads the agent's metrics and the kernel's counters of `veth` at one instant: the metrics
+/// read is bracketed by two kernel reads and retried until no packet crossed the veth during
+/// it, so an exact comparison never races a stray packet (IPv6 chatter of a new pod).
+pub fn quiet_read(agent: &Agent, veth: &str) -> (KernelCounters, String) {
+    for _ in 0..50 {
+        let before = KernelCounters::read(veth);
+        let metrics = agent.metrics();
+        if KernelCounters::read(veth) == before {
+            return (before, metrics);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{veth} never went quiet for one metrics read");
+}
+
 /// Path of the `node-tracer` binary under test (`NODE_TRACER_BIN`, else the workspace's debug
 /// build, which `cargo xtask test` builds first).
 pub fn binary() -> PathBuf {

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use node_tracer_tests::{Agent, KernelCounters, metric, runtime};
+use node_tracer_tests::{Agent, metric, quiet_read, runtime};
 use serde_json::Value;
 
 fn port_of<'a>(snap: &'a Value, uid: &str) -> Option<&'a Value> {
@@ -110,15 +110,13 @@ async fn pods_come_and_go_while_the_agent_runs() {
     assert_ne!(veth_a, veth_b);
 
     // Traffic sent once the pod is up is counted exactly, with its pod labels.
-    let m0 = agent.metrics();
-    let k0 = KernelCounters::read(&veth_a);
+    let (k0, m0) = quiet_read(&agent, &veth_a);
     node_tracer_tests::sh(&format!(
         "nsenter --net={} ping -c 20 -i 0.02 -q {}",
         a.netns.display(),
         runtime::pod_ip(&b)
     ));
-    let m1 = agent.metrics();
-    let k1 = KernelCounters::read(&veth_a);
+    let (k1, m1) = quiet_read(&agent, &veth_a);
     assert_eq!(
         icmp_tx(&m1, &veth_a, "web-a") - icmp_tx(&m0, &veth_a, "web-a"),
         20.0
@@ -144,21 +142,45 @@ async fn pods_come_and_go_while_the_agent_runs() {
     assert_eq!(info, Some(1.0), "port_info carries the pod");
 
     // A deleted pod takes its series, map entries and attachments with it.
-    let attached_before = metric(&m1, "node_tracer_attached_interfaces", &[]).unwrap();
     rt.remove_pod(&a).await.unwrap();
     wait_until("veth_a's series to go", || {
         !agent.metrics().contains(&format!("interface=\"{veth_a}\""))
     });
-    let m2 = agent.metrics();
-    let attached = metric(&m2, "node_tracer_attached_interfaces", &[]).unwrap();
-    assert_eq!(attached, attached_before - 1.0);
-    let entries = metric(&m2, "node_tracer_map_entries", &[("map", "PORT_STATS")]).unwrap();
-    assert_eq!(
-        entries, attached,
-        "one PORT_STATS entry per attached port, no more"
+    let snap = agent.snapshot();
+    assert!(
+        !snap["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == veth_a.as_str()),
+        "the deleted veth is gone from the snapshot"
     );
-    // Two tcx links (ingress, egress) per attached port: the deleted veth's were released.
-    assert_eq!(links_of(&agents_programs), 2 * attached as usize);
+    // Counts read in one scrape are consistent with each other even while other veths come and
+    // go; the link count is compared only when no attach happened around it.
+    let mut checked = false;
+    for _ in 0..20 {
+        let m2 = agent.metrics();
+        let attached = metric(&m2, "node_tracer_attached_interfaces", &[]).unwrap();
+        let entries = metric(&m2, "node_tracer_map_entries", &[("map", "PORT_STATS")]).unwrap();
+        assert_eq!(
+            entries, attached,
+            "one PORT_STATS entry per attached port, no more"
+        );
+        // Two tcx links (ingress, egress) per attached port: the deleted veth's were released.
+        let links = links_of(&agents_programs);
+        let again = metric(&agent.metrics(), "node_tracer_attached_interfaces", &[]).unwrap();
+        if again == attached {
+            assert_eq!(
+                links,
+                2 * attached as usize,
+                "tcx links of the agent's programs"
+            );
+            checked = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(checked, "attachments never settled");
 
     // And a pod created after a deletion is picked up too.
     let c = rt

@@ -81,11 +81,7 @@ pub fn to_table(r: &Report) -> String {
 }
 
 fn pod_text(p: &Pod) -> String {
-    if p.namespace.is_empty() {
-        p.name.clone()
-    } else {
-        format!("{}/{}", p.namespace, p.name)
-    }
+    p.qualified_name()
 }
 
 fn port_lines(p: &PortMacs, now_ms: u64, bridge: Option<&str>) -> Vec<[String; 10]> {

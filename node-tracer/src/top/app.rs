@@ -53,13 +53,7 @@ fn build_row(i: usize, p: &Port, prev: Option<&Port>, elapsed_ms: u64) -> Row {
     let pod = p.pod.as_ref().map_or_else(
         || "-".to_owned(),
         // Named namespaces and processes have no Kubernetes namespace: show the name alone.
-        |pod| {
-            if pod.namespace.is_empty() {
-                pod.name.clone()
-            } else {
-                format!("{}/{}", pod.namespace, pod.name)
-            }
-        },
+        crate::model::Pod::qualified_name,
     );
     let bridge = match (p.mode, &p.master) {
         (_, Some(m)) => m.clone(),

@@ -67,6 +67,17 @@ impl Filter {
             && self.matches_type(p)
     }
 
+    /// Whether packets on `port` could pass the pod and veth filters: a tracer attaches only
+    /// where they could.
+    pub fn could_match_port(&self, port: &Port) -> bool {
+        self.matches_pod(Some(port))
+            && (self.veths.is_empty()
+                || self
+                    .veths
+                    .iter()
+                    .any(|want| *want == port.ifindex.to_string() || glob(want, &port.name)))
+    }
+
     fn matches_pod(&self, port: Option<&Port>) -> bool {
         if self.pods.is_empty() {
             return true;

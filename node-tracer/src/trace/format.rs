@@ -79,10 +79,8 @@ pub fn interface_name(ifindex: u32, port: Option<&Port>) -> String {
 
 /// `namespace/name`, or `-` when no pod is known behind the veth.
 pub fn pod_label(port: Option<&Port>) -> String {
-    port.and_then(|p| p.pod.as_ref()).map_or_else(
-        || "-".to_owned(),
-        |pod| format!("{}/{}", pod.namespace, pod.name),
-    )
+    port.and_then(|p| p.pod.as_ref())
+        .map_or_else(|| "-".to_owned(), crate::model::Pod::qualified_name)
 }
 
 /// `2026-11-22T21:10:37.123456Z`.

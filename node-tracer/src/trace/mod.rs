@@ -51,6 +51,9 @@ pub trait EventSource {
     /// The next event, or `None` when the source has ended. Must be cancel-safe: a future dropped
     /// before it completes must not lose an event (true of `AsyncFd` readiness + `RingBuf::next`).
     fn next_event(&mut self) -> Pin<Box<dyn Future<Output = Option<IcmpEvent>> + Send + '_>>;
+    /// An event already waiting, without waiting for one: how a stopping trace drains what the
+    /// programs wrote before the stop.
+    fn try_next(&mut self) -> Option<IcmpEvent>;
     /// Events the programs could not deliver (`AGENT_STATS[STAT_EVENTS_LOST]`). May be a counter
     /// that predates the trace: only its increase during the trace is reported.
     fn lost(&self) -> u64;
@@ -101,6 +104,8 @@ pub enum Stop {
 ///     r = tracer.pump(&mut events, &ports, &mut out) => { r?; }
 ///     _ = tokio::signal::ctrl_c() => {}
 /// }
+/// // (stop the programs writing events here)
+/// tracer.drain(&mut events, &ports, &mut out)?;
 /// let stats = tracer.finish(&events, &mut out)?;
 /// ```
 pub struct Tracer<'o> {
@@ -178,6 +183,26 @@ impl<'o> Tracer<'o> {
             self.report_loss(events.lost(), out)?;
             self.handle(&ev, ports, out)?;
         }
+    }
+
+    /// Handles the events already waiting in the source, without waiting for more (and not
+    /// past `--count`). After Ctrl-C or `--timeout` the programs may have written events the
+    /// pump had not read yet: packets that crossed a veth while we traced, so they are reported.
+    /// Call it after stopping the programs' writes, so it ends.
+    pub fn drain(
+        &mut self,
+        events: &mut dyn EventSource,
+        ports: &dyn Fn(u32) -> Option<Port>,
+        out: &mut dyn Write,
+    ) -> Result<(), TraceError> {
+        while self.opts.count.is_none_or(|n| self.stats.matched < n) {
+            let Some(ev) = events.try_next() else {
+                break;
+            };
+            self.report_loss(events.lost(), out)?;
+            self.handle(&ev, ports, out)?;
+        }
+        Ok(())
     }
 
     fn handle(
@@ -269,7 +294,8 @@ impl<'o> Tracer<'o> {
     }
 }
 
-/// Runs a whole trace: until `--count`, `--timeout` or the end of the source, then the summary.
+/// Runs a whole trace: until `--count`, `--timeout` or the end of the source, then what is left
+/// in the source, then the summary.
 /// To stop on Ctrl-C and still get the summary, either end the source (`next_event` returns
 /// `None` on the signal) or drive a [`Tracer`] directly.
 pub async fn run(
@@ -280,6 +306,7 @@ pub async fn run(
 ) -> Result<TraceStats, TraceError> {
     let mut tracer = Tracer::new(opts, events)?;
     tracer.pump(events, ports, out).await?;
+    tracer.drain(events, ports, out)?;
     tracer.finish(events, out)
 }
 

@@ -149,13 +149,12 @@ fn interface_strings(ifindex: u32, port: Option<&Port>) -> (String, String) {
         Some(pod) => {
             let _ = write!(
                 description,
-                ", pod {}/{} (uid {}, from {})",
-                pod.namespace,
-                pod.name,
+                ", pod {} (uid {}, from {})",
+                pod.qualified_name(),
                 pod.uid,
                 pod.source.as_str()
             );
-            format!("{} ({}/{})", port.name, pod.namespace, pod.name)
+            format!("{} ({})", port.name, pod.qualified_name())
         }
         None => port.name.clone(),
     };

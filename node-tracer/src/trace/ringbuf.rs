@@ -30,13 +30,7 @@ impl EventSource for RingBufSource {
         Box::pin(async move {
             loop {
                 let mut guard = self.ring.readable_mut().await.ok()?;
-                if let Some(item) = guard.get_inner_mut().next() {
-                    if item.len() < std::mem::size_of::<IcmpEvent>() {
-                        continue;
-                    }
-                    // SAFETY: the item holds at least one IcmpEvent written by the program;
-                    // read_unaligned copies it out of the ring without alignment assumptions.
-                    let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<IcmpEvent>()) };
+                if let Some(ev) = read_one(guard.get_inner_mut()) {
                     return Some(ev);
                 }
                 guard.clear_ready();
@@ -44,7 +38,24 @@ impl EventSource for RingBufSource {
         })
     }
 
+    fn try_next(&mut self) -> Option<IcmpEvent> {
+        read_one(self.ring.get_mut())
+    }
+
     fn lost(&self) -> u64 {
         (self.lost)()
+    }
+}
+
+/// The next whole event in the ring, skipping records too short to be one; `None` when empty.
+fn read_one(ring: &mut RingBuf<MapData>) -> Option<IcmpEvent> {
+    loop {
+        let item = ring.next()?;
+        if item.len() < std::mem::size_of::<IcmpEvent>() {
+            continue;
+        }
+        // SAFETY: the item holds at least one IcmpEvent written by the program; read_unaligned
+        // copies it out of the ring without alignment assumptions.
+        return Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<IcmpEvent>()) });
     }
 }

@@ -99,7 +99,7 @@ impl Summary {
             interface: interface_name(p.ifindex, port),
             pod: port
                 .and_then(|port| port.pod.as_ref())
-                .map(|pod| format!("{}/{}", pod.namespace, pod.name)),
+                .map(crate::model::Pod::qualified_name),
             direction: p.direction,
         });
     }

@@ -45,6 +45,12 @@ impl EventSource for FakeSource {
         })
     }
 
+    fn try_next(&mut self) -> Option<IcmpEvent> {
+        let ev = self.events.pop_front()?;
+        self.handed += 1;
+        Some(ev)
+    }
+
     fn lost(&self) -> u64 {
         match self.handed.checked_sub(1) {
             Some(i) => self.lost_after.get(i).copied().unwrap_or_else(|| {
@@ -346,4 +352,31 @@ fn monotonic_clock_maps_to_now() {
     );
     // Before boot: clamps instead of panicking.
     let _ = f(0);
+}
+
+#[tokio::test]
+async fn a_stop_still_reports_the_events_already_queued() {
+    let opts = TraceOptions {
+        json: true,
+        count: Some(7),
+        ..TraceOptions::default()
+    };
+    // Eight events wait in the source when the stop comes, before the pump read any of them.
+    let mut src = FakeSource::new(pings(2), false);
+    let mut out = Vec::new();
+    let mut tracer = Tracer::new(&opts, &src).unwrap().with_clock(at_epoch);
+    tokio::select! {
+        biased;
+        () = std::future::ready(()) => {}
+        r = tracer.pump(&mut src, &ports, &mut out) => panic!("pump ended first: {r:?}"),
+    }
+    assert_eq!(tracer.stats().seen, 0);
+    tracer.drain(&mut src, &ports, &mut out).unwrap();
+    // Up to --count, and no further.
+    assert_eq!(tracer.stats().matched, 7);
+    assert_eq!(src.events.len(), 1);
+    let stats = tracer.finish(&src, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 7 + 1, "{text}");
+    assert_eq!(stats.seen, 7);
 }
