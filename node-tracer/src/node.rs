@@ -274,7 +274,7 @@ async fn follow_links(
             // Attach at once (counting must not wait for the slower pod lookup), on a blocking
             // thread: a tcx attach waits for an RCU grace period.
             let (st, ifindex, name) = (state.clone(), *ifindex, name.clone());
-            let wanted = tokio::task::spawn_blocking(move || {
+            let rescan = tokio::task::spawn_blocking(move || {
                 let mut s = lock(&st);
                 s.health.link_events += 1;
                 // With a filter, the port is judged once labelled, by the relabel pass.
@@ -283,12 +283,12 @@ async fn follow_links(
                     s.attach_one(ifindex, &name);
                     log::debug!("attached to new veth {name} ({ifindex})");
                 }
-                wanted
+                // With --interface, other veths' churn is none of our business.
+                s.only.is_empty() || s.only.contains(&name)
             })
             .await
             .unwrap_or(true);
-            // With --interface, other veths' churn is none of our business: no rescan.
-            if wanted {
+            if rescan {
                 relabel.notify_one();
             }
             continue;
