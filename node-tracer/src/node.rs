@@ -187,11 +187,10 @@ impl Node {
         let mut probe = Probe::load(&opts.probe)?;
         let logger = probe.take_logger();
         // Subscribe before the first scan, so no veth created in between is missed.
-        let watcher = if opts.interfaces.is_empty() {
-            Some(topology::watch().map_err(|e| Error::Netlink(e.to_string()))?)
-        } else {
-            None
-        };
+        // Also with --interface: a named veth that vanishes must take its series with it at
+        // the next scrape, and only the Removed event says so promptly (added veths are
+        // filtered by name in `follow_links`).
+        let watcher = topology::watch().map_err(|e| Error::Netlink(e.to_string()))?;
         let pods = pods::discover(&opts.pods).await;
         let mut scan = opts.scan.clone();
         scan.extra_netns_paths.extend(pods.netns_paths());
@@ -216,9 +215,7 @@ impl Node {
         if let Some(l) = logger {
             tasks.push(tokio::spawn(forward_logs(l)));
         }
-        if let Some(w) = watcher {
-            tasks.push(tokio::spawn(follow_links(w, state.clone(), relabel)));
-        }
+        tasks.push(tokio::spawn(follow_links(watcher, state.clone(), relabel)));
         Ok(Self { state, tasks })
     }
 
@@ -277,7 +274,7 @@ async fn follow_links(
             // Attach at once (counting must not wait for the slower pod lookup), on a blocking
             // thread: a tcx attach waits for an RCU grace period.
             let (st, ifindex, name) = (state.clone(), *ifindex, name.clone());
-            let _ = tokio::task::spawn_blocking(move || {
+            let rescan = tokio::task::spawn_blocking(move || {
                 let mut s = lock(&st);
                 s.health.link_events += 1;
                 // With a filter, the port is judged once labelled, by the relabel pass.
@@ -286,9 +283,14 @@ async fn follow_links(
                     s.attach_one(ifindex, &name);
                     log::debug!("attached to new veth {name} ({ifindex})");
                 }
+                // With --interface, other veths' churn is none of our business.
+                s.only.is_empty() || s.only.contains(&name)
             })
-            .await;
-            relabel.notify_one();
+            .await
+            .unwrap_or(true);
+            if rescan {
+                relabel.notify_one();
+            }
             continue;
         }
         {
