@@ -98,7 +98,7 @@ pub enum Stop {
 /// against [`Tracer::pump`] and drops it still gets the summary and a complete pcapng file from
 /// [`Tracer::finish`]:
 ///
-/// ```ignore
+/// ```text
 /// let mut tracer = Tracer::new(&opts, &events)?;
 /// tokio::select! {
 ///     r = tracer.pump(&mut events, &ports, &mut out) => { r?; }
