@@ -108,6 +108,7 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
         json!(big.startup_netlink_s.unwrap_or(f64::NAN)),
     );
     meta.insert("serve_after_s".into(), json!(big.serve_s));
+    meta.insert("stop_s".into(), json!(big.stop_s));
     meta.insert("kernel".into(), json!(sys::sh("uname -r")?.trim()));
     meta.insert(
         "cpus".into(),

@@ -34,6 +34,8 @@ pub struct Results {
     /// New veth created -> both its hooks carry our programs.
     pub attach_ms: Vec<f64>,
     pub peers_s: Vec<f64>,
+    /// SIGTERM to exit of the tcx agent.
+    pub stop_s: f64,
 }
 
 pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
@@ -78,7 +80,16 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
     );
 
     r.attach_ms = attach_latency(&node, &late_pods)?;
+    // SIGTERM to exit: the agent detaches every hook, each again an RCU grace period (the
+    // process is killed after 20 s, which detaches the rest as its links close).
+    let stop = Instant::now();
     drop(agent);
+    r.stop_s = stop.elapsed().as_secs_f64();
+    eprintln!(
+        "    stopped (detaching {} veths) in {:.2} s",
+        r.veths + late_pods.len(),
+        r.stop_s
+    );
     // The late veths go again so the netlink start-up sees the same node as the tcx one.
     let del: Vec<String> = (0..late_pods.len())
         .map(|i| format!("link del ntba{i}"))
