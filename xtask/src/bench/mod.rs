@@ -109,6 +109,7 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
     );
     meta.insert("serve_after_s".into(), json!(big.serve_s));
     meta.insert("stop_s".into(), json!(big.stop_s));
+    meta.insert("metrics_cpu_ms".into(), json!(big.metrics_cpu_ms));
     meta.insert("kernel".into(), json!(sys::sh("uname -r")?.trim()));
     meta.insert(
         "cpus".into(),

@@ -29,6 +29,8 @@ pub struct Results {
     pub startup_netlink_s: Option<f64>,
     pub metrics_ms: Vec<f64>,
     pub metrics_bytes: usize,
+    /// Agent CPU time per scrape (clock-tick resolution).
+    pub metrics_cpu_ms: f64,
     pub rss_mib: f64,
     pub idle_cpu_pct: f64,
     /// New veth created -> both its hooks carry our programs.
@@ -68,11 +70,15 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
     // Let the post-start relabel pass finish before calling anything idle.
     sys::sleep(Duration::from_secs(2))?;
     r.idle_cpu_pct = sys::cpu_pct_over(agent.pid(), s.idle)?;
+    // The agent's own CPU time per scrape, next to the wall time: on a shared machine the wall
+    // time is mostly waiting for a core.
+    let cpu0 = sys::cpu_seconds(agent.pid())?;
     for _ in 0..5 {
         let (bytes, took) = agent.get("/metrics")?;
         r.metrics_bytes = bytes;
         r.metrics_ms.push(took.as_secs_f64() * 1e3);
     }
+    r.metrics_cpu_ms = (sys::cpu_seconds(agent.pid())? - cpu0) / 5.0 * 1e3;
     r.rss_mib = sys::rss_mib(agent.pid())?;
     eprintln!(
         "    idle cpu {:.2}%, rss {:.1} MiB, /metrics {} bytes",
