@@ -98,11 +98,14 @@ impl State {
                 .collect()
         };
         let keep: HashSet<u32> = wanted.iter().map(|(i, _)| *i).collect();
+        // A veth created while the rescan ran is missing from its topology but was already
+        // attached from its netlink event: detach only what the kernel no longer has here, or
+        // its counters would restart from zero at the next pass.
         let gone: Vec<u32> = self
             .probe
             .attached()
             .map(|(i, _)| i)
-            .filter(|i| !keep.contains(i))
+            .filter(|i| !keep.contains(i) && (!self.only.is_empty() || !link_exists(*i)))
             .collect();
         for i in gone {
             self.probe.detach(i);
@@ -144,6 +147,13 @@ fn packets_so_far(name: &str) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+/// Whether `ifindex` is a link of this namespace (a veth moved away or deleted is not).
+fn link_exists(ifindex: u32) -> bool {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has room for IF_NAMESIZE bytes, as if_indextoname requires.
+    !unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null()
 }
 
 fn ifindex_of(name: &str) -> Option<u32> {
