@@ -30,8 +30,29 @@ pub const PROTO_COUNT: usize = 8;
 pub struct PortStats {
     pub packets: [[u64; PROTO_COUNT]; 2],
     pub bytes: [[u64; PROTO_COUNT]; 2],
+    /// Per direction, the last source MAC seen on this port by this CPU.
+    pub macs: [MacCache; 2],
 }
-const _: () = assert!(core::mem::size_of::<PortStats>() == 256);
+const _: () = assert!(core::mem::size_of::<PortStats>() == 256 + 2 * 40);
+
+/// The source MAC a port saw last (per CPU and direction) and its packets not yet added to its
+/// `MAC_SEEN` entry. A pod's port sees the same MAC packet after packet; counting it here
+/// spares the `MAC_SEEN` lookup on that path. When a different MAC arrives the pending counts
+/// are added to the old MAC's entry. Readers add `packets`/`bytes` to the entry of `mac`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacCache {
+    pub mac: [u8; 6],
+    /// 1 once `mac` holds a MAC seen on the port.
+    pub valid: u8,
+    pub pad: u8,
+    pub packets: u64,
+    pub bytes: u64,
+    /// When this CPU started seeing `mac` (since the last switch) and last saw it.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<MacCache>() == 40);
 
 /// Key of `ICMP_STATS`: one ICMP/ICMPv6 message type on one port and direction.
 #[repr(C)]
@@ -107,6 +128,7 @@ const _: () = assert!(core::mem::size_of::<IcmpEvent>() == 24 + SNAP_LEN);
 mod user {
     // SAFETY: all of these are `repr(C)`, made only of integers with explicit padding fields.
     unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::MacCache {}
     unsafe impl aya::Pod for super::IcmpKey {}
     unsafe impl aya::Pod for super::MacKey {}
     unsafe impl aya::Pod for super::MacStats {}

@@ -16,10 +16,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use node_tracer_common::{
-    DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacKey, MacStats, PROTO_ARP, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PortStats,
-    SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST, STAT_EVENTS_SENT, STAT_ICMP_INSERT_FAILED,
-    STAT_MAC_INSERT_FAILED, STAT_MAC_NEW, STAT_PORT_INSERT_FAILED,
+    DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacCache, MacKey, MacStats, PROTO_ARP,
+    PROTO_COUNT, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER,
+    PROTO_TCP, PROTO_UDP, PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
+    STAT_ICMP_INSERT_FAILED, STAT_MAC_INSERT_FAILED, STAT_MAC_NEW, STAT_PORT_INSERT_FAILED,
 };
 
 /// `TCX_NEXT`: let the next program (or the stack) decide. Same value as `TC_ACT_UNSPEC`, which
@@ -56,6 +56,22 @@ static TRACE_ON: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
+/// Initial value of a `PORT_STATS` entry, kept in read-only data: a `PortStats` on the stack
+/// would take most of the program's 512-byte stack.
+static ZERO_PORT: PortStats = PortStats {
+    packets: [[0; PROTO_COUNT]; 2],
+    bytes: [[0; PROTO_COUNT]; 2],
+    macs: [MacCache {
+        mac: [0; 6],
+        valid: 0,
+        pad: 0,
+        packets: 0,
+        bytes: 0,
+        first_ns: 0,
+        last_ns: 0,
+    }; 2],
+};
+
 #[classifier]
 pub fn nt_ingress(ctx: TcContext) -> i32 {
     observe(&ctx, DIR_INGRESS);
@@ -74,6 +90,8 @@ struct Parsed {
     /// 4 or 6 when the packet is an ICMP/ICMPv6 first fragment whose header we can read.
     icmp_family: u8,
     l4_off: usize,
+    /// Source MAC, when the frame holds a whole Ethernet header.
+    src: Option<[u8; 6]>,
 }
 
 #[inline(always)]
@@ -81,29 +99,71 @@ fn observe(ctx: &TcContext, dir: u8) {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = u64::from(ctx.len());
-    let parsed = parse(ctx, ifindex, dir, len);
-    count_port(ctx, ifindex, dir, parsed.proto, len);
+    let parsed = parse(ctx);
+    if let Some(stats) = port_stats(ctx, ifindex) {
+        let d = usize::from(dir & 1);
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe {
+            (*stats).packets[d][parsed.proto & 7] += 1;
+            (*stats).bytes[d][parsed.proto & 7] += len;
+        }
+        if let Some(src) = parsed.src {
+            track_mac(ctx, stats, ifindex, dir, src, len);
+        }
+    }
     if parsed.icmp_family != 0 {
         on_icmp(ctx, ifindex, dir, &parsed);
     }
 }
 
-/// Bounded parse: Ethernet, up to two in-band VLAN tags (a tag carried in skb metadata is already
-/// stripped from the frame), then ARP, IPv4 or IPv6 with a bounded extension-header walk.
+/// `N` bytes at the constant offset `off`: straight from the packet when the linear data holds
+/// them (no helper call), else through `bpf_skb_load_bytes` (a non-linear skb). Only for
+/// constant offsets: the verifier bounds a packet pointer by a constant.
 #[inline(always)]
-fn parse(ctx: &TcContext, ifindex: u32, dir: u8, len: u64) -> Parsed {
+fn read_fixed<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+    let start = ctx.data();
+    if start + off + N <= ctx.data_end() {
+        // SAFETY: the range [start + off, start + off + N) lies inside the packet's linear data,
+        // checked just above; the read is unaligned-safe.
+        return Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) });
+    }
+    ctx.load::<[u8; N]>(off).ok()
+}
+
+/// Bounded parse: Ethernet, up to two in-band VLAN tags (a tag carried in skb metadata is already
+/// stripped from the frame), then ARP, IPv4 or IPv6 with a bounded extension-header walk. The
+/// common untagged headers are read directly from the packet.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Parsed {
     let mut out = Parsed {
         proto: PROTO_OTHER,
         icmp_family: 0,
         l4_off: 0,
+        src: None,
     };
-    let Ok(eth) = ctx.load::<[u8; ETH_HLEN]>(0) else {
+    let Some(eth) = read_fixed::<ETH_HLEN>(ctx, 0) else {
         return out;
     };
-    let src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
-    track_mac(ctx, ifindex, dir, src, len);
+    out.src = Some([eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]]);
 
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    match ethertype {
+        ETH_P_ARP => {
+            out.proto = PROTO_ARP;
+            return out;
+        }
+        ETH_P_IP => {
+            parse_ipv4(read_fixed::<10>(ctx, ETH_HLEN), ETH_HLEN, &mut out);
+            return out;
+        }
+        ETH_P_IPV6 => {
+            parse_ipv6(ctx, read_fixed::<8>(ctx, ETH_HLEN), ETH_HLEN, &mut out);
+            return out;
+        }
+        _ => {}
+    }
+
+    // Tagged frames: variable offsets, read through the helper.
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
@@ -119,18 +179,19 @@ fn parse(ctx: &TcContext, ifindex: u32, dir: u8, len: u64) -> Parsed {
 
     match ethertype {
         ETH_P_ARP => out.proto = PROTO_ARP,
-        ETH_P_IP => parse_ipv4(ctx, off, &mut out),
-        ETH_P_IPV6 => parse_ipv6(ctx, off, &mut out),
+        ETH_P_IP => parse_ipv4(ctx.load::<[u8; 10]>(off).ok(), off, &mut out),
+        ETH_P_IPV6 => parse_ipv6(ctx, ctx.load::<[u8; 8]>(off).ok(), off, &mut out),
         _ => {}
     }
     out
 }
 
+/// `h`: the first 10 bytes of the IPv4 header at `off`, if the packet has them.
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, off: usize, out: &mut Parsed) {
+fn parse_ipv4(h: Option<[u8; 10]>, off: usize, out: &mut Parsed) {
     out.proto = PROTO_IPV4_OTHER;
     // version/IHL (0), flags/fragment offset (6..8), protocol (9).
-    let Ok(h) = ctx.load::<[u8; 10]>(off) else {
+    let Some(h) = h else {
         return;
     };
     let ihl = usize::from(h[0] & 0x0f) * 4;
@@ -152,18 +213,17 @@ fn parse_ipv4(ctx: &TcContext, off: usize, out: &mut Parsed) {
     };
 }
 
+/// `h`: the first 8 bytes of the IPv6 header at `off`, if the packet has them.
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, off: usize, out: &mut Parsed) {
+fn parse_ipv6(ctx: &TcContext, h: Option<[u8; 8]>, off: usize, out: &mut Parsed) {
     out.proto = PROTO_IPV6_OTHER;
-    let Ok(first) = ctx.load::<u8>(off) else {
+    let Some(h) = h else {
         return;
     };
-    if first >> 4 != 6 {
+    if h[0] >> 4 != 6 {
         return;
     }
-    let Ok(mut next) = ctx.load::<u8>(off + 6) else {
-        return;
-    };
+    let mut next = h[6];
     let mut l4 = off + 40;
     let mut first_fragment = true;
     for _ in 0..MAX_IPV6_EXT {
@@ -235,81 +295,101 @@ fn worth_logging(count: u64) -> bool {
     count & count.wrapping_sub(1) == 0
 }
 
+/// This CPU's counters of `ifindex`.
 #[inline(always)]
-fn count_port(ctx: &TcContext, ifindex: u32, dir: u8, proto: usize, len: u64) {
-    let dir = usize::from(dir & 1);
-    let proto = proto & 7;
-    let stats = match PORT_STATS.get_ptr_mut(ifindex) {
-        Some(p) => p,
-        None => {
-            // The loader creates the entry before attaching; this covers a race with its
-            // clean-up, so no packet goes uncounted while we are attached.
-            let zero = PortStats::default();
-            if PORT_STATS
-                .insert(ifindex, zero, u64::from(BPF_NOEXIST))
-                .is_err()
-                && PORT_STATS.get_ptr_mut(ifindex).is_none()
-            {
-                let n = bump_stat(STAT_PORT_INSERT_FAILED);
-                if worth_logging(n) {
-                    warn!(
-                        ctx,
-                        "PORT_STATS full: ifindex {} not counted ({} times)", ifindex, n
-                    );
-                }
-                return;
-            }
-            match PORT_STATS.get_ptr_mut(ifindex) {
-                Some(p) => p,
-                None => return,
-            }
-        }
-    };
-    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-    unsafe {
-        (*stats).packets[dir][proto] += 1;
-        (*stats).bytes[dir][proto] += len;
+fn port_stats(ctx: &TcContext, ifindex: u32) -> Option<*mut PortStats> {
+    if let Some(p) = PORT_STATS.get_ptr_mut(ifindex) {
+        return Some(p);
     }
+    // The loader creates the entry before attaching; this covers a race with its clean-up, so
+    // no packet goes uncounted while we are attached.
+    if PORT_STATS
+        .insert(ifindex, &ZERO_PORT, u64::from(BPF_NOEXIST))
+        .is_err()
+        && PORT_STATS.get_ptr_mut(ifindex).is_none()
+    {
+        let n = bump_stat(STAT_PORT_INSERT_FAILED);
+        if worth_logging(n) {
+            warn!(
+                ctx,
+                "PORT_STATS full: ifindex {} not counted ({} times)", ifindex, n
+            );
+        }
+        return None;
+    }
+    PORT_STATS.get_ptr_mut(ifindex)
 }
 
+/// Counts the packet against its source MAC. The same MAC as last time on this port, CPU and
+/// direction (a pod sending) costs a compare and two adds; only a change of MAC touches
+/// `MAC_SEEN`, to hand over the previous MAC's pending counts.
 #[inline(always)]
-fn track_mac(ctx: &TcContext, ifindex: u32, dir: u8, mac: [u8; 6], len: u64) {
-    let key = MacKey {
-        ifindex,
-        mac,
-        dir,
-        pad: 0,
-    };
+fn track_mac(
+    ctx: &TcContext,
+    stats: *mut PortStats,
+    ifindex: u32,
+    dir: u8,
+    mac: [u8; 6],
+    len: u64,
+) {
     // Coarse time is enough for "first/last seen" and much cheaper than the precise clock.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(v) = MAC_SEEN.get_ptr_mut(&key) {
+    // SAFETY: per-CPU value of this CPU (see `observe`); `dir & 1` keeps the index in range.
+    let cache = unsafe { &mut (*stats).macs[usize::from(dir & 1)] };
+    if cache.valid != 0 && cache.mac == mac {
+        cache.packets += 1;
+        cache.bytes += len;
+        cache.last_ns = now;
+        return;
+    }
+    if cache.valid != 0 && cache.packets != 0 {
+        let key = MacKey {
+            ifindex,
+            mac: cache.mac,
+            dir,
+            pad: 0,
+        };
+        flush_mac(ctx, &key, cache);
+    }
+    cache.mac = mac;
+    cache.valid = 1;
+    cache.packets = 1;
+    cache.bytes = len;
+    cache.first_ns = now;
+    cache.last_ns = now;
+}
+
+/// Adds a cached MAC's pending counts to its `MAC_SEEN` entry (creating it when new or evicted).
+#[inline(always)]
+fn flush_mac(ctx: &TcContext, key: &MacKey, cache: &MacCache) {
+    if let Some(v) = MAC_SEEN.get_ptr_mut(key) {
         // SAFETY: per-CPU value of this CPU.
         unsafe {
-            (*v).packets += 1;
-            (*v).bytes += len;
+            (*v).packets += cache.packets;
+            (*v).bytes += cache.bytes;
             // A key inserted on another CPU has zeroes in this CPU's slot.
             if (*v).first_ns == 0 {
-                (*v).first_ns = now;
+                (*v).first_ns = cache.first_ns;
             }
-            (*v).last_ns = now;
+            (*v).last_ns = cache.last_ns;
         }
         return;
     }
     let v = MacStats {
-        packets: 1,
-        bytes: len,
-        first_ns: now,
-        last_ns: now,
+        packets: cache.packets,
+        bytes: cache.bytes,
+        first_ns: cache.first_ns,
+        last_ns: cache.last_ns,
     };
-    if MAC_SEEN.insert(&key, &v, 0).is_ok() {
+    if MAC_SEEN.insert(key, &v, 0).is_ok() {
         bump_stat(STAT_MAC_NEW);
     } else {
         let n = bump_stat(STAT_MAC_INSERT_FAILED);
         if worth_logging(n) {
             warn!(
                 ctx,
-                "MAC_SEEN insert failed on ifindex {} ({} times)", ifindex, n
+                "MAC_SEEN insert failed on ifindex {} ({} times)", key.ifindex, n
             );
         }
     }

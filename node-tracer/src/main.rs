@@ -487,6 +487,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 node: node_options(&args.interfaces, &args.probe, &args.sources, cli.log_level),
             };
+            // Two workers: following veth churn (an attach is two RCU grace periods) must not
+            // queue behind a relabel rescan or a /metrics read running on the other one.
+            drop(rt);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
             rt.block_on(async {
                 let lab = if args.lab == Some(LabWhen::Always)
                     || (args.lab == Some(LabWhen::Auto) && !lab::host_has_pods())

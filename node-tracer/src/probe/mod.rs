@@ -343,6 +343,9 @@ impl Probe {
     /// Sums every map over CPUs: counters, ICMP types and MACs per attached port.
     pub fn read(&self) -> Result<HashMap<u32, PortReading>> {
         let mut out: HashMap<u32, PortReading> = HashMap::new();
+        // Per (ifindex, MAC, direction): totals over CPUs of MAC_SEEN plus the pending counts the
+        // programs keep for the last MAC of each port (see `MacCache`).
+        let mut macs: HashMap<(u32, [u8; 6], u8), MacTotal> = HashMap::new();
         for entry in &self.port_stats()? {
             let (ifindex, per_cpu) = entry.map_err(|source| Error::Map {
                 name: "PORT_STATS",
@@ -356,6 +359,13 @@ impl Probe {
                     c.tx_bytes[p] += s.bytes[usize::from(DIR_INGRESS)][p];
                     c.rx_packets[p] += s.packets[usize::from(DIR_EGRESS)][p];
                     c.rx_bytes[p] += s.bytes[usize::from(DIR_EGRESS)][p];
+                }
+                for (dir, m) in [DIR_INGRESS, DIR_EGRESS].into_iter().zip(&s.macs) {
+                    if m.valid != 0 && m.packets != 0 {
+                        macs.entry((ifindex, m.mac, dir))
+                            .or_default()
+                            .add(m.packets, m.bytes, m.first_ns, m.last_ns);
+                    }
                 }
             }
         }
@@ -383,32 +393,31 @@ impl Probe {
             .ebpf
             .map("MAC_SEEN")
             .ok_or(Error::MapMissing("MAC_SEEN"))?;
-        let macs =
+        let seen =
             PerCpuHashMap::<_, MacKey, MacStats>::try_from(map).map_err(|source| Error::Map {
                 name: "MAC_SEEN",
                 source,
             })?;
-        for (k, per_cpu) in macs.iter().filter_map(Result::ok) {
-            let Some(r) = out.get_mut(&k.ifindex) else {
+        for (k, per_cpu) in seen.iter().filter_map(Result::ok) {
+            if !out.contains_key(&k.ifindex) {
+                continue;
+            }
+            let t = macs.entry((k.ifindex, k.mac, k.dir)).or_default();
+            for v in per_cpu.iter() {
+                t.add(v.packets, v.bytes, v.first_ns, v.last_ns);
+            }
+        }
+        for ((ifindex, mac, dir), t) in macs {
+            let Some(r) = out.get_mut(&ifindex) else {
                 continue;
             };
-            let mut total = MacStats::default();
-            let mut first = u64::MAX;
-            for v in per_cpu.iter() {
-                total.packets += v.packets;
-                total.bytes += v.bytes;
-                if v.first_ns != 0 {
-                    first = first.min(v.first_ns);
-                }
-                total.last_ns = total.last_ns.max(v.last_ns);
-            }
             r.macs.push(MacSeen {
-                mac: format_mac(&k.mac),
-                direction: pod_direction(k.dir),
-                packets: total.packets,
-                bytes: total.bytes,
-                first_seen_ms: clock.mono_to_unix_ms(if first == u64::MAX { 0 } else { first }),
-                last_seen_ms: clock.mono_to_unix_ms(total.last_ns),
+                mac: format_mac(&mac),
+                direction: pod_direction(dir),
+                packets: t.packets,
+                bytes: t.bytes,
+                first_seen_ms: clock.mono_to_unix_ms(t.first_ns.unwrap_or(0)),
+                last_seen_ms: clock.mono_to_unix_ms(t.last_ns),
             });
         }
         for r in out.values_mut() {
@@ -668,6 +677,27 @@ fn remove_clsact_if_unused(iface: &str) {
     }
 }
 
+/// One source MAC's counts summed over CPUs and over its `MAC_SEEN` entry and port cache.
+#[derive(Debug, Default)]
+struct MacTotal {
+    packets: u64,
+    bytes: u64,
+    /// Earliest non-zero first sighting (a CPU that never saw the MAC has zeroes).
+    first_ns: Option<u64>,
+    last_ns: u64,
+}
+
+impl MacTotal {
+    fn add(&mut self, packets: u64, bytes: u64, first_ns: u64, last_ns: u64) {
+        self.packets += packets;
+        self.bytes += bytes;
+        if first_ns != 0 {
+            self.first_ns = Some(self.first_ns.map_or(first_ns, |f| f.min(first_ns)));
+        }
+        self.last_ns = self.last_ns.max(last_ns);
+    }
+}
+
 /// Maps the programs' `CLOCK_MONOTONIC` timestamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -793,6 +823,18 @@ mod tests {
         assert_eq!(c.mono_to_unix_ms(0), 0);
         assert_eq!(c.mono_to_unix_ms(9_000_000_000), 1_699_999_999_000);
         assert_eq!(c.mono_to_unix_ms(10_000_000_000), 1_700_000_000_000);
+    }
+
+    #[test]
+    fn mac_totals_keep_the_earliest_real_first_sighting() {
+        let mut t = MacTotal::default();
+        t.add(0, 0, 0, 0);
+        t.add(3, 300, 50, 90);
+        t.add(2, 100, 40, 70);
+        assert_eq!(
+            (t.packets, t.bytes, t.first_ns, t.last_ns),
+            (5, 400, Some(40), 90)
+        );
     }
 
     #[test]

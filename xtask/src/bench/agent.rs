@@ -1,0 +1,121 @@
+//! The release `node-tracer` under test, run inside the lab's node namespace.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    bpf,
+    sys::{self, Proc},
+};
+
+/// Inside the node namespace nothing else listens, so a fixed port is safe.
+pub const LISTEN: &str = "127.0.0.1:9465";
+
+pub fn binary() -> PathBuf {
+    crate::workspace_root().join("target/release/node-tracer")
+}
+
+/// Pod sources pointed at nothing of this machine's real runtimes (other people's containerd
+/// may be running): pods are the lab's named namespaces, as on a node without a CRI.
+const SOURCES: &[&str] = &[
+    "--cri-socket",
+    "/run/ntb-no-such.sock",
+    "--cni-results-dir",
+    "/run/ntb-no-such-dir",
+];
+
+/// `node-tracer ARGS` in `netns`, logs to `log`.
+pub fn spawn(netns: &str, args: &[&str], log: &Path, name: &str) -> Result<Proc> {
+    let log = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    Proc::spawn(
+        name,
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(binary())
+            .args(["--log-level", "warn"])
+            .args(args)
+            .args(SOURCES)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
+}
+
+pub struct Agent {
+    pub proc: Proc,
+    pub netns: String,
+    /// From spawn to /healthz answering: the agent attaches every veth before it serves.
+    pub ready_after: Duration,
+}
+
+impl Agent {
+    pub fn start(netns: &str, extra: &[&str], log: &Path) -> Result<Self> {
+        let start = Instant::now();
+        let mut args = vec!["run", "--listen", LISTEN];
+        args.extend_from_slice(extra);
+        let mut proc = spawn(netns, &args, log, "node-tracer run")?;
+        let addr = addr()?;
+        sys::in_netns(netns, || {
+            sys::wait_for(
+                "node-tracer run to serve /healthz",
+                Duration::from_mins(3),
+                Duration::from_millis(5),
+                || {
+                    proc.check_running()
+                        .with_context(|| format!("see {}", log.display()))?;
+                    Ok(matches!(sys::http_get(addr, "/healthz"), Ok((200, _, _))))
+                },
+            )
+        })?;
+        Ok(Self {
+            proc,
+            netns: netns.to_string(),
+            ready_after: start.elapsed(),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    /// GET `path` inside the node namespace: (body bytes, time).
+    pub fn get(&self, path: &str) -> Result<(usize, Duration)> {
+        let addr = addr()?;
+        let (status, len, took) = sys::in_netns(&self.netns, || sys::http_get(addr, path))?;
+        anyhow::ensure!(status == 200, "GET {path}: HTTP {status}");
+        Ok((len, took))
+    }
+}
+
+fn addr() -> Result<SocketAddr> {
+    LISTEN.parse().context("listen address")
+}
+
+/// Waits until every veth in `veths` (names in `netns`) has at least `progs` programs on both
+/// tcx hooks; returns the time waited.
+pub fn wait_attached(netns: &str, veths: &[String], progs: usize) -> Result<Duration> {
+    sys::in_netns(netns, || {
+        let ifindexes: Vec<u32> = veths.iter().filter_map(|v| sys::ifindex(v)).collect();
+        anyhow::ensure!(
+            ifindexes.len() == veths.len(),
+            "some of the lab's veths are missing"
+        );
+        sys::wait_for(
+            "programs on every veth",
+            Duration::from_mins(3),
+            Duration::from_millis(20),
+            || {
+                Ok(ifindexes.iter().all(|i| {
+                    let (a, b) = bpf::tcx_counts(*i);
+                    a >= progs && b >= progs
+                }))
+            },
+        )
+    })
+}

@@ -1,0 +1,201 @@
+//! Raw bpf(2) for the bench: which programs are on a tcx hook, a handle on one of them, an empty
+//! program to compare against, and BPF_PROG_TEST_RUN. Raw syscalls keep xtask free of aya and of
+//! the eBPF build: the bench measures the very programs the running agent loaded.
+
+use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
+
+use anyhow::{Result, bail};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+pub const BPF_TCX_INGRESS: u32 = 46;
+pub const BPF_TCX_EGRESS: u32 = 47;
+/// `TCX_NEXT` as the u32 the kernel reports in `retval`.
+pub const TCX_NEXT: u32 = u32::MAX;
+
+/// `union bpf_attr` is at most this big for the commands used here; the kernel accepts a larger
+/// buffer as long as the tail is zero.
+const ATTR_LEN: usize = 128;
+
+#[repr(C, align(8))]
+struct Attr([u8; ATTR_LEN]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; ATTR_LEN])
+    }
+    fn u32(&mut self, off: usize, v: u32) {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn u64(&mut self, off: usize, v: u64) {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes([
+            self.0[off],
+            self.0[off + 1],
+            self.0[off + 2],
+            self.0[off + 3],
+        ])
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr, what: &str) -> Result<libc::c_long> {
+    // SAFETY: `attr` is a zero-initialised, 8-aligned buffer as large as the union the kernel
+    // reads for `cmd`; every pointer written into it points at memory alive for this call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), ATTR_LEN as u32) };
+    if r < 0 {
+        bail!("bpf({what}): {}", std::io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: the kernel just returned this new descriptor to us; nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+/// IDs of the programs on a tcx hook of `ifindex` (in the calling thread's namespace), first to
+/// run first.
+pub fn tcx_programs(ifindex: u32, attach_type: u32) -> Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut a = Attr::new();
+    a.u32(0, ifindex);
+    a.u32(4, attach_type);
+    a.u64(16, ids.as_mut_ptr() as u64);
+    a.u32(24, ids.len() as u32);
+    bpf(BPF_PROG_QUERY, &mut a, "PROG_QUERY")?;
+    let n = (a.get_u32(24) as usize).min(ids.len());
+    Ok(ids[..n].to_vec())
+}
+
+/// Programs on both tcx hooks of `ifindex`: (ingress, egress) counts. A vanished link counts as
+/// nothing attached.
+pub fn tcx_counts(ifindex: u32) -> (usize, usize) {
+    let n = |t| tcx_programs(ifindex, t).map_or(0, |v| v.len());
+    (n(BPF_TCX_INGRESS), n(BPF_TCX_EGRESS))
+}
+
+pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, id);
+    Ok(owned(bpf(
+        BPF_PROG_GET_FD_BY_ID,
+        &mut a,
+        "PROG_GET_FD_BY_ID",
+    )?))
+}
+
+/// The cheapest tc program there is: `r0 = -1 (TCX_NEXT); exit`. The floor every observer pays.
+pub fn load_empty() -> Result<OwnedFd> {
+    // mov64 r0, -1 (opcode 0xb7, imm -1); exit (0x95).
+    let insns: [u64; 2] = [0xb7 | (u64::from(u32::MAX) << 32), 0x95];
+    let license = c"GPL";
+    let mut a = Attr::new();
+    a.u32(0, BPF_PROG_TYPE_SCHED_CLS);
+    a.u32(4, insns.len() as u32);
+    a.u64(8, insns.as_ptr() as u64);
+    a.u64(16, license.as_ptr() as u64);
+    a.0[48..57].copy_from_slice(b"ntb_empty");
+    Ok(owned(bpf(BPF_PROG_LOAD, &mut a, "PROG_LOAD empty")?))
+}
+
+/// What one BPF_PROG_TEST_RUN reported.
+pub struct TestRun {
+    /// Average nanoseconds per run.
+    pub ns: u32,
+    pub retval: u32,
+    /// The frame came back byte for byte as it went in.
+    pub unchanged: bool,
+}
+
+/// Runs `prog` `repeat` times on `frame`, as if it arrived on `ifindex` (in the calling thread's
+/// namespace; 0 lets the kernel use loopback).
+pub fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> Result<TestRun> {
+    use std::os::fd::AsRawFd as _;
+    // struct __sk_buff up to and including `ifindex` (offset 40); the kernel zero-fills the rest
+    // and uses ifindex > 1 as the skb's device.
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut a = Attr::new();
+    a.u32(0, prog.as_raw_fd() as u32);
+    a.u32(8, frame.len() as u32);
+    a.u32(12, out.len() as u32);
+    a.u64(16, frame.as_ptr() as u64);
+    a.u64(24, out.as_mut_ptr() as u64);
+    a.u32(32, repeat);
+    if ifindex > 1 {
+        a.u32(40, ctx.len() as u32);
+        a.u64(48, ctx.as_ptr() as u64);
+    }
+    bpf(BPF_PROG_TEST_RUN, &mut a, "PROG_TEST_RUN")?;
+    let out_len = a.get_u32(12) as usize;
+    Ok(TestRun {
+        ns: a.get_u32(36),
+        retval: a.get_u32(4),
+        unchanged: out.get(..out_len) == Some(frame),
+    })
+}
+
+/// 64-byte test frames (no FCS), one per parse path of the programs.
+pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
+    let eth = |ty: u16| {
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        f.extend_from_slice(&ty.to_be_bytes());
+        f
+    };
+    let ipv4 = |proto: u8, l4: &[u8]| {
+        let mut f = eth(0x0800);
+        let total = (20 + l4.len()) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend_from_slice(l4);
+        f
+    };
+    let udp = [0x9c, 0x40, 0x14, 0x51, 0, 8, 0, 0];
+    let icmp = [8, 0, 0, 0, 0, 1, 0, 1];
+    let mut tcp = vec![
+        0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff,
+    ];
+    tcp.extend_from_slice(&[0, 0, 0, 0]);
+    let mut arp = eth(0x0806);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 10, 0, 0, 1]);
+    arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+    let mut ipv6 = eth(0x86dd);
+    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    ipv6.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    ipv6.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    ipv6.extend_from_slice(&udp);
+    let mut out = vec![
+        ("udp", ipv4(17, &udp)),
+        ("icmp", ipv4(1, &icmp)),
+        ("tcp", ipv4(6, &tcp)),
+        ("arp", arp),
+        ("ipv6_udp", ipv6),
+    ];
+    for (_, f) in &mut out {
+        f.resize(64, 0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_64_bytes_with_the_right_ethertype() {
+        for (name, f) in frames() {
+            assert_eq!(f.len(), 64, "{name}");
+            let ty = u16::from_be_bytes([f[12], f[13]]);
+            assert!(matches!(ty, 0x0800 | 0x0806 | 0x86dd), "{name}");
+        }
+        let f = &frames()[0].1;
+        assert_eq!((f[14], f[23]), (0x45, 17));
+    }
+}

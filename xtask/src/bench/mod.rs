@@ -1,0 +1,331 @@
+//! `cargo xtask bench [--quick] [--rounds N]`: what node-tracer costs, measured against a
+//! baseline taken in the same run, on a lab node built in namespaces (see `lab`). Prints a table
+//! and writes `target/bench/summary.json`. `--quick` is the CI smoke run: same code paths,
+//! fewer rounds, shorter runs, 100 veths instead of 1,000; it checks no thresholds.
+
+mod agent;
+mod bpf;
+mod lab;
+mod prog;
+mod report;
+mod scale;
+mod sys;
+mod traffic;
+
+use std::{path::PathBuf, process::Command, time::Duration, time::Instant};
+
+use anyhow::{Context as _, Result};
+use report::{Goal, Row, Stat};
+use serde_json::{Map, json};
+
+use crate::{require_root, status, step};
+
+/// Everything a run's size depends on.
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+    /// Length of each iperf3 run.
+    pub seconds: u32,
+    /// BPF_PROG_TEST_RUN repetitions per sample.
+    pub repeat: u32,
+    pub veths: usize,
+    /// Veths created while the agent runs (attach latency).
+    pub new_veths: usize,
+    pub idle: Duration,
+    pub out_dir: PathBuf,
+}
+
+impl Settings {
+    fn new(quick: bool, rounds: Option<usize>) -> Self {
+        let out_dir = crate::workspace_root().join("target/bench");
+        if quick {
+            Self {
+                quick,
+                rounds: rounds.unwrap_or(2).max(1),
+                seconds: 2,
+                repeat: 1_000_000,
+                veths: 100,
+                new_veths: 20,
+                idle: Duration::from_secs(3),
+                out_dir,
+            }
+        } else {
+            Self {
+                quick,
+                rounds: rounds.unwrap_or(5).max(1),
+                seconds: 5,
+                repeat: 1_000_000,
+                veths: 1000,
+                new_veths: 100,
+                idle: Duration::from_secs(10),
+                out_dir,
+            }
+        }
+    }
+}
+
+pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
+    require_root("cargo xtask bench")?;
+    let s = Settings::new(quick, rounds);
+    std::fs::create_dir_all(&s.out_dir)
+        .with_context(|| format!("create {}", s.out_dir.display()))?;
+    step("bench: release build of node-tracer");
+    status(
+        Command::new("cargo").args(["build", "--release", "-p", "node-tracer"]),
+        "cargo build --release -p node-tracer",
+    )?;
+    sys::catch_signals();
+    let started = Instant::now();
+    // Declared first so it is dropped last: every agent, tcpdump and iperf3 is stopped before
+    // the namespaces go.
+    let mut lab = lab::Lab::new().context("building the bench lab")?;
+    lab.start_iperf_server()?;
+
+    step("bench: per-packet cost (BPF_PROG_TEST_RUN)");
+    let progs = prog::run(&lab, &s).context("program cost")?;
+    step(&format!(
+        "bench: throughput, {} rounds x {} configurations, {} s per run",
+        s.rounds,
+        traffic::CONFIGS.len(),
+        s.seconds
+    ));
+    traffic::warm_up(&lab)?;
+    let flows = traffic::run(&lab, &s).context("throughput")?;
+    step(&format!("bench: a node with {} veths", s.veths));
+    let big = scale::run(&mut lab, &s).context("scale")?;
+    drop(lab);
+
+    let rows = rows(&s, &progs, &flows, &big);
+    let table = report::table(&rows);
+    let mut meta = Map::new();
+    meta.insert("quick".into(), json!(s.quick));
+    meta.insert("rounds".into(), json!(s.rounds));
+    meta.insert("seconds_per_run".into(), json!(s.seconds));
+    meta.insert("veths".into(), json!(big.veths));
+    meta.insert("test_run_repeat".into(), json!(s.repeat));
+    meta.insert(
+        "startup_netlink_s".into(),
+        json!(big.startup_netlink_s.unwrap_or(f64::NAN)),
+    );
+    meta.insert("serve_after_s".into(), json!(big.serve_s));
+    meta.insert("stop_s".into(), json!(big.stop_s));
+    meta.insert("metrics_cpu_ms".into(), json!(big.metrics_cpu_ms));
+    meta.insert("kernel".into(), json!(sys::sh("uname -r")?.trim()));
+    meta.insert(
+        "cpus".into(),
+        json!(std::thread::available_parallelism()?.get()),
+    );
+    meta.insert(
+        "wall_s".into(),
+        json!(started.elapsed().as_secs_f64().round()),
+    );
+    let summary = report::summary(&rows, meta);
+    let path = s.out_dir.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("write {}", path.display()))?;
+    step(&format!(
+        "bench results ({}; {} veths; {} rounds; wall {:.0} s)",
+        if s.quick {
+            "quick: smoke run, goals not checked"
+        } else {
+            "full"
+        },
+        big.veths,
+        s.rounds,
+        started.elapsed().as_secs_f64()
+    ));
+    print!("{table}");
+    eprintln!("written: {}", path.display());
+    Ok(())
+}
+
+#[allow(clippy::many_single_char_names)] // s, p, t, b: the four result sets, used on every line
+fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Results) -> Vec<Row> {
+    use traffic::Config;
+    // Goals are only judged on a full run.
+    let g = |goal| if s.quick { None } else { Some(goal) };
+    let n = b.veths;
+    let row = |key, label: String, samples: Vec<f64>, stat, goal, unit| Row {
+        key,
+        label,
+        samples,
+        stat,
+        goal,
+        unit,
+    };
+    let ratio = |samples: &[(Config, usize, f64)], c| traffic::Results::ratios(samples, c);
+    let mut rows = vec![
+        row(
+            "udp_pps_ratio",
+            "UDP 18 B pps, node-tracer / nothing".into(),
+            ratio(&t.udp_pps, Config::Agent),
+            Stat::Median,
+            g(Goal::AtLeast(0.95)),
+            "",
+        ),
+        row(
+            "tcp_ratio",
+            "TCP bulk throughput, node-tracer / nothing".into(),
+            ratio(&t.tcp_bps, Config::Agent),
+            Stat::Median,
+            g(Goal::AtLeast(0.99)),
+            "",
+        ),
+        row(
+            "tcpdump_udp_pps_ratio",
+            "UDP pps, tcpdump on both veths / nothing".into(),
+            ratio(&t.udp_pps, Config::Tcpdump),
+            Stat::Median,
+            None,
+            "",
+        ),
+        row(
+            "trace_udp_pps_ratio",
+            "UDP pps, node-tracer + trace icmp / nothing".into(),
+            ratio(&t.udp_pps, Config::Trace),
+            Stat::Median,
+            g(Goal::AtLeast(0.95)),
+            "",
+        ),
+        row(
+            "baseline_udp_pps",
+            "UDP pps received, nothing attached".into(),
+            t.udp_pps
+                .iter()
+                .filter(|x| x.0 == Config::Baseline)
+                .map(|x| x.2)
+                .collect(),
+            Stat::Median,
+            None,
+            "pps",
+        ),
+        row(
+            "baseline_tcp_gbps",
+            "TCP received, nothing attached".into(),
+            t.tcp_bps
+                .iter()
+                .filter(|x| x.0 == Config::Baseline)
+                .map(|x| x.2 / 1e9)
+                .collect(),
+            Stat::Median,
+            None,
+            "Gbit/s",
+        ),
+    ];
+    let empty_udp = p.empty.get("udp").cloned().unwrap_or_default();
+    let limit = 2.0 * report::median(&empty_udp);
+    rows.push(row(
+        "prog_ns",
+        "ingress program, 64 B UDP frame".into(),
+        p.ours.get("udp").cloned().unwrap_or_default(),
+        Stat::Median,
+        g(Goal::AtMost(limit)),
+        "ns",
+    ));
+    rows.push(row(
+        "empty_prog_ns",
+        "empty program (TCX_NEXT), 64 B UDP frame".into(),
+        empty_udp,
+        Stat::Median,
+        None,
+        "ns",
+    ));
+    for (name, v) in &p.ours {
+        if *name != "udp" {
+            rows.push(row(
+                match *name {
+                    "icmp" => "prog_icmp_ns",
+                    "tcp" => "prog_tcp_ns",
+                    "arp" => "prog_arp_ns",
+                    _ => "prog_ipv6_ns",
+                },
+                format!("ingress program, 64 B {name} frame"),
+                v.clone(),
+                Stat::Median,
+                None,
+                "ns",
+            ));
+        }
+    }
+    rows.extend([
+        row(
+            "attach_new_veth_p99_ms",
+            format!("new veth -> attached ({} veths)", b.attach_ms.len()),
+            b.attach_ms.clone(),
+            Stat::P99,
+            g(Goal::AtMost(50.0)),
+            "ms",
+        ),
+        row(
+            "startup_1000_s",
+            format!("agent start -> all hooks attached, {n} veths (tcx)"),
+            vec![b.startup_s],
+            Stat::Median,
+            g(Goal::AtMost(5.0)),
+            "s",
+        ),
+        row(
+            "startup_netlink_1000_s",
+            format!("same, --attach-mode netlink, {n} veths"),
+            b.startup_netlink_s.into_iter().collect(),
+            Stat::Median,
+            None,
+            "s",
+        ),
+        row(
+            "metrics_1000_ms",
+            format!("one /metrics, {n} labelled veths"),
+            b.metrics_ms.clone(),
+            Stat::Median,
+            g(Goal::AtMost(20.0)),
+            "ms",
+        ),
+        row(
+            "metrics_1000_bytes",
+            format!("/metrics size, {n} veths"),
+            vec![b.metrics_bytes as f64],
+            Stat::Median,
+            None,
+            "B",
+        ),
+        row(
+            "rss_1000_mib",
+            format!("agent RSS, {n} veths"),
+            vec![b.rss_mib],
+            Stat::Median,
+            g(Goal::AtMost(64.0)),
+            "MiB",
+        ),
+        row(
+            "idle_cpu_pct",
+            format!("agent CPU idle, {n} veths"),
+            vec![b.idle_cpu_pct],
+            Stat::Median,
+            g(Goal::AtMost(1.0)),
+            "% core",
+        ),
+        row(
+            "load_cpu_pct",
+            "agent CPU under the UDP load".into(),
+            t.load_cpu_pct.clone(),
+            Stat::Median,
+            g(Goal::AtMost(2.0)),
+            "% core",
+        ),
+        row(
+            "peers_1000_s",
+            format!("peers --json, {n} veths"),
+            b.peers_s.clone(),
+            Stat::Median,
+            g(Goal::AtMost(1.0)),
+            "s",
+        ),
+    ]);
+    rows
+}
+
+/// The CI smoke run: `bench --quick`, after the tests.
+pub fn smoke() -> Result<()> {
+    step("bench --quick (smoke: the harness runs end to end; no thresholds)");
+    run(true, None)
+}

@@ -1,0 +1,196 @@
+//! A node with many pods: agent start-up, one /metrics scrape, memory, idle CPU, attach latency
+//! for veths created while the agent runs, `peers --json`, and start-up in netlink mode for
+//! comparison with tcx.
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use super::{
+    Settings,
+    agent::{self, Agent},
+    bpf,
+    lab::Lab,
+    sys,
+};
+
+#[derive(Debug, Default)]
+pub struct Results {
+    pub veths: usize,
+    /// Spawn to every hook attached (tcx).
+    pub startup_s: f64,
+    /// Spawn to /healthz (the agent serves once its first attach pass is done).
+    pub serve_s: f64,
+    /// Spawn to /healthz with `--attach-mode netlink` (clsact + cls_bpf).
+    pub startup_netlink_s: Option<f64>,
+    pub metrics_ms: Vec<f64>,
+    pub metrics_bytes: usize,
+    /// Agent CPU time per scrape (clock-tick resolution).
+    pub metrics_cpu_ms: f64,
+    pub rss_mib: f64,
+    pub idle_cpu_pct: f64,
+    /// New veth created -> both its hooks carry our programs.
+    pub attach_ms: Vec<f64>,
+    pub peers_s: Vec<f64>,
+    /// SIGTERM to exit of the tcx agent.
+    pub stop_s: f64,
+}
+
+pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
+    let node = lab.node();
+    eprintln!(
+        "    creating {} pods (one namespace and veth each)",
+        s.veths
+    );
+    let mut veths = lab.add_pods("p", s.veths)?;
+    veths.extend([
+        super::lab::CLIENT_VETH.to_string(),
+        super::lab::SERVER_VETH.to_string(),
+    ]);
+    let late_pods = lab.add_empty_pods("a", s.new_veths)?;
+    let mut r = Results {
+        veths: veths.len(),
+        ..Results::default()
+    };
+
+    let start = Instant::now();
+    let agent = Agent::start(&node, &[], &s.out_dir.join("agent-scale.log"))?;
+    r.serve_s = agent.ready_after.as_secs_f64();
+    agent::wait_attached(&node, &veths, 1)?;
+    r.startup_s = start.elapsed().as_secs_f64();
+    eprintln!(
+        "    start-up: serving after {:.2} s, all {} veths attached after {:.2} s",
+        r.serve_s, r.veths, r.startup_s
+    );
+
+    // Let the post-start relabel pass finish before calling anything idle.
+    sys::sleep(Duration::from_secs(2))?;
+    r.idle_cpu_pct = sys::cpu_pct_over(agent.pid(), s.idle)?;
+    // The agent's own CPU time per scrape, next to the wall time: on a shared machine the wall
+    // time is mostly waiting for a core.
+    let cpu0 = sys::cpu_seconds(agent.pid())?;
+    for _ in 0..5 {
+        let (bytes, took) = agent.get("/metrics")?;
+        r.metrics_bytes = bytes;
+        r.metrics_ms.push(took.as_secs_f64() * 1e3);
+    }
+    r.metrics_cpu_ms = (sys::cpu_seconds(agent.pid())? - cpu0) / 5.0 * 1e3;
+    r.rss_mib = sys::rss_mib(agent.pid())?;
+    eprintln!(
+        "    idle cpu {:.2}%, rss {:.1} MiB, /metrics {} bytes",
+        r.idle_cpu_pct, r.rss_mib, r.metrics_bytes
+    );
+
+    r.attach_ms = attach_latency(&node, &late_pods)?;
+    // SIGTERM to exit: the agent detaches every hook, each again an RCU grace period (the
+    // process is killed after 20 s, which detaches the rest as its links close).
+    let stop = Instant::now();
+    drop(agent);
+    r.stop_s = stop.elapsed().as_secs_f64();
+    eprintln!(
+        "    stopped (detaching {} veths) in {:.2} s",
+        r.veths + late_pods.len(),
+        r.stop_s
+    );
+    // The late veths go again so the netlink start-up sees the same node as the tcx one.
+    let del: Vec<String> = (0..late_pods.len())
+        .map(|i| format!("link del ntba{i}"))
+        .collect();
+    sys::ip_batch(Some(&node), &del)?;
+
+    for _ in 0..3 {
+        r.peers_s.push(peers(&node, r.veths)?);
+    }
+
+    let agent = Agent::start(
+        &node,
+        &["--attach-mode", "netlink"],
+        &s.out_dir.join("agent-netlink.log"),
+    )?;
+    r.startup_netlink_s = Some(agent.ready_after.as_secs_f64());
+    eprintln!(
+        "    netlink mode: serving (all attached) after {:.2} s",
+        agent.ready_after.as_secs_f64()
+    );
+    drop(agent);
+    Ok(r)
+}
+
+/// Creates one veth at a time (peer into its own pod namespace) through a running `ip -batch`, so
+/// t0 is the moment the request is written rather than an `ip` start-up, and times until both
+/// hooks of the new veth carry a program.
+fn attach_latency(node: &str, pods: &[String]) -> Result<Vec<f64>> {
+    sys::in_netns(node, || {
+        let mut ip = sys::Proc::spawn(
+            "ip -batch",
+            Command::new("ip")
+                .args(["-batch", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        let mut stdin = ip.child.stdin.take().context("ip stdin")?;
+        let mut out = Vec::with_capacity(pods.len());
+        for (i, pod) in pods.iter().enumerate() {
+            let name = format!("ntba{i}");
+            let t0 = Instant::now();
+            writeln!(
+                stdin,
+                "link add {name} type veth peer name eth0 netns {pod}"
+            )
+            .and_then(|()| stdin.flush())
+            .context("write to ip -batch")?;
+            let mut ifindex = None;
+            sys::wait_for(
+                &format!("programs on new veth {name}"),
+                Duration::from_secs(10),
+                Duration::from_micros(200),
+                || {
+                    if ifindex.is_none() {
+                        ifindex = sys::ifindex(&name);
+                    }
+                    Ok(ifindex.is_some_and(|i| bpf::tcx_counts(i) >= (1, 1)))
+                },
+            )?;
+            out.push(t0.elapsed().as_secs_f64() * 1e3);
+            // Veths on a real node arrive one pod at a time, not back to back.
+            sys::sleep(Duration::from_millis(20))?;
+        }
+        drop(stdin);
+        ip.stop();
+        Ok(out)
+    })
+}
+
+/// One `node-tracer peers --json`, in seconds.
+fn peers(node: &str, want: usize) -> Result<f64> {
+    let t = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", node])
+        .arg(agent::binary())
+        .args(["--log-level", "warn", "peers", "--json"])
+        .args([
+            "--cri-socket",
+            "/run/ntb-no-such.sock",
+            "--cni-results-dir",
+            "/run/ntb-no-such-dir",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("run node-tracer peers")?;
+    let took = t.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success(),
+        "node-tracer peers failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("peers --json output")?;
+    let n = json.as_array().map_or(0, Vec::len);
+    ensure!(n >= want, "peers listed {n} veths, the lab has {want}");
+    Ok(took)
+}
