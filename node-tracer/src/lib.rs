@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod icmp;
 pub mod lab;
 pub mod macs;
 pub mod metrics;

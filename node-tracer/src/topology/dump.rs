@@ -78,22 +78,26 @@ where
     }
 }
 
+/// Every link of the handle's namespace (one dump).
+pub(crate) async fn dump_links(handle: &Handle) -> Result<Vec<LinkMessage>, TopologyError> {
+    handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| TopologyError::Netlink {
+            what: "link dump",
+            source,
+        })
+}
+
 /// Dumps links and addresses, and routes when `with_routes` (only the host's routes matter).
 pub(crate) async fn read_namespace(
     handle: &Handle,
     with_routes: bool,
 ) -> Result<NsView, TopologyError> {
-    let links: Vec<LinkMessage> =
-        handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| TopologyError::Netlink {
-                what: "link dump",
-                source,
-            })?;
+    let links = dump_links(handle).await?;
     let addrs: Vec<AddressMessage> = handle
         .address()
         .get()

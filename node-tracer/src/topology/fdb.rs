@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
-    link::LinkMessage,
     neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
 };
 use rtnetlink::Handle;
@@ -45,17 +44,7 @@ impl FdbRead {
 
 /// Reads every bridge's FDB in the calling thread's network namespace.
 pub async fn read(handle: &Handle) -> Result<FdbRead, TopologyError> {
-    let links: Vec<LinkMessage> =
-        handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| TopologyError::Netlink {
-                what: "link dump",
-                source,
-            })?;
+    let links = super::dump::dump_links(handle).await?;
     let neighbours: Vec<NeighbourMessage> = handle
         .neighbours()
         .get()

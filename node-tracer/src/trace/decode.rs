@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use node_tracer_common::{DIR_EGRESS, DIR_INGRESS, IcmpEvent, SNAP_LEN};
 
-use super::names::{has_id_seq, icmp_type_name};
+use crate::icmp::{has_id_seq, icmp_type_name};
 use crate::model::{Direction, format_mac};
 
 const ETH_HLEN: usize = 14;

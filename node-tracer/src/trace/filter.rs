@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use super::decode::Packet;
-use super::names::normalize_type_name;
+use crate::icmp::normalize_type_name;
 use crate::model::{Port, format_mac};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -175,8 +175,8 @@ impl FromStr for TypeMatch {
         let name = normalize_type_name(s);
         // Only names some type really has, so a typo fails loudly instead of matching nothing.
         let known = (0..=u8::MAX).any(|t| {
-            super::names::icmp_type_name(4, t, 0) == name
-                || super::names::icmp_type_name(6, t, 0) == name
+            crate::icmp::icmp_type_name(4, t, 0) == name
+                || crate::icmp::icmp_type_name(6, t, 0) == name
         });
         if known && name != "unknown" {
             Ok(TypeMatch::Name(name))

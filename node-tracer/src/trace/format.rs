@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::decode::Packet;
-use super::names::icmp_code_name;
+use crate::icmp::icmp_code_name;
 use crate::model::Port;
 
 /// `HH:MM:SS.micros  veth  namespace/pod  direction  src-mac > dst-mac  src > dst  len  type …`:

@@ -7,7 +7,6 @@
 mod decode;
 mod filter;
 mod format;
-mod names;
 mod pcapng;
 mod ringbuf;
 mod summary;
@@ -22,10 +21,10 @@ use std::time::{Duration, SystemTime};
 use node_tracer_common::IcmpEvent;
 use tokio::time::Instant;
 
+pub use crate::icmp::{icmp_code_name, icmp_type_name};
 pub use decode::{Packet, decode};
 pub use filter::{AddressMatch, Filter, FilterError, TypeMatch};
 pub use format::{format_line, rfc3339_micros, to_json};
-pub use names::{icmp_code_name, icmp_type_name};
 pub use pcapng::PcapngWriter;
 pub use ringbuf::RingBufSource;
 pub use summary::Summary;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::TraceStats;
 use super::decode::Packet;
 use super::format::{interface_name, rfc3339_micros};
-use super::names::echo_kind;
+use crate::icmp::echo_kind;
 use crate::model::{Direction, Port};
 
 /// Pings remembered; past this the summary counts but no longer lists them, so a long trace of a

@@ -1,6 +1,6 @@
 //! Names of ICMP and `ICMPv6` message types and codes, as people say them (IANA registries, lower
-//! case, British "neighbour" as in the kernel's own docs). One table per family so the line, the
-//! JSON and the `--type` filter all agree on the spelling.
+//! case, British "neighbour" as in the kernel's own docs). One table for the whole crate, so the
+//! trace line, its JSON, the `--type` filter, `top` and the metric label values all agree.
 
 /// The name of an ICMP (`family` 4) or `ICMPv6` (`family` 6) message type, or `"unknown"`.
 ///
