@@ -1,0 +1,198 @@
+//! Where our programs sit and what they leave: first in the tcx chain (and at the lowest
+//! netlink priority), programs after ours still run, and nothing of ours stays after SIGTERM or,
+//! in tcx mode, SIGKILL.
+
+use std::collections::HashSet;
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use node_tracer_tests::{Agent, KernelCounters, Link, Pod, metric, require_root, require_tool, sh};
+use serde_json::Value;
+
+/// Kernel ids of the agent's programs, as it reports them.
+fn program_ids(agent: &Agent) -> HashSet<u32> {
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("node_tracer_program_runs_total{"))
+        .filter_map(|l| l.split("id=\"").nth(1)?.split('"').next()?.parse().ok())
+        .collect()
+}
+
+/// Program ids on a tcx hook, in chain order.
+fn chain(iface: &str, ty: TcAttachType) -> Vec<u32> {
+    let (_, progs) = SchedClassifier::query_tcx(iface, ty).expect("query tcx");
+    progs.iter().map(aya::programs::ProgramInfo::id).collect()
+}
+
+fn tx(agent: &Agent, veth: &str) -> u64 {
+    metric(
+        &agent.metrics(),
+        "node_tracer_transmit_packets_total",
+        &[("interface", veth)],
+    )
+    .unwrap_or(0.0) as u64
+}
+
+#[test]
+fn tcx_first_in_chain_others_still_run_nothing_left_after_term_or_kill() {
+    require_root();
+    let br = Link::bridge("ab");
+    let a = Pod::bridged("aa", &br, "10.9.0.2", 24);
+    let b = Pod::bridged("ab", &br, "10.9.0.3", 24);
+    let veth = a.veth.name.as_str();
+    let args = ["--attach-mode", "tcx", "-i", veth];
+
+    let earlier = Agent::start(&args);
+    let earlier_ids = program_ids(&earlier);
+    // A second agent attaches later, and still goes first: "first in the chain" is ours to keep.
+    let later = Agent::start(&args);
+    let later_ids = program_ids(&later);
+    for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let order = chain(veth, ty);
+        assert_eq!(order.len(), 2, "{ty:?}: {order:?}");
+        assert!(
+            later_ids.contains(&order[0]),
+            "{ty:?}: the later agent is first: {order:?}"
+        );
+        assert!(
+            earlier_ids.contains(&order[1]),
+            "{ty:?}: then the earlier one: {order:?}"
+        );
+    }
+    // The program after ours still sees every packet: both count what the kernel counts.
+    let (t_early, t_late, k0) = (
+        tx(&earlier, veth),
+        tx(&later, veth),
+        KernelCounters::read(veth),
+    );
+    a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
+    let k = KernelCounters::read(veth).rx_packets - k0.rx_packets;
+    assert!(k >= 25);
+    assert_eq!(tx(&later, veth) - t_late, k, "the first program");
+    assert_eq!(tx(&earlier, veth) - t_early, k, "the program after it");
+
+    // SIGTERM: the later agent's programs leave the chain, the other's stay.
+    let (status, _) = later.stop_with(libc::SIGTERM);
+    assert!(status.success());
+    for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let order = chain(veth, ty);
+        assert_eq!(order.len(), 1, "{ty:?}: {order:?}");
+        assert!(earlier_ids.contains(&order[0]));
+    }
+    // SIGKILL: the kernel drops tcx links with the process; nothing of ours remains.
+    let _ = earlier.stop_with(libc::SIGKILL);
+    for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
+        assert!(chain(veth, ty).is_empty(), "{ty:?} after SIGKILL");
+    }
+}
+
+/// Filters on the clsact hook of `dev`: (preference, kind, name or action) in kernel order.
+fn filters(dev: &str, hook: &str) -> Vec<(u64, String, String)> {
+    let v: Value =
+        serde_json::from_str(&sh(&format!("tc -j filter show dev {dev} {hook}"))).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f.get("options").is_some())
+        .map(|f| {
+            let name = f["options"]["bpf_name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (
+                f["pref"].as_u64().unwrap_or(0),
+                f["kind"].as_str().unwrap_or_default().to_string(),
+                name,
+            )
+        })
+        .collect()
+}
+
+fn mirror_hits(dev: &str) -> u64 {
+    let v: Value =
+        serde_json::from_str(&sh(&format!("tc -s -j filter show dev {dev} ingress"))).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|f| {
+            f["options"]["actions"]
+                .as_array()?
+                .iter()
+                .find(|a| a["kind"] == "mirred")?["stats"]["packets"]
+                .as_u64()
+        })
+        .expect("the other tool's filter")
+}
+
+#[test]
+fn netlink_mode_runs_first_keeps_other_filters_and_leaves_only_them() {
+    require_root();
+    require_tool("tc");
+    let br = Link::bridge("nb");
+    let a = Pod::bridged("na", &br, "10.9.0.2", 24);
+    let b = Pod::bridged("nb", &br, "10.9.0.3", 24);
+    let sink = Link::bridge("ns");
+    let veth = a.veth.name.as_str();
+    // Another tool's clsact filter, there before us (this kernel has u32 and mirred; no matchall).
+    sh(&format!(
+        "tc qdisc add dev {veth} clsact && tc filter add dev {veth} ingress prio 100 protocol all \
+         u32 match u32 0 0 action mirred egress mirror dev {}",
+        sink.name
+    ));
+
+    let agent = Agent::start(&["--attach-mode", "netlink", "-i", veth]);
+    let ours_first = filters(veth, "ingress");
+    assert_eq!(
+        ours_first.first().map(|f| f.1.as_str()),
+        Some("bpf"),
+        "{ours_first:?}"
+    );
+    assert!(ours_first[0].2.starts_with("nt_ingress"), "{ours_first:?}");
+    assert!(
+        ours_first.iter().any(|f| f.1 == "u32"),
+        "the other filter stays: {ours_first:?}"
+    );
+    assert!(
+        filters(veth, "egress")
+            .iter()
+            .any(|f| f.2.starts_with("nt_egress"))
+    );
+
+    // Our program returns TC_ACT_UNSPEC: the next filter still runs for every packet.
+    let (hits0, k0, t0) = (
+        mirror_hits(veth),
+        KernelCounters::read(veth),
+        tx(&agent, veth),
+    );
+    a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
+    let k = KernelCounters::read(veth).rx_packets - k0.rx_packets;
+    assert_eq!(tx(&agent, veth) - t0, k, "ours counts every packet");
+    assert_eq!(
+        mirror_hits(veth) - hits0,
+        k,
+        "the filter after ours sees every packet"
+    );
+
+    // SIGTERM: our filters go; the other tool's filter and its clsact qdisc stay.
+    let (status, _) = agent.stop_with(libc::SIGTERM);
+    assert!(status.success());
+    let left = filters(veth, "ingress");
+    assert!(left.iter().all(|f| !f.2.starts_with("nt_")), "{left:?}");
+    assert!(left.iter().any(|f| f.1 == "u32"), "{left:?}");
+    assert!(filters(veth, "egress").is_empty());
+    assert!(sh(&format!("tc qdisc show dev {veth}")).contains("clsact"));
+}
+
+#[test]
+fn netlink_mode_on_a_bare_veth_leaves_no_qdisc() {
+    require_root();
+    let br = Link::bridge("qb");
+    let a = Pod::bridged("qa", &br, "10.9.0.2", 24);
+    let veth = a.veth.name.as_str();
+    let agent = Agent::start(&["--attach-mode", "netlink", "-i", veth]);
+    assert!(sh(&format!("tc qdisc show dev {veth}")).contains("clsact"));
+    let (status, _) = agent.stop_with(libc::SIGTERM);
+    assert!(status.success());
+    // The clsact qdisc was ours and nothing else uses it: gone with us.
+    assert!(!sh(&format!("tc qdisc show dev {veth}")).contains("clsact"));
+}
