@@ -553,7 +553,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             let (node, lab) = rt.block_on(async {
                 let lab = if lab {
-                    eprintln!("node-tracer: no pods on this host: starting a lab node (--lab never skips it)");
+                    eprintln!("node-tracer: no pods on this host: starting a lab node (--lab never: without one)");
                     Some(start_lab(&mut agent).await?)
                 } else {
                     None

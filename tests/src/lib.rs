@@ -536,18 +536,28 @@ impl Capture {
     pub fn start(iface: &str, direction: &str, dir: &std::path::Path) -> Self {
         require_tool("tcpdump");
         let file = dir.join(format!("{iface}-{direction}.pcap"));
-        let mut child = Command::new("tcpdump")
-            .args([
-                "-i",
-                iface,
-                "-Q",
-                direction,
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-w",
-            ])
-            .arg(&file)
+        Self::spawn(
+            Command::new("tcpdump")
+                .args([
+                    "-i",
+                    iface,
+                    "-Q",
+                    direction,
+                    "-n",
+                    "-U",
+                    "--immediate-mode",
+                    "-w",
+                ])
+                .arg(&file),
+            file,
+        )
+    }
+
+    /// Spawns a tcpdump command line that writes to `file` (any wrapper, e.g. `ip netns exec`)
+    /// and waits until it is listening, so no packet sent after this returns is missed.
+    pub fn spawn(cmd: &mut Command, file: PathBuf) -> Self {
+        require_tool("tcpdump");
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -571,17 +581,23 @@ impl Capture {
         Self { child, file }
     }
 
-    /// Stops tcpdump and counts the captured packets matching each filter.
-    pub fn finish(mut self, filters: &[&str]) -> Vec<u64> {
+    /// Stops tcpdump with SIGINT (which flushes the file) and returns the file's path.
+    pub fn stop(mut self) -> PathBuf {
         // SAFETY: signalling our own child by PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
+        self.file.clone()
+    }
+
+    /// Stops tcpdump and counts the captured packets matching each filter.
+    pub fn finish(self, filters: &[&str]) -> Vec<u64> {
+        let file = self.stop();
         filters
             .iter()
             .map(|f| {
                 let out = sh(&format!(
                     "tcpdump -r {} -n {f} 2>/dev/null | wc -l",
-                    self.file.display()
+                    file.display()
                 ));
                 out.trim().parse().unwrap()
             })

@@ -8,16 +8,11 @@
 //! what left `va`'s tc ingress (our `nt_ingress`, then the redirect) and `vb`'s tc egress (our
 //! `nt_egress`). The redirect is also "another tool's tc program" running after ours.
 
-use std::{
-    io::Read as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use node_tracer_tests::{
-    Agent, KernelCounters, Link, Netns, TempDir, metric, quiet_ipv6, require_root, require_tool,
-    sh, unique,
+    Agent, Capture, KernelCounters, Link, Netns, TempDir, metric, quiet_ipv6, require_root,
+    require_tool, sh, unique,
 };
 
 /// Crafts frames of every shape, writes them (hex, one per line) to argv[2] and sends them in
@@ -132,57 +127,26 @@ impl Wire {
 }
 
 /// tcpdump inside a namespace, stopped by its PID.
-struct NsCapture {
-    child: Child,
-    file: PathBuf,
-}
+struct NsCapture(Capture);
 
 impl NsCapture {
     fn start(ns: &Netns, filter: &str, dir: &Path, tag: &str) -> Self {
         let file = dir.join(format!("{tag}.pcap"));
-        let mut child = Command::new("ip")
-            .args([
-                "netns", "exec", &ns.name, "tcpdump", "-i", "eth0", "-Q", "in",
-            ])
-            .args(["-n", "-U", "--immediate-mode", "-s", "0", "-w"])
-            .arg(&file)
-            .arg(filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcpdump");
-        let mut err = child.stderr.take().unwrap();
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        while !String::from_utf8_lossy(&seen).contains("listening on") {
-            match err.read(&mut byte) {
-                Ok(1) => seen.push(byte[0]),
-                _ => panic!("tcpdump did not start: {}", String::from_utf8_lossy(&seen)),
-            }
-        }
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = err.read_to_end(&mut sink);
-        });
-        Self { child, file }
+        Self(Capture::spawn(
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &ns.name, "tcpdump", "-i", "eth0", "-Q", "in",
+                ])
+                .args(["-n", "-U", "--immediate-mode", "-s", "0", "-w"])
+                .arg(&file)
+                .arg(filter),
+            file,
+        ))
     }
 
     /// Stops tcpdump (SIGINT flushes the file) and returns every captured frame.
-    fn finish(mut self) -> Vec<Vec<u8>> {
-        // SAFETY: signalling our own child by PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        read_pcap(&self.file)
-    }
-}
-
-impl Drop for NsCapture {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn finish(self) -> Vec<Vec<u8>> {
+        read_pcap(&self.0.stop())
     }
 }
 
