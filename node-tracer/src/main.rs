@@ -488,10 +488,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 node: node_options(&args.interfaces, &args.probe, &args.sources, cli.log_level),
             };
             // Two workers: following veth churn (an attach is two RCU grace periods) must not
-            // queue behind a relabel rescan or a /metrics read running on the other one.
+            // queue behind a relabel rescan or a /metrics read running on the other one. A small
+            // blocking pool: scrapes and attaches queue rather than spawning a thread (and a
+            // malloc arena) each when hundreds arrive at once.
             drop(rt);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .max_blocking_threads(8)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
