@@ -101,7 +101,7 @@ fn manifests_carry_host_access_least_privilege_probes_and_discovery() {
         (port["name"].as_str(), port["containerPort"].as_u64()),
         (Some("metrics"), Some(9465))
     );
-    for probe in ["livenessProbe", "readinessProbe"] {
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let h = &c[probe]["httpGet"];
         assert_eq!(
             (h["path"].as_str(), h["port"].as_u64()),
@@ -109,6 +109,12 @@ fn manifests_carry_host_access_least_privilege_probes_and_discovery() {
             "{probe}"
         );
     }
+    // Start-up attaches every veth first (measured 36-91 s for 1,000 veths in tcx mode): the
+    // startup probe must allow minutes, or liveness would kill the agent on big nodes.
+    let s = &c["startupProbe"];
+    let budget =
+        s["periodSeconds"].as_u64().unwrap_or(10) * s["failureThreshold"].as_u64().unwrap_or(3);
+    assert!(budget >= 180, "startup budget {budget} s");
     let r = &c["resources"];
     assert_eq!(r["requests"]["cpu"], "50m");
     assert_eq!(r["requests"]["memory"], "64Mi");
