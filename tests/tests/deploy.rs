@@ -111,9 +111,9 @@ fn manifests_carry_host_access_least_privilege_probes_and_discovery() {
     }
     // Start-up attaches every veth first (measured 36-91 s for 1,000 veths in tcx mode): the
     // startup probe must allow minutes, or liveness would kill the agent on big nodes.
-    let s = &c["startupProbe"];
-    let budget =
-        s["periodSeconds"].as_u64().unwrap_or(10) * s["failureThreshold"].as_u64().unwrap_or(3);
+    let startup = &c["startupProbe"];
+    let budget = startup["periodSeconds"].as_u64().unwrap_or(10)
+        * startup["failureThreshold"].as_u64().unwrap_or(3);
     assert!(budget >= 180, "startup budget {budget} s");
     let r = &c["resources"];
     assert_eq!(r["requests"]["cpu"], "50m");
