@@ -181,10 +181,9 @@ fn hostile_pod_names_and_malformed_cni_cache_files() {
     let mut args: Vec<&str> = srcs.iter().map(String::as_str).collect();
     args.extend(["-i", &pod.veth.name]);
     let agent = Agent::start(&args);
-    pod.ns.exec(&format!(
-        "ping -c 3 -i 0.01 -q {}",
-        pod.ip.replace(".2", ".1")
-    ));
+    // The gateway is .1 of the pod's /24: replace the last octet only.
+    let gateway = pod.ip.rsplit_once('.').unwrap().0;
+    pod.ns.exec(&format!("ping -c 3 -i 0.01 -q {gateway}.1"));
 
     // The JSON snapshot carries the names exactly.
     let snap = agent.snapshot();
