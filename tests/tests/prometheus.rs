@@ -94,18 +94,23 @@ fn prometheus_rates_match_pings_and_vanished_veths_go_stale() {
             ))
         }
     });
-    // The ICMP view agrees: A's veth sees the echo requests leave the pod.
-    let echo = prom.values_by(
-        &format!(
-            "sum by (interface) (rate(node_tracer_icmp_messages_total{{interface=\"{}\",direction=\"transmit\",type=\"icmp_echo_request\"}}[5s]))",
-            a.veth.name
-        ),
-        "interface",
-    );
-    assert!(
-        echo.len() == 1 && (4.0..=6.5).contains(&echo[0].1),
-        "echo requests from A: {echo:?}"
-    );
+    // The ICMP view agrees: A's veth sees the echo requests leave the pod. rate() over a 5 s
+    // window of 1 s scrapes extrapolates and jitters on a loaded machine: retry like above, and
+    // accept a band that still tells 5/s from 0 and from 10.
+    eventually(Duration::from_secs(40), || {
+        let echo = prom.values_by(
+            &format!(
+                "sum by (interface) (rate(node_tracer_icmp_messages_total{{interface=\"{}\",direction=\"transmit\",type=\"icmp_echo_request\"}}[5s]))",
+                a.veth.name
+            ),
+            "interface",
+        );
+        if echo.len() == 1 && (3.5..=6.5).contains(&echo[0].1) {
+            Ok(())
+        } else {
+            Err(format!("echo requests from A: {echo:?}"))
+        }
+    });
 
     // Pods made as named namespaces are resolved by the netns source: pod = the namespace's
     // name, namespace empty (Prometheus drops empty labels).
