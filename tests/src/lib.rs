@@ -581,8 +581,18 @@ impl Capture {
         Self { child, file }
     }
 
-    /// Stops tcpdump with SIGINT (which flushes the file) and returns the file's path.
+    /// Stops tcpdump with SIGINT (which flushes the file) and returns the file's path. Waits
+    /// first until the file has stopped growing: on a busy machine tcpdump can still be writing
+    /// packets the kernel already counted, and SIGINT would drop what it has not read yet.
     pub fn stop(mut self) -> PathBuf {
+        let size = |f: &PathBuf| std::fs::metadata(f).map_or(0, |m| m.len());
+        let (mut last, mut stable, start) = (size(&self.file), 0, Instant::now());
+        while stable < 3 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = size(&self.file);
+            stable = if now == last { stable + 1 } else { 0 };
+            last = now;
+        }
         // SAFETY: signalling our own child by PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let _ = self.child.wait();
