@@ -192,7 +192,8 @@ fn hundreds_of_veths_in_bursts_end_exactly_attached_without_leaks() {
     // worker and blocking-pool thread), tokio's blocking pool and map pages to their working
     // size, and that warm-up converges (measured over 6 rounds: +8.5, +1.1, +2.7, +0.0, +0.9 MiB);
     // a leak instead grows every round by the same amount, so the last round must stay within
-    // 4 MiB of the highest level before it.
+    // 8 MiB of the highest level before it (warm-up steps of up to 10 MiB were measured in
+    // rounds 2 to 4 of different runs, then flat).
     let rounds: usize = std::env::var("NTT_CHURN_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -242,7 +243,7 @@ fn hundreds_of_veths_in_bursts_end_exactly_attached_without_leaks() {
         "scrapes kept answering"
     );
 
-    // Back to the level after the first round. Tolerance: 4 MiB RSS (glibc keeps freed memory
+    // Back to the level of the earlier rounds. Tolerance: 8 MiB RSS (glibc keeps freed memory
     // in its arenas, per-CPU map pages come and go) and 4 fds (a blocking-pool thread, a scrape
     // in flight).
     eprintln!("RSS kB / fds after each round: {levels:?}");
@@ -251,7 +252,7 @@ fn hundreds_of_veths_in_bursts_end_exactly_attached_without_leaks() {
     let rss_before = earlier.iter().map(|l| l.0).max().unwrap_or(0);
     let fds_before = earlier.iter().map(|l| l.1).max().unwrap_or(0);
     assert!(
-        rss_after <= rss_before + 4 * 1024,
+        rss_after <= rss_before + 8 * 1024,
         "RSS {rss_before} kB -> {rss_after} kB"
     );
     assert!(
