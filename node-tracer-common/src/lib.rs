@@ -7,6 +7,10 @@
 /// these names, which is how a restarted agent recognises its own stale filters.
 pub const PROG_INGRESS: &str = "nt_ingress";
 pub const PROG_EGRESS: &str = "nt_egress";
+/// The same programs for clsact filters (netlink): they step aside for a packet our tcx program
+/// already counted, which makes a lossless move from netlink to tcx possible.
+pub const PROG_INGRESS_NL: &str = "nt_ingress_nl";
+pub const PROG_EGRESS_NL: &str = "nt_egress_nl";
 
 /// Direction at the host-side veth. Ingress on the host veth is what the pod transmits.
 pub const DIR_INGRESS: u8 = 0;

@@ -55,6 +55,12 @@ static AGENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT,
 static TRACE_ON: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+/// Per CPU and direction, the ifindex whose tcx program ran last. A veth moving from netlink to
+/// tcx has both of our programs for a moment: tcx ones run first, and the clsact one that runs
+/// right after on the same CPU, for the same packet, finds its own ifindex here and steps aside,
+/// so the hand-over neither loses nor double-counts a packet (see `probe::Probe::upgrade`).
+#[map]
+static HANDOFF: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 
 /// Initial value of a `PORT_STATS` entry, kept in read-only data: a `PortStats` on the stack
 /// would take most of the program's 512-byte stack.
@@ -72,16 +78,64 @@ static ZERO_PORT: PortStats = PortStats {
     }; 2],
 };
 
+/// tcx programs.
 #[classifier]
 pub fn nt_ingress(ctx: TcContext) -> i32 {
     observe(&ctx, DIR_INGRESS);
+    mark_seen(&ctx, DIR_INGRESS);
     TCX_NEXT
 }
 
 #[classifier]
 pub fn nt_egress(ctx: TcContext) -> i32 {
     observe(&ctx, DIR_EGRESS);
+    mark_seen(&ctx, DIR_EGRESS);
     TCX_NEXT
+}
+
+/// clsact (netlink) programs: the same, unless our tcx program already counted this packet.
+#[classifier]
+pub fn nt_ingress_nl(ctx: TcContext) -> i32 {
+    if !seen_by_tcx(&ctx, DIR_INGRESS) {
+        observe(&ctx, DIR_INGRESS);
+    }
+    TCX_NEXT
+}
+
+#[classifier]
+pub fn nt_egress_nl(ctx: TcContext) -> i32 {
+    if !seen_by_tcx(&ctx, DIR_EGRESS) {
+        observe(&ctx, DIR_EGRESS);
+    }
+    TCX_NEXT
+}
+
+/// Notes that our tcx program saw the current packet. Nothing runs on this CPU between the tcx
+/// chain and the clsact filters of the same hook (softirq or bottom halves disabled), so the
+/// note is read by the clsact program of the same packet, or overwritten by the next tcx run.
+#[inline(always)]
+fn mark_seen(ctx: &TcContext, dir: u8) {
+    if let Some(slot) = HANDOFF.get_ptr_mut(u32::from(dir & 1)) {
+        // SAFETY: per-CPU slot; only this CPU writes it while the program runs.
+        unsafe { *slot = (*ctx.skb.skb).ifindex };
+    }
+}
+
+/// Whether our tcx program on this port already counted the current packet (see `mark_seen`);
+/// consumes the note. A port with no tcx program of ours never finds its ifindex there.
+#[inline(always)]
+fn seen_by_tcx(ctx: &TcContext, dir: u8) -> bool {
+    let Some(slot) = HANDOFF.get_ptr_mut(u32::from(dir & 1)) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot and the context pointer, as in `mark_seen`.
+    unsafe {
+        if *slot != (*ctx.skb.skb).ifindex {
+            return false;
+        }
+        *slot = 0;
+    }
+    true
 }
 
 /// What the parse learned about one packet.

@@ -242,9 +242,14 @@ enum LabWhen {
 #[derive(Args, Clone)]
 struct ProbeArgs {
     /// How to attach: tcx (kernel >= 6.6, first in the chain), netlink (clsact + filters), or
-    /// auto (tcx where available).
+    /// auto: netlink at once (well under 1 ms a veth), then tcx in the background, without
+    /// losing or double-counting a packet (a tcx attach holds rtnl for ~30 ms).
     #[arg(long, value_enum, default_value = "auto")]
     attach_mode: AttachMode,
+    /// Auto mode: seconds a veth stays on netlink before moving to tcx, so CNI finishes setting
+    /// it up before we take rtnl.
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_seconds)]
+    tcx_after: Duration,
     /// Most ports the counter map holds.
     #[arg(long, default_value_t = 8192)]
     max_ports: u32,
@@ -289,6 +294,14 @@ impl SourceArgs {
     }
 }
 
+/// A duration in seconds: a non-negative number, fractions allowed.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds (>= 0)"))
+}
+
 fn node_options(
     interfaces: &[String],
     probe: &ProbeArgs,
@@ -301,6 +314,7 @@ fn node_options(
             mode: probe.attach_mode,
             max_ports: probe.max_ports,
             max_macs: probe.max_macs,
+            tcx_after: probe.tcx_after,
             log_level,
         },
         pods: sources.pods(),

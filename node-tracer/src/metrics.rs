@@ -15,8 +15,8 @@ use crate::model::{Direction, PROTOCOLS, Port, Snapshot};
 /// The agent's view of itself.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    pub mode: &'static str,
-    pub attached: usize,
+    /// Attached interfaces: (tcx, netlink).
+    pub attached: (usize, usize),
     pub attach_errors: u64,
     /// Summed `AGENT_STATS` of the programs (index `STAT_*`).
     pub program_stats: [u64; 8],
@@ -241,7 +241,8 @@ fn health_families(h: &Health) -> Vec<Family> {
         "Interfaces our programs are attached to (both directions).",
         GAUGE,
     );
-    attached.push(&[("mode", h.mode)], h.attached as f64);
+    attached.push(&[("mode", "tcx")], h.attached.0 as f64);
+    attached.push(&[("mode", "netlink")], h.attached.1 as f64);
     let mut errors = Family::new(
         "node_tracer_attach_errors_total",
         "Attach attempts that failed.",

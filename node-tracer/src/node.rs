@@ -96,8 +96,7 @@ impl State {
     }
 
     pub fn health(&mut self) -> Health {
-        self.health.mode = self.probe.mode().as_str();
-        self.health.attached = self.probe.attached().count();
+        self.health.attached = self.probe.attached_by_mode();
         if let Ok(s) = self.probe.program_stats() {
             self.health.program_stats = s;
         }
@@ -239,11 +238,10 @@ impl Node {
         }));
         reconcile(&state);
         let relabel = Arc::new(Notify::new());
-        let mut tasks = vec![tokio::spawn(relabel_loop(
-            state.clone(),
-            relabel.clone(),
-            opts.clone(),
-        ))];
+        let mut tasks = vec![
+            tokio::spawn(relabel_loop(state.clone(), relabel.clone(), opts.clone())),
+            tokio::spawn(upgrade_loop(state.clone())),
+        ];
         if let Some(l) = logger {
             tasks.push(tokio::spawn(forward_logs(l)));
         }
@@ -398,6 +396,28 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
         if !unlabelled {
             retry = RETRIES.len();
         }
+    }
+}
+
+/// Auto mode: moves netlink-attached ports to tcx one at a time, in the background. The attach
+/// itself (two RCU grace periods under rtnl) runs without our lock, so scrapes and new veths are
+/// not held up; the pause between ports leaves rtnl to the node's own work (CNI, kubelet).
+async fn upgrade_loop(state: Arc<Mutex<State>>) {
+    loop {
+        let Some(up) = lock(&state).probe.next_upgrade() else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let st = state.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let links = up.attach();
+            lock(&st).probe.finish_upgrade(up, links);
+        })
+        .await;
+        if done.is_err() {
+            log::warn!("upgrade to tcx panicked");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

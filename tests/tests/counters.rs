@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use node_tracer_tests::{
-    Agent, Capture, KernelCounters, Link, Pod, TempDir, metric, require_root, require_tool,
+    Agent, Capture, KernelCounters, Link, Pod, TempDir, metric, quiet_read, require_root,
+    require_tool, sh,
 };
 
 const PROTOCOLS: [(&str, &str); 5] = [
@@ -235,6 +236,104 @@ fn counts_equal_kernel_and_tcpdump_in_netlink_mode() {
         &b.veth.name,
     ]);
     send_and_check(&agent, &a, &b);
+}
+
+/// Packets and bytes both ways on `veth` from one quiet metrics read, pod's point of view:
+/// (received, transmitted, received bytes, transmitted bytes).
+fn totals(metrics: &str, veth: &str) -> [u64; 4] {
+    let sum = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(&format!("interface=\"{veth}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    [
+        sum("node_tracer_receive_packets_total{"),
+        sum("node_tracer_transmit_packets_total{"),
+        sum("node_tracer_receive_bytes_total{"),
+        sum("node_tracer_transmit_bytes_total{"),
+    ]
+}
+
+fn attached(agent: &Agent, mode: &str) -> f64 {
+    metric(
+        &agent.metrics(),
+        "node_tracer_attached_interfaces",
+        &[("mode", mode)],
+    )
+    .unwrap_or(-1.0)
+}
+
+/// Auto mode attaches with netlink, then moves each veth to tcx while both programs are in
+/// place for a moment. With 1,000 pings a second each way crossing the move, the counts still
+/// equal the kernel's: the clsact program steps aside for packets the tcx one counted.
+#[test]
+fn counts_stay_exact_while_moving_from_netlink_to_tcx() {
+    preconditions();
+    let (_br, a, b) = lab();
+    let veths = [a.veth.name.clone(), b.veth.name.clone()];
+    let agent = Agent::start(&[
+        "--attach-mode",
+        "auto",
+        "--tcx-after",
+        "2",
+        "-i",
+        &veths[0],
+        "-i",
+        &veths[1],
+    ]);
+    assert_eq!(
+        attached(&agent, "netlink"),
+        2.0,
+        "first attached with netlink"
+    );
+    let before: Vec<_> = veths.iter().map(|v| quiet_read(&agent, v)).collect();
+
+    let pinger = {
+        let (ns, ip) = (a.ns.name.clone(), b.ip.clone());
+        std::thread::spawn(move || {
+            sh(&format!(
+                "ip netns exec {ns} ping -i 0.001 -c 4000 -q {ip} >/dev/null"
+            ))
+        })
+    };
+    // The move happens while the pings flow.
+    let mut moved = false;
+    while !pinger.is_finished() {
+        if attached(&agent, "tcx") == 2.0 {
+            moved = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(moved, "both veths moved to tcx while the pings ran");
+    pinger.join().unwrap();
+    assert_eq!(attached(&agent, "netlink"), 0.0);
+
+    for (v, (k0, m0)) in veths.iter().zip(&before) {
+        let (k1, m1) = quiet_read(&agent, v);
+        let (t0, t1) = (totals(m0, v), totals(&m1, v));
+        let ours: Vec<u64> = t0.iter().zip(&t1).map(|(x, y)| y - x).collect();
+        // Host rx is the pod's transmit.
+        let kernel = vec![
+            k1.tx_packets - k0.tx_packets,
+            k1.rx_packets - k0.rx_packets,
+            k1.tx_bytes - k0.tx_bytes,
+            k1.rx_bytes - k0.rx_bytes,
+        ];
+        assert!(kernel[0] >= 4000, "{v}: the pings crossed it: {kernel:?}");
+        assert_eq!(
+            ours, kernel,
+            "{v}: [rx, tx, rx bytes, tx bytes] vs the kernel"
+        );
+        // Nothing of the netlink attachment is left: no filter, no clsact qdisc.
+        let tc = sh(&format!(
+            "tc filter show dev {v} ingress; tc filter show dev {v} egress"
+        ));
+        assert!(tc.trim().is_empty(), "{v}: filters left: {tc}");
+        assert!(!sh(&format!("tc qdisc show dev {v}")).contains("clsact"));
+    }
 }
 
 #[test]

@@ -5,10 +5,20 @@
 //! detaches it when we exit, even on SIGKILL. In netlink mode filters outlive us; they carry our
 //! program names, which is how the next start finds and removes its own stale filters (and only
 //! those).
+//!
+//! Speed: a tcx attach waits for an RCU grace period while holding rtnl (about 14 ms each, two
+//! per veth, and threads cannot overlap them), a clsact filter does not (well under 1 ms). So by
+//! default a veth is attached with netlink at once and then moved to tcx in the background
+//! ([`Probe::next_upgrade`]); the two program sets hand over without losing or double-counting a
+//! packet (`HANDOFF` in the programs).
 
 mod qdisc;
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::Arc,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -20,8 +30,8 @@ use aya::{
     util::KernelVersion,
 };
 use node_tracer_common::{
-    DIR_EGRESS, DIR_INGRESS, IcmpKey, MacKey, MacStats, PROG_EGRESS, PROG_INGRESS, PortStats,
-    STAT_COUNT,
+    DIR_EGRESS, DIR_INGRESS, IcmpKey, MacKey, MacStats, PROG_EGRESS, PROG_EGRESS_NL, PROG_INGRESS,
+    PROG_INGRESS_NL, PortStats, STAT_COUNT,
 };
 
 use crate::{
@@ -32,7 +42,8 @@ use crate::{
 /// How programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// tcx where the kernel has it (>= 6.6), else netlink.
+    /// Netlink at once, then tcx in the background where the kernel has it (>= 6.6) and
+    /// CAP_NET_ADMIN allows the netlink step; else tcx or netlink only.
     Auto,
     /// tcx links (kernel >= 6.6): first in the chain, gone when the agent exits.
     Tcx,
@@ -43,7 +54,7 @@ pub enum AttachMode {
 impl AttachMode {
     pub fn as_str(self) -> &'static str {
         match self {
-            AttachMode::Auto => "auto",
+            AttachMode::Auto => "netlink, then tcx",
             AttachMode::Tcx => "tcx",
             AttachMode::Netlink => "netlink",
         }
@@ -58,6 +69,8 @@ pub struct ProbeOptions {
     pub max_ports: u32,
     /// Distinct (port, direction, source MAC) the LRU map keeps.
     pub max_macs: u32,
+    /// Auto mode: how long a port stays on netlink before it moves to tcx.
+    pub tcx_after: std::time::Duration,
     /// Level below which the programs' own log statements are compiled out at load time.
     pub log_level: log::LevelFilter,
 }
@@ -68,6 +81,7 @@ impl Default for ProbeOptions {
             mode: AttachMode::Auto,
             max_ports: 8192,
             max_macs: 65536,
+            tcx_after: std::time::Duration::from_secs(1),
             log_level: log::LevelFilter::Warn,
         }
     }
@@ -78,11 +92,27 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/no
 
 struct Attachment {
     name: String,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
-    /// Netlink mode: we added the clsact qdisc (or found our own stale filters on it), so we
-    /// remove it on detach when nothing else uses it.
-    owns_qdisc: bool,
+    hooks: Hooks,
+    since: std::time::Instant,
+}
+
+/// How one port's two programs are attached.
+enum Hooks {
+    /// tcx links made by aya (`--attach-mode tcx`).
+    Tcx {
+        ingress: SchedClassifierLinkId,
+        egress: SchedClassifierLinkId,
+    },
+    /// clsact filters running the `_nl` programs.
+    Netlink {
+        ingress: SchedClassifierLinkId,
+        egress: SchedClassifierLinkId,
+        /// We added the clsact qdisc (or found our own stale filters on it), so we remove it on
+        /// detach when nothing else uses it.
+        owns_qdisc: bool,
+    },
+    /// tcx links made by an upgrade from netlink: closing them detaches.
+    Links { _ingress: OwnedFd, _egress: OwnedFd },
 }
 
 /// Loaded programs and their attachments.
@@ -92,7 +122,23 @@ pub struct Probe {
     attached: HashMap<u32, Attachment>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     max_ports: u32,
+    /// Auto mode: the tcx programs, for upgrades made without holding the probe.
+    tcx_programs: Option<Arc<(OwnedFd, OwnedFd)>>,
+    /// Ports whose move to tcx failed: they stay on netlink.
+    no_upgrade: HashSet<u32>,
+    tcx_after: std::time::Duration,
 }
+
+/// A port to move from netlink to tcx: [`Upgrade::attach`] (slow, no lock needed), then
+/// [`Probe::finish_upgrade`].
+pub struct Upgrade {
+    pub ifindex: u32,
+    pub name: String,
+    programs: Arc<(OwnedFd, OwnedFd)>,
+}
+
+/// The tcx links an upgrade made: (ingress, egress).
+pub type TcxLinks = (OwnedFd, OwnedFd);
 
 /// Raw totals of one port read from the maps.
 #[derive(Debug, Default, Clone)]
@@ -105,7 +151,14 @@ impl Probe {
     /// Loads (and verifies) the programs; attaches nothing yet.
     pub fn load(opts: &ProbeOptions) -> Result<Self> {
         let mode = match opts.mode {
-            AttachMode::Auto if kernel_has_tcx() => AttachMode::Tcx,
+            // Without CAP_NET_ADMIN the netlink step is refused: attach with tcx directly.
+            AttachMode::Auto if kernel_has_tcx() => {
+                if effective_capabilities()? & (1u64 << CAP_NET_ADMIN) != 0 {
+                    AttachMode::Auto
+                } else {
+                    AttachMode::Tcx
+                }
+            }
             AttachMode::Auto => AttachMode::Netlink,
             m => m,
         };
@@ -124,23 +177,44 @@ impl Probe {
                 None
             }
         };
-        for name in [PROG_INGRESS, PROG_EGRESS] {
+        for name in [PROG_INGRESS, PROG_EGRESS, PROG_INGRESS_NL, PROG_EGRESS_NL] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
         }
+        let tcx_programs = if mode == AttachMode::Auto {
+            Some(Arc::new((
+                program_fd(&ebpf, PROG_INGRESS)?,
+                program_fd(&ebpf, PROG_EGRESS)?,
+            )))
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             mode,
             attached: HashMap::new(),
             logger,
             max_ports: opts.max_ports,
+            tcx_programs,
+            no_upgrade: HashSet::new(),
+            tcx_after: opts.tcx_after,
         })
     }
 
-    /// The mode in use (never `Auto`).
+    /// The mode in use (`Auto`: netlink, then tcx).
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// Attached ports by how they are attached: (tcx, netlink).
+    pub fn attached_by_mode(&self) -> (usize, usize) {
+        let netlink = self
+            .attached
+            .values()
+            .filter(|a| matches!(a.hooks, Hooks::Netlink { .. }))
+            .count();
+        (self.attached.len() - netlink, netlink)
     }
 
     /// Takes the aya-log reader, for the caller to poll (readable when the programs logged).
@@ -182,8 +256,14 @@ impl Probe {
                 name: "PORT_STATS",
                 source,
             })?;
+        let netlink = self.mode != AttachMode::Tcx;
+        let (prog_in, prog_eg) = if netlink {
+            (PROG_INGRESS_NL, PROG_EGRESS_NL)
+        } else {
+            (PROG_INGRESS, PROG_EGRESS)
+        };
         let mut owns_qdisc = false;
-        if self.mode == AttachMode::Netlink {
+        if netlink {
             owns_qdisc = remove_stale_filters(name);
             match tc::qdisc_add_clsact(name) {
                 Ok(()) => owns_qdisc = true,
@@ -198,30 +278,38 @@ impl Probe {
                 }
             }
         }
-        let ingress = match self.attach_one(name, PROG_INGRESS, TcAttachType::Ingress) {
+        let ingress = match self.attach_one(name, prog_in, TcAttachType::Ingress, netlink) {
             Ok(id) => id,
             Err(e) => {
                 self.forget_port(ifindex);
                 return Err(e);
             }
         };
-        let egress = match self.attach_one(name, PROG_EGRESS, TcAttachType::Egress) {
+        let egress = match self.attach_one(name, prog_eg, TcAttachType::Egress, netlink) {
             Ok(id) => id,
             Err(e) => {
-                if let Ok(p) = program(&mut self.ebpf, PROG_INGRESS) {
+                if let Ok(p) = program(&mut self.ebpf, prog_in) {
                     let _ = p.detach(ingress);
                 }
                 self.forget_port(ifindex);
                 return Err(e);
             }
         };
+        let hooks = if netlink {
+            Hooks::Netlink {
+                ingress,
+                egress,
+                owns_qdisc,
+            }
+        } else {
+            Hooks::Tcx { ingress, egress }
+        };
         self.attached.insert(
             ifindex,
             Attachment {
                 name: name.to_string(),
-                ingress,
-                egress,
-                owns_qdisc,
+                hooks,
+                since: std::time::Instant::now(),
             },
         );
         Ok(())
@@ -232,14 +320,16 @@ impl Probe {
         iface: &str,
         prog: &'static str,
         ty: TcAttachType,
+        netlink: bool,
     ) -> Result<SchedClassifierLinkId> {
-        let options = match self.mode {
-            AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions {
+        let options = if netlink {
+            TcAttachOptions::Netlink(NlOptions {
                 // Lowest priority number runs first.
                 priority: 1,
                 ..NlOptions::default()
-            }),
-            _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
+            })
+        } else {
+            TcAttachOptions::TcxOrder(LinkOrder::first())
         };
         let p = program(&mut self.ebpf, prog)?;
         p.attach_with_options(iface, ty, options)
@@ -258,18 +348,83 @@ impl Probe {
     /// kernel dropped the attachment with it.
     pub fn detach(&mut self, ifindex: u32) {
         if let Some(a) = self.attached.remove(&ifindex) {
-            for (prog, id) in [(PROG_INGRESS, a.ingress), (PROG_EGRESS, a.egress)] {
-                if let Ok(p) = program(&mut self.ebpf, prog)
-                    && let Err(e) = p.detach(id)
-                {
-                    log::debug!("detach {prog} from {}: {e}", a.name);
-                }
+            self.detach_hooks(&a.name, a.hooks);
+        }
+        self.no_upgrade.remove(&ifindex);
+        self.forget_port(ifindex);
+    }
+
+    fn detach_hooks(&mut self, name: &str, hooks: Hooks) {
+        let (ids, owns_qdisc) = match hooks {
+            Hooks::Tcx { ingress, egress } => {
+                ([(PROG_INGRESS, ingress), (PROG_EGRESS, egress)], false)
             }
-            if a.owns_qdisc {
-                remove_clsact_if_unused(&a.name);
+            Hooks::Netlink {
+                ingress,
+                egress,
+                owns_qdisc,
+            } => (
+                [(PROG_INGRESS_NL, ingress), (PROG_EGRESS_NL, egress)],
+                owns_qdisc,
+            ),
+            // Closing the links detaches them.
+            Hooks::Links { .. } => return,
+        };
+        for (prog, id) in ids {
+            if let Ok(p) = program(&mut self.ebpf, prog)
+                && let Err(e) = p.detach(id)
+            {
+                log::debug!("detach {prog} from {name}: {e}");
             }
         }
-        self.forget_port(ifindex);
+        if owns_qdisc {
+            remove_clsact_if_unused(name);
+        }
+    }
+
+    /// Auto mode: the next port due to move from netlink to tcx, if any.
+    pub fn next_upgrade(&self) -> Option<Upgrade> {
+        let programs = self.tcx_programs.as_ref()?;
+        let (ifindex, a) = self.attached.iter().find(|(i, a)| {
+            matches!(a.hooks, Hooks::Netlink { .. })
+                && a.since.elapsed() >= self.tcx_after
+                && !self.no_upgrade.contains(i)
+        })?;
+        Some(Upgrade {
+            ifindex: *ifindex,
+            name: a.name.clone(),
+            programs: programs.clone(),
+        })
+    }
+
+    /// Completes an upgrade: with the tcx programs in place, removes the netlink ones. Until
+    /// then both ran and the netlink ones stepped aside (`HANDOFF`), so no packet was counted
+    /// twice or missed. On failure the port stays on netlink for good.
+    pub fn finish_upgrade(&mut self, up: Upgrade, links: Result<TcxLinks>) {
+        let links = match links {
+            Ok(l) => l,
+            Err(e) => {
+                log::warn!("{e}; {} stays attached with netlink", up.name);
+                self.no_upgrade.insert(up.ifindex);
+                return;
+            }
+        };
+        // Detached (veth gone) while we attached: dropping the links undoes the attach.
+        let Some(a) = self.attached.get_mut(&up.ifindex) else {
+            return;
+        };
+        if !matches!(a.hooks, Hooks::Netlink { .. }) {
+            return;
+        }
+        let old = std::mem::replace(
+            &mut a.hooks,
+            Hooks::Links {
+                _ingress: links.0,
+                _egress: links.1,
+            },
+        );
+        let name = a.name.clone();
+        self.detach_hooks(&name, old);
     }
 
     /// Detaches everything this probe attached, and nothing else.
@@ -452,7 +607,7 @@ impl Probe {
     /// Run time and count of each program (non-zero only while `kernel.bpf_stats_enabled=1`).
     pub fn program_run_stats(&self) -> Vec<(&'static str, u32, std::time::Duration, u64)> {
         let mut out = Vec::new();
-        for name in [PROG_INGRESS, PROG_EGRESS] {
+        for name in [PROG_INGRESS, PROG_EGRESS, PROG_INGRESS_NL, PROG_EGRESS_NL] {
             if let Some(aya::programs::Program::SchedClassifier(p)) = self.ebpf.program(name)
                 && let Ok(info) = p.info()
             {
@@ -495,8 +650,6 @@ impl Probe {
     /// time in nanoseconds. The kernel gives the skb its loopback device, so counts land on the
     /// `PORT_STATS` entry of ifindex 1 of the caller's namespace. For fuzzing and benchmarks.
     pub fn test_run(&self, prog: &str, frame: &[u8], repeat: u32) -> Result<(u32, u32)> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-
         /// The `test` member of `union bpf_attr` (linux/bpf.h), up to `batch_size`.
         #[repr(C)]
         #[derive(Default)]
@@ -520,10 +673,11 @@ impl Probe {
         }
         const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
-        let name: &'static str = match prog {
-            PROG_INGRESS => PROG_INGRESS,
-            PROG_EGRESS => PROG_EGRESS,
-            _ => return Err(Error::MapMissing("test_run: no such program")),
+        let Some(name) = [PROG_INGRESS, PROG_EGRESS, PROG_INGRESS_NL, PROG_EGRESS_NL]
+            .into_iter()
+            .find(|n| *n == prog)
+        else {
+            return Err(Error::MapMissing("test_run: no such program"));
         };
         let p: &SchedClassifier = self
             .ebpf
@@ -616,6 +770,85 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
         .map_err(|source| Error::Program { name, source })
 }
 
+/// A descriptor of the loaded program `name` of our own.
+fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd> {
+    let p: &SchedClassifier = ebpf
+        .program(name)
+        .ok_or(Error::MapMissing(name))?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })?;
+    p.fd()
+        .map_err(|source| Error::Program { name, source })?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io(format!("dup the fd of {name}"), e))
+}
+
+impl Upgrade {
+    /// Attaches the tcx programs first in the chain of both hooks: the slow part (two RCU grace
+    /// periods), done without the probe. The netlink programs stay until `finish_upgrade`.
+    pub fn attach(&self) -> Result<TcxLinks> {
+        let ingress = tcx_link(&self.programs.0, self.ifindex, BPF_TCX_INGRESS)
+            .map_err(|e| self.error("ingress", e))?;
+        let egress = tcx_link(&self.programs.1, self.ifindex, BPF_TCX_EGRESS)
+            .map_err(|e| self.error("egress", e))?;
+        Ok((ingress, egress))
+    }
+
+    fn error(&self, direction: &'static str, e: std::io::Error) -> Error {
+        Error::io(
+            format!("moving {} {direction} from netlink to tcx", self.name),
+            e,
+        )
+    }
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+const BPF_F_BEFORE: u32 = 1 << 3;
+
+/// `BPF_LINK_CREATE` of a tcx link putting `prog` first on `ifindex` (what aya's
+/// `LinkOrder::first()` does, but callable without `&mut` on the program).
+fn tcx_link(prog: &OwnedFd, ifindex: u32, attach_type: u32) -> std::io::Result<OwnedFd> {
+    /// The `link_create` member of `union bpf_attr` (linux/bpf.h), up to its `tcx` part.
+    #[repr(C)]
+    struct LinkCreateAttr {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+        relative_fd: u32,
+        pad: u32,
+        expected_revision: u64,
+    }
+    let mut attr = LinkCreateAttr {
+        prog_fd: u32::try_from(prog.as_raw_fd()).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+        target_ifindex: ifindex,
+        attach_type,
+        // Before everything, with no relative program: first in the chain.
+        flags: BPF_F_BEFORE,
+        relative_fd: 0,
+        pad: 0,
+        expected_revision: 0,
+    };
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &raw mut attr,
+            std::mem::size_of::<LinkCreateAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::ErrorKind::InvalidData)?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn zeroed_per_cpu() -> Result<aya::maps::PerCpuValues<PortStats>> {
     let n = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
     aya::maps::PerCpuValues::try_from(vec![PortStats::default(); n])
@@ -650,7 +883,10 @@ fn log_level_byte(level: log::LevelFilter) -> u8 {
 /// Removes filters of ours a killed agent left on `iface` (netlink mode), never those of a
 /// running agent. Returns whether any were found: then the clsact qdisc was most likely ours too.
 fn remove_stale_filters(iface: &str) -> bool {
-    match qdisc::remove_orphan_filters(iface, &[PROG_INGRESS, PROG_EGRESS]) {
+    match qdisc::remove_orphan_filters(
+        iface,
+        &[PROG_INGRESS, PROG_EGRESS, PROG_INGRESS_NL, PROG_EGRESS_NL],
+    ) {
         Ok(0) => false,
         Ok(n) => {
             log::info!("removed {n} stale filters left on {iface} by an earlier run");
@@ -787,7 +1023,7 @@ fn missing_capabilities(eff: u64, mode: AttachMode) -> Vec<(&'static str, &'stat
             "setns into pod network namespaces, and bpf(2) without CAP_BPF and CAP_PERFMON",
         ));
     }
-    if mode == AttachMode::Netlink && !has(CAP_NET_ADMIN) {
+    if mode != AttachMode::Tcx && !has(CAP_NET_ADMIN) {
         missing.push((
             "CAP_NET_ADMIN",
             "netlink attach mode adds a clsact qdisc; tcx (kernel >= 6.6) does not need it",
