@@ -2,7 +2,7 @@
 //! netlink priority), programs after ours still run, and nothing of ours stays after SIGTERM or,
 //! in tcx mode, SIGKILL.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use node_tracer_tests::{Agent, KernelCounters, Link, Pod, metric, require_root, require_tool, sh};
@@ -83,6 +83,78 @@ fn tcx_first_in_chain_others_still_run_nothing_left_after_term_or_kill() {
     let _ = earlier.stop_with(libc::SIGKILL);
     for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
         assert!(chain(veth, ty).is_empty(), "{ty:?} after SIGKILL");
+    }
+}
+
+fn attached_with(agent: &Agent, mode: &str) -> f64 {
+    metric(
+        &agent.metrics(),
+        "node_tracer_attached_interfaces",
+        &[("mode", mode)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Auto mode: netlink at once, then tcx ahead of another tcx program, and no trace of the
+/// netlink step left; killed during the netlink step, the next start cleans up after it.
+#[test]
+fn auto_mode_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step() {
+    require_root();
+    require_tool("tc");
+    let br = Link::bridge("ub");
+    let a = Pod::bridged("ua", &br, "10.9.0.2", 24);
+    let b = Pod::bridged("ub", &br, "10.9.0.3", 24);
+    let veth = a.veth.name.as_str();
+    let other = Agent::start(&["--attach-mode", "tcx", "-i", veth]);
+    let other_ids = program_ids(&other);
+
+    // Killed while still on netlink: its filters stay behind (no process owns them).
+    let killed = Agent::start(&["--tcx-after", "3600", "-i", veth]);
+    assert_eq!(attached_with(&killed, "netlink"), 1.0);
+    let _ = killed.stop_with(libc::SIGKILL);
+    assert_eq!(
+        filters(veth, "ingress").len(),
+        1,
+        "the killed agent's filter"
+    );
+
+    let auto = Agent::start(&["--tcx-after", "0", "-i", veth]);
+    let ids = program_ids(&auto);
+    let start = std::time::Instant::now();
+    while attached_with(&auto, "tcx") != 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never moved to tcx"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let order = chain(veth, ty);
+        assert_eq!(order.len(), 2, "{ty:?}: {order:?}");
+        assert!(ids.contains(&order[0]), "{ty:?}: ours first: {order:?}");
+        assert!(other_ids.contains(&order[1]), "{ty:?}: {order:?}");
+    }
+    for hook in ["ingress", "egress"] {
+        assert!(
+            filters(veth, hook).is_empty(),
+            "{hook}: {:?}",
+            filters(veth, hook)
+        );
+    }
+    assert!(!sh(&format!("tc qdisc show dev {veth}")).contains("clsact"));
+    let (t_auto, t_other, k0) = (
+        tx(&auto, veth),
+        tx(&other, veth),
+        KernelCounters::read(veth),
+    );
+    a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
+    let k = KernelCounters::read(veth).rx_packets - k0.rx_packets;
+    assert_eq!(tx(&auto, veth) - t_auto, k, "ours, first");
+    assert_eq!(tx(&other, veth) - t_other, k, "the program after ours");
+
+    let _ = auto.stop_with(libc::SIGKILL);
+    for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
+        assert_eq!(chain(veth, ty).len(), 1, "{ty:?} after SIGKILL");
     }
 }
 

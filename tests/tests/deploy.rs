@@ -484,17 +484,31 @@ fn peer_name(agent: &Capped, veth: &str) -> Option<String> {
         .and_then(|p| p["peer"]["name"].as_str().map(str::to_owned))
 }
 
-fn assert_works(keep: &[&str], mode: &str, pod: &Pod) {
-    let mut agent = Capped::start(keep, &["--attach-mode", mode, "-i", &pod.veth.name]);
+/// The agent runs with exactly `keep` and ends up attached with `ends_in` (auto mode moves from
+/// netlink to tcx a moment after the start, which must work with the same capabilities).
+fn assert_works(keep: &[&str], mode: &str, ends_in: &str, pod: &Pod) {
+    let mut agent = Capped::start(
+        keep,
+        &[
+            "--attach-mode",
+            mode,
+            "--tcx-after",
+            "0",
+            "-i",
+            &pod.veth.name,
+        ],
+    );
     agent.wait_healthy();
-    let metrics = agent.get("/metrics");
-    // auto picks tcx on this kernel (>= 6.6).
-    let used = if mode == "auto" { "tcx" } else { mode };
+    let want = format!("node_tracer_attached_interfaces{{mode=\"{ends_in}\"}} 1");
+    let start = Instant::now();
+    let mut metrics = agent.get("/metrics");
+    while !metrics.contains(&want) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = agent.get("/metrics");
+    }
     assert!(
-        metrics.contains(&format!(
-            "node_tracer_attached_interfaces{{mode=\"{used}\"}} 1"
-        )),
-        "{keep:?} {mode}: not attached:\n{metrics}"
+        metrics.contains(&want),
+        "{keep:?} {mode}: not attached with {ends_in}:\n{metrics}"
     );
     // setns worked: the peer inside the pod's namespace is named.
     assert_eq!(
@@ -532,7 +546,9 @@ fn capabilities_tcx_needs_exactly_cap_sys_admin() {
     let (_br, pod) = cap_lab();
     // CAP_SYS_ADMIN alone: the kernel accepts it for bpf(2) (bpf_capable, perfmon_capable,
     // bpf_net_capable) and tcx attach, and setns needs it.
-    assert_works(&["cap_sys_admin"], "tcx", &pod);
+    assert_works(&["cap_sys_admin"], "tcx", "tcx", &pod);
+    // Auto without CAP_NET_ADMIN skips the netlink step and attaches with tcx directly.
+    assert_works(&["cap_sys_admin"], "auto", "tcx", &pod);
     assert_refused(&[], "tcx", &pod, "CAP_SYS_ADMIN");
     // The "obvious" eBPF set cannot enter pod namespaces.
     assert_refused(
@@ -546,14 +562,20 @@ fn capabilities_tcx_needs_exactly_cap_sys_admin() {
 #[test]
 fn capabilities_netlink_mode_needs_cap_net_admin_too_and_the_manifest_set_works() {
     let (_br, pod) = cap_lab();
-    assert_works(&["cap_sys_admin", "cap_net_admin"], "netlink", &pod);
+    assert_works(
+        &["cap_sys_admin", "cap_net_admin"],
+        "netlink",
+        "netlink",
+        &pod,
+    );
     assert_refused(&["cap_sys_admin"], "netlink", &pod, "CAP_NET_ADMIN");
     assert_refused(&["cap_net_admin"], "netlink", &pod, "CAP_SYS_ADMIN");
     // What deploy/daemonset.yaml grants runs in both modes.
     let caps = manifest_caps();
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
-    assert_works(&caps, "netlink", &pod);
-    assert_works(&caps, "auto", &pod);
+    assert_works(&caps, "netlink", "netlink", &pod);
+    // Auto on this kernel (>= 6.6): netlink at once, then tcx.
+    assert_works(&caps, "auto", "tcx", &pod);
 }
 
 /// Kills an `unshare --net sleep` (a namespace only a process holds) by PID on drop.

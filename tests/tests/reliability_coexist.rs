@@ -149,8 +149,14 @@ fn a_veth_deleted_while_attached_takes_its_series_and_the_agent_goes_on() {
         tx(&agent, &b.veth.name) >= before + 5,
         "the other veth still counted"
     );
-    let attached = metric(&agent.metrics(), "node_tracer_attached_interfaces", &[]);
-    assert_eq!(attached, Some(1.0), "detached from the deleted veth");
+    let m = agent.metrics();
+    let attached = ["tcx", "netlink"]
+        .map(|mode| metric(&m, "node_tracer_attached_interfaces", &[("mode", mode)]).unwrap());
+    assert_eq!(
+        attached.iter().sum::<f64>(),
+        1.0,
+        "detached from the deleted veth"
+    );
 }
 
 #[test]

@@ -270,7 +270,7 @@ fn netlink_restart_removes_only_our_stale_filters() {
         );
         assert!(has_clsact(&veth), "clsact removed after SIGKILL");
         assert!(
-            ours(&veth, "ingress", "nt_ingress", None).0 <= 1,
+            ours(&veth, "ingress", "nt_ingress_nl", None).0 <= 1,
             "filters pile up across crashes ({delays:?} ms)"
         );
     }
@@ -278,13 +278,13 @@ fn netlink_restart_removes_only_our_stale_filters() {
     let pid = agent.pid();
     // The stale filters are gone, the new agent's are there once.
     assert_eq!(
-        ours(&veth, "ingress", "nt_ingress", Some(pid)),
+        ours(&veth, "ingress", "nt_ingress_nl", Some(pid)),
         (0, 1),
         "{:?}",
         filters(&veth, "ingress")
     );
     assert_eq!(
-        ours(&veth, "egress", "nt_egress", Some(pid)),
+        ours(&veth, "egress", "nt_egress_nl", Some(pid)),
         (0, 1),
         "{:?}",
         filters(&veth, "egress")
@@ -292,15 +292,15 @@ fn netlink_restart_removes_only_our_stale_filters() {
     // A second agent starting meanwhile (a rolling update) removes stale filters only: the
     // running agent's stay, and each leaves with its own.
     let second = Agent::start(&["--attach-mode", "netlink", "-i", &veth]);
-    assert_eq!(ours(&veth, "ingress", "nt_ingress", Some(pid)), (0, 1));
+    assert_eq!(ours(&veth, "ingress", "nt_ingress_nl", Some(pid)), (0, 1));
     assert_eq!(
-        ours(&veth, "ingress", "nt_ingress", Some(second.pid())),
+        ours(&veth, "ingress", "nt_ingress_nl", Some(second.pid())),
         (0, 1)
     );
     let (status, _) = second.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status}");
-    assert_eq!(ours(&veth, "ingress", "nt_ingress", Some(pid)), (0, 1));
-    assert_eq!(ours(&veth, "egress", "nt_egress", Some(pid)), (0, 1));
+    assert_eq!(ours(&veth, "ingress", "nt_ingress_nl", Some(pid)), (0, 1));
+    assert_eq!(ours(&veth, "egress", "nt_egress_nl", Some(pid)), (0, 1));
     traffic.kill();
     std::thread::sleep(Duration::from_millis(200));
     let hits = foreign_hits(&veth).expect("other tool's filter is still there");
@@ -314,12 +314,12 @@ fn netlink_restart_removes_only_our_stale_filters() {
     let (status, _) = agent.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status}");
     assert_eq!(
-        ours(&veth, "ingress", "nt_ingress", None),
+        ours(&veth, "ingress", "nt_ingress_nl", None),
         (0, 0),
         "ours removed on SIGTERM"
     );
     assert_eq!(
-        ours(&veth, "egress", "nt_egress", None),
+        ours(&veth, "egress", "nt_egress_nl", None),
         (0, 0),
         "ours removed on SIGTERM"
     );
