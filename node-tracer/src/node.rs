@@ -401,7 +401,8 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
 
 /// Auto mode: moves netlink-attached ports to tcx one at a time, in the background. The attach
 /// itself (two RCU grace periods under rtnl) runs without our lock, so scrapes and new veths are
-/// not held up; the pause between ports leaves rtnl to the node's own work (CNI, kubelet).
+/// not held up; after each port we pause as long as it took, which leaves rtnl free at least
+/// half the time for the node's own work (CNI, kubelet) and for our netlink attaches.
 async fn upgrade_loop(state: Arc<Mutex<State>>) {
     loop {
         let Some(up) = lock(&state).probe.next_upgrade() else {
@@ -409,6 +410,7 @@ async fn upgrade_loop(state: Arc<Mutex<State>>) {
             continue;
         };
         let st = state.clone();
+        let started = std::time::Instant::now();
         let done = tokio::task::spawn_blocking(move || {
             let links = up.attach();
             lock(&st).probe.finish_upgrade(up, links);
@@ -417,7 +419,7 @@ async fn upgrade_loop(state: Arc<Mutex<State>>) {
         if done.is_err() {
             log::warn!("upgrade to tcx panicked");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(started.elapsed().max(Duration::from_millis(5))).await;
     }
 }
 

@@ -53,8 +53,10 @@ pub fn remove_orphan_filters(iface: &str, names: &'static [&'static str]) -> Res
 
     let index = ifindex(iface)?;
     let iface = iface.to_string();
-    let held = held_programs();
     block_on(async move {
+        // Scanning every process's fds takes tens of milliseconds on a busy node: only when a
+        // filter of ours is actually there (after a crash), not on every attach.
+        let mut held: Option<std::collections::HashSet<u32>> = None;
         let (conn, mut handle, _) =
             rtnetlink::new_connection().map_err(|e| Error::io("netlink socket", e))?;
         tokio::spawn(conn);
@@ -83,7 +85,9 @@ pub fn remove_orphan_filters(iface: &str, names: &'static [&'static str]) -> Res
                 let (Some(name), Some(id)) = (name, id) else {
                     continue;
                 };
-                if !names.contains(&name.as_str()) || held.contains(&id) {
+                if !names.contains(&name.as_str())
+                    || held.get_or_insert_with(held_programs).contains(&id)
+                {
                     continue;
                 }
                 // The listed header names exactly this filter: parent, priority and handle.

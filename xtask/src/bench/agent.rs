@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use super::{
     bpf,
     sys::{self, Proc},
+    tc::Tc,
 };
 
 /// Inside the node namespace nothing else listens, so a fixed port is safe.
@@ -115,6 +116,40 @@ pub fn wait_attached(netns: &str, veths: &[String], progs: usize) -> Result<Dura
                     let (a, b) = bpf::tcx_counts(*i);
                     a >= progs && b >= progs
                 }))
+            },
+        )
+    })
+}
+
+/// Whether both hooks of `ifindex` carry a program, as a tcx link or a clsact filter: what
+/// "attached" means while auto mode's netlink step lasts.
+pub fn hooked(tc: &mut Tc, ifindex: u32) -> bool {
+    let (ti, te) = bpf::tcx_counts(ifindex);
+    if ti >= 1 && te >= 1 {
+        return true;
+    }
+    let (fi, fe) = tc.filter_counts(ifindex);
+    ti + fi >= 1 && te + fe >= 1
+}
+
+/// Waits until every veth in `veths` (names in `netns`) is [`hooked`].
+pub fn wait_hooked(netns: &str, veths: &[String]) -> Result<Duration> {
+    sys::in_netns(netns, || {
+        let mut todo: Vec<u32> = veths.iter().filter_map(|v| sys::ifindex(v)).collect();
+        anyhow::ensure!(
+            todo.len() == veths.len(),
+            "some of the lab's veths are missing"
+        );
+        let mut tc = Tc::open()?;
+        // A hooked veth stays hooked (auto mode adds tcx before it removes the filters), so
+        // each pass only asks about the rest.
+        sys::wait_for(
+            "programs on every veth",
+            Duration::from_mins(3),
+            Duration::from_millis(20),
+            || {
+                todo.retain(|i| !hooked(&mut tc, *i));
+                Ok(todo.is_empty())
             },
         )
     })

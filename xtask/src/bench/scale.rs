@@ -13,16 +13,18 @@ use anyhow::{Context as _, Result, ensure};
 use super::{
     Settings,
     agent::{self, Agent},
-    bpf,
     lab::Lab,
     sys,
+    tc::Tc,
 };
 
 #[derive(Debug, Default)]
 pub struct Results {
     pub veths: usize,
-    /// Spawn to every hook attached (tcx).
+    /// Spawn to every hook attached (netlink or tcx).
     pub startup_s: f64,
+    /// Spawn to every hook on tcx (auto mode's background move done).
+    pub startup_tcx_s: f64,
     /// Spawn to /healthz (the agent serves once its first attach pass is done).
     pub serve_s: f64,
     /// Spawn to /healthz with `--attach-mode netlink` (clsact + cls_bpf).
@@ -60,11 +62,18 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
     let start = Instant::now();
     let agent = Agent::start(&node, &[], &s.out_dir.join("agent-scale.log"))?;
     r.serve_s = agent.ready_after.as_secs_f64();
-    agent::wait_attached(&node, &veths, 1)?;
+    agent::wait_hooked(&node, &veths)?;
     r.startup_s = start.elapsed().as_secs_f64();
     eprintln!(
         "    start-up: serving after {:.2} s, all {} veths attached after {:.2} s",
         r.serve_s, r.veths, r.startup_s
+    );
+    // Everything below is measured in the steady state: every veth on tcx.
+    agent::wait_attached(&node, &veths, 1)?;
+    r.startup_tcx_s = start.elapsed().as_secs_f64();
+    eprintln!(
+        "    all {} veths moved to tcx after {:.2} s",
+        r.veths, r.startup_tcx_s
     );
 
     // Let the post-start relabel pass finish before calling anything idle.
@@ -122,7 +131,7 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
 
 /// Creates one veth at a time (peer into its own pod namespace) through a running `ip -batch`, so
 /// t0 is the moment the request is written rather than an `ip` start-up, and times until both
-/// hooks of the new veth carry a program.
+/// hooks of the new veth carry a program (a clsact filter at first, in auto mode).
 fn attach_latency(node: &str, pods: &[String]) -> Result<Vec<f64>> {
     sys::in_netns(node, || {
         let mut ip = sys::Proc::spawn(
@@ -134,6 +143,7 @@ fn attach_latency(node: &str, pods: &[String]) -> Result<Vec<f64>> {
                 .stderr(Stdio::null()),
         )?;
         let mut stdin = ip.child.stdin.take().context("ip stdin")?;
+        let mut tc = Tc::open()?;
         let mut out = Vec::with_capacity(pods.len());
         for (i, pod) in pods.iter().enumerate() {
             let name = format!("ntba{i}");
@@ -153,7 +163,7 @@ fn attach_latency(node: &str, pods: &[String]) -> Result<Vec<f64>> {
                     if ifindex.is_none() {
                         ifindex = sys::ifindex(&name);
                     }
-                    Ok(ifindex.is_some_and(|i| bpf::tcx_counts(i) >= (1, 1)))
+                    Ok(ifindex.is_some_and(|i| agent::hooked(&mut tc, i)))
                 },
             )?;
             out.push(t0.elapsed().as_secs_f64() * 1e3);
