@@ -104,14 +104,11 @@ async fn handle(
             let snap = s.snapshot();
             let health = s.health();
             drop(s);
-            match metrics::encode(&snap, &health) {
-                Ok(body) => reply(StatusCode::OK, prometheus::TEXT_FORMAT, body),
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("{e}\n"),
-                ),
-            }
+            reply(
+                StatusCode::OK,
+                prometheus::TEXT_FORMAT,
+                metrics::encode(&snap, &health),
+            )
         }
         "/snapshot" => {
             let snap = lock(&state).snapshot();

@@ -64,14 +64,7 @@ impl Tc {
         req[HDR_LEN + 4..HDR_LEN + 8].copy_from_slice(&ifindex.to_ne_bytes());
         req[HDR_LEN + 12..HDR_LEN + 16].copy_from_slice(&parent.to_ne_bytes());
         // SAFETY: `req` is valid for its length; the kernel reads it once.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-            )
-        };
+        let sent = unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
         if sent < 0 {
             bail!("netlink send: {}", std::io::Error::last_os_error());
         }
@@ -79,14 +72,8 @@ impl Tc {
         let mut count = 0;
         loop {
             // SAFETY: `buf` is valid and writable for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                )
-            };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 bail!("netlink recv: {}", std::io::Error::last_os_error());
             }

@@ -1,32 +1,22 @@
-//! `/metrics`: the Prometheus exposition of a [`Snapshot`] and of the agent's own health.
-//!
-//! Series are built from the snapshot at scrape time rather than kept in registered vectors, so
-//! a veth that disappears takes its series with it at the next scrape, and the number of series
-//! is exactly what the node has: per veth 8 protocols x 2 directions of packets, 2 byte series,
-//! one `port_info`, one `port_macs`, and one ICMP series per (direction, type) seen.
+//! The exposition as the `prometheus` crate builds it: the builder `/metrics` used before it
+//! wrote the text format itself, kept verbatim as the oracle the hand-written encoder is
+//! compared with, byte for byte.
 
 use prometheus::{
     Encoder as _, TextEncoder,
     proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
 };
 
-use crate::model::{Direction, PROTOCOLS, Port, Snapshot};
+use super::{Health, icmp_type_label};
+use crate::model::{Direction, PROTOCOLS, Snapshot};
 
-/// The agent's view of itself.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    /// Attached interfaces: (tcx, netlink).
-    pub attached: (usize, usize),
-    pub attach_errors: u64,
-    /// Summed `AGENT_STATS` of the programs (index `STAT_*`).
-    pub program_stats: [u64; 8],
-    pub netlink_resyncs: u64,
-    pub link_events: u64,
-    /// Per program: (name, kernel program id, total run time, run count); times and counts are
-    /// zero unless `kernel.bpf_stats_enabled`.
-    pub program_runs: Vec<(&'static str, u32, std::time::Duration, u64)>,
-    /// Entries per map: (name, count).
-    pub map_entries: Vec<(&'static str, usize)>,
+/// The text exposition of `snap` and `health` through `prometheus::TextEncoder`.
+pub fn encode(snap: &Snapshot, health: &Health) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&families(snap, health), &mut buf)
+        .expect("the oracle encodes");
+    String::from_utf8(buf).expect("the exposition is UTF-8")
 }
 
 struct Family {
@@ -67,14 +57,8 @@ impl Family {
     }
 }
 
-fn pod_labels(p: &Port) -> (&str, &str) {
-    p.pod
-        .as_ref()
-        .map_or(("", ""), |pod| (pod.namespace.as_str(), pod.name.as_str()))
-}
-
 /// Every metric family of the contract, from one snapshot.
-pub fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
+fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
     use MetricType::{COUNTER, GAUGE};
     let mut rx_p = Family::new(
         "node_tracer_receive_packets_total",
@@ -112,7 +96,7 @@ pub fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
         GAUGE,
     );
     for p in &snap.ports {
-        let (ns, pod) = pod_labels(p);
+        let (ns, pod) = super::pod_labels(p);
         let iface = p.name.as_str();
         let c = &p.counters;
         for (i, proto) in PROTOCOLS.iter().enumerate() {
@@ -316,151 +300,4 @@ fn health_families(h: &Health) -> Vec<Family> {
     vec![
         attached, errors, map_errors, mac_new, lost, sent, resyncs, events, run_s, runs, entries,
     ]
-}
-
-/// ICMP type as a label value, from the crate's one name table: `icmp_echo_request`,
-/// `icmpv6_neighbour_solicitation`, or `icmp_type_N` for types without a name.
-pub fn icmp_type_label(family: u8, ty: u8) -> String {
-    let prefix = if family == 6 { "icmpv6" } else { "icmp" };
-    match crate::icmp::icmp_type_name(family, ty, 0) {
-        "unknown" => format!("{prefix}_type_{ty}"),
-        name => format!("{prefix}_{}", name.replace(' ', "_")),
-    }
-}
-
-/// The text exposition format.
-pub fn encode(snap: &Snapshot, health: &Health) -> Result<Vec<u8>, prometheus::Error> {
-    let mut buf = Vec::with_capacity(256 * (snap.ports.len() + 8));
-    TextEncoder::new().encode(&families(snap, health), &mut buf)?;
-    Ok(buf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Mode, Peer, Pod, PodSource, PortCounters};
-
-    fn port(name: &str, pod: Option<(&str, &str)>) -> Port {
-        let mut counters = PortCounters::default();
-        counters.tx_packets[1] = 3;
-        counters.tx_bytes[1] = 294;
-        counters.rx_packets[4] = 7;
-        Port {
-            ifindex: 7,
-            name: name.into(),
-            mode: Mode::Bridged,
-            master: Some("cni0".into()),
-            port_no: Some(2),
-            peer: Some(Peer {
-                ifindex: 2,
-                name: Some("eth0".into()),
-                ..Peer::default()
-            }),
-            pod: pod.map(|(ns, n)| Pod {
-                namespace: ns.into(),
-                name: n.into(),
-                uid: "u".into(),
-                source: PodSource::Cri,
-            }),
-            counters,
-            ..Port::default()
-        }
-    }
-
-    fn text(snap: &Snapshot) -> String {
-        String::from_utf8(encode(snap, &Health::default()).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn counters_carry_pod_labels_and_pod_direction() {
-        let snap = Snapshot {
-            ports: vec![port("veth591ea0bf", Some(("default", "web-1")))],
-            ..Snapshot::default()
-        };
-        let t = text(&snap);
-        assert!(t.contains(
-            "node_tracer_transmit_packets_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\",protocol=\"icmp\"} 3"
-        ), "{t}");
-        assert!(t.contains(
-            "node_tracer_receive_packets_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\",protocol=\"udp\"} 7"
-        ));
-        assert!(t.contains("node_tracer_transmit_bytes_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 294"));
-        assert!(t.contains("bridge=\"cni0\""));
-        assert!(t.contains("port_no=\"2\""));
-    }
-
-    #[test]
-    fn a_port_that_is_gone_has_no_series() {
-        let snap = Snapshot {
-            ports: vec![port("vethgone", None)],
-            ..Snapshot::default()
-        };
-        assert!(text(&snap).contains("vethgone"));
-        assert!(!text(&Snapshot::default()).contains("vethgone"));
-    }
-
-    #[test]
-    fn hostile_pod_names_are_escaped() {
-        let snap = Snapshot {
-            ports: vec![port("veth0", Some(("ns\"x", "a\\b\nc")))],
-            ..Snapshot::default()
-        };
-        let t = text(&snap);
-        assert!(t.contains(r#"namespace="ns\"x",pod="a\\b\nc""#), "{t}");
-        // Every sample stays on one line: a raw newline in a label would split it.
-        for line in t.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("node_tracer_"), "broken line: {line:?}");
-        }
-    }
-
-    #[test]
-    fn mac_anomalies_are_a_gauge_per_kind_and_port() {
-        use crate::model::{Direction, MacSeen};
-        let mut p = port("veth591ea0bf", Some(("default", "web-1")));
-        p.hairpin = true;
-        p.peer.as_mut().unwrap().mac = Some("0a:58:0a:f4:01:05".into());
-        for (mac, first, last) in [
-            ("0a:58:0a:f4:01:05", 1, 9),
-            ("02:de:ad:be:ef:01", 5, 5),
-            ("02:de:ad:be:ef:02", 6, 6),
-        ] {
-            p.macs.push(MacSeen {
-                mac: mac.into(),
-                direction: Direction::Transmit,
-                packets: 1,
-                bytes: 60,
-                first_seen_ms: first,
-                last_seen_ms: last,
-            });
-        }
-        let t = text(&Snapshot {
-            ports: vec![p, port("vethclean", None)],
-            ..Snapshot::default()
-        });
-        assert!(t.contains("# TYPE node_tracer_mac_anomalies gauge"), "{t}");
-        assert!(t.contains(
-            "node_tracer_mac_anomalies{kind=\"spoofed_source\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 2"
-        ), "{t}");
-        assert!(t.contains(
-            "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 1"
-        ));
-        assert!(!t.contains("node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"\",pod=\"\",interface=\"vethclean\""));
-    }
-
-    #[test]
-    fn trace_events_sent_and_lost_are_exported() {
-        let mut health = Health::default();
-        health.program_stats[node_tracer_common::STAT_EVENTS_SENT as usize] = 12;
-        health.program_stats[node_tracer_common::STAT_EVENTS_LOST as usize] = 3;
-        let t = String::from_utf8(encode(&Snapshot::default(), &health).unwrap()).unwrap();
-        assert!(t.contains("\nnode_tracer_events_sent_total 12\n"), "{t}");
-        assert!(t.contains("\nnode_tracer_events_lost_total 3\n"), "{t}");
-    }
-
-    #[test]
-    fn icmp_types_have_stable_label_values() {
-        assert_eq!(icmp_type_label(4, 8), "icmp_echo_request");
-        assert_eq!(icmp_type_label(6, 135), "icmpv6_neighbour_solicitation");
-        assert_eq!(icmp_type_label(4, 200), "icmp_type_200");
-    }
 }

@@ -1,0 +1,239 @@
+use super::*;
+use crate::model::{Mode, Peer, Pod, PodSource, PortCounters};
+
+fn port(name: &str, pod: Option<(&str, &str)>) -> Port {
+    let mut counters = PortCounters::default();
+    counters.tx_packets[1] = 3;
+    counters.tx_bytes[1] = 294;
+    counters.rx_packets[4] = 7;
+    Port {
+        ifindex: 7,
+        name: name.into(),
+        mode: Mode::Bridged,
+        master: Some("cni0".into()),
+        port_no: Some(2),
+        peer: Some(Peer {
+            ifindex: 2,
+            name: Some("eth0".into()),
+            ..Peer::default()
+        }),
+        pod: pod.map(|(ns, n)| Pod {
+            namespace: ns.into(),
+            name: n.into(),
+            uid: "u".into(),
+            source: PodSource::Cri,
+        }),
+        counters,
+        ..Port::default()
+    }
+}
+
+fn text(snap: &Snapshot, health: &Health) -> String {
+    String::from_utf8(encode(snap, health)).unwrap()
+}
+
+#[test]
+fn counters_carry_pod_labels_and_pod_direction() {
+    let snap = Snapshot {
+        ports: vec![port("veth591ea0bf", Some(("default", "web-1")))],
+        ..Snapshot::default()
+    };
+    let t = text(&snap, &Health::default());
+    assert!(t.contains(
+        "node_tracer_transmit_packets_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\",protocol=\"icmp\"} 3"
+    ), "{t}");
+    assert!(t.contains(
+        "node_tracer_receive_packets_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\",protocol=\"udp\"} 7"
+    ));
+    assert!(t.contains("node_tracer_transmit_bytes_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 294"));
+    assert!(t.contains("bridge=\"cni0\""));
+    assert!(t.contains("port_no=\"2\""));
+}
+
+#[test]
+fn a_port_that_is_gone_has_no_series() {
+    let snap = Snapshot {
+        ports: vec![port("vethgone", None)],
+        ..Snapshot::default()
+    };
+    assert!(text(&snap, &Health::default()).contains("vethgone"));
+    assert!(!text(&Snapshot::default(), &Health::default()).contains("vethgone"));
+}
+
+#[test]
+fn hostile_pod_names_are_escaped() {
+    let snap = Snapshot {
+        ports: vec![port("veth0", Some(("ns\"x", "a\\b\nc")))],
+        ..Snapshot::default()
+    };
+    let t = text(&snap, &Health::default());
+    assert!(t.contains(r#"namespace="ns\"x",pod="a\\b\nc""#), "{t}");
+    // Every sample stays on one line: a raw newline in a label would split it.
+    for line in t.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("node_tracer_"), "broken line: {line:?}");
+    }
+}
+
+#[test]
+fn mac_anomalies_are_a_gauge_per_kind_and_port() {
+    use crate::model::{Direction, MacSeen};
+    let mut p = port("veth591ea0bf", Some(("default", "web-1")));
+    p.hairpin = true;
+    p.peer.as_mut().unwrap().mac = Some("0a:58:0a:f4:01:05".into());
+    for (mac, first, last) in [
+        ("0a:58:0a:f4:01:05", 1, 9),
+        ("02:de:ad:be:ef:01", 5, 5),
+        ("02:de:ad:be:ef:02", 6, 6),
+    ] {
+        p.macs.push(MacSeen {
+            mac: mac.into(),
+            direction: Direction::Transmit,
+            packets: 1,
+            bytes: 60,
+            first_seen_ms: first,
+            last_seen_ms: last,
+        });
+    }
+    let t = text(
+        &Snapshot {
+            ports: vec![p, port("vethclean", None)],
+            ..Snapshot::default()
+        },
+        &Health::default(),
+    );
+    assert!(t.contains("# TYPE node_tracer_mac_anomalies gauge"), "{t}");
+    assert!(t.contains(
+        "node_tracer_mac_anomalies{kind=\"spoofed_source\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 2"
+    ), "{t}");
+    assert!(t.contains(
+        "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 1"
+    ));
+    assert!(!t.contains(
+        "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"\",pod=\"\",interface=\"vethclean\""
+    ));
+}
+
+#[test]
+fn trace_events_sent_and_lost_are_exported() {
+    let mut health = Health::default();
+    health.program_stats[node_tracer_common::STAT_EVENTS_SENT as usize] = 12;
+    health.program_stats[node_tracer_common::STAT_EVENTS_LOST as usize] = 3;
+    let t = text(&Snapshot::default(), &health);
+    assert!(t.contains("\nnode_tracer_events_sent_total 12\n"), "{t}");
+    assert!(t.contains("\nnode_tracer_events_lost_total 3\n"), "{t}");
+}
+
+/// Every family with series, label values that need escaping (quotes, backslashes,
+/// newlines, non-ASCII), counts beyond 2^53, and a port with no pod or peer.
+fn hostile_fixture() -> (Snapshot, Health) {
+    use crate::model::{IcmpCount, MacSeen};
+    let mut ports = Vec::new();
+    for (i, (ns, pod)) in [
+        ("default", "web-1"),
+        ("ns\"x", "a\\b\nc"),
+        ("kube-system", "coredns-ü-日本\\\""),
+        ("", "\n\n"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut p = port(&format!("veth{i}\"\\"), Some((ns, pod)));
+        p.ifindex = 10 + i as u32;
+        p.hairpin = i % 2 == 1;
+        p.promiscuous = i == 2;
+        p.counters.rx_bytes[3] = u64::MAX - i as u64;
+        p.counters.tx_packets[7] = (1 << 53) + 1;
+        p.counters.icmp = vec![
+            IcmpCount {
+                direction: Direction::Receive,
+                family: 4,
+                icmp_type: 0,
+                count: 5,
+            },
+            IcmpCount {
+                direction: Direction::Transmit,
+                family: 6,
+                icmp_type: 201,
+                count: 9,
+            },
+        ];
+        p.peer.as_mut().unwrap().netns = Some(format!("/run/netns/\"{i}\n"));
+        p.peer.as_mut().unwrap().mac = Some("0a:58:0a:f4:01:05".into());
+        for mac in ["0a:58:0a:f4:01:05", "02:de:ad:be:ef:01"] {
+            p.macs.push(MacSeen {
+                mac: mac.into(),
+                direction: Direction::Transmit,
+                packets: 1,
+                bytes: 60,
+                first_seen_ms: 1,
+                last_seen_ms: 2,
+            });
+        }
+        ports.push(p);
+    }
+    ports.push(Port {
+        ifindex: 99,
+        name: "vethbare".into(),
+        ..Port::default()
+    });
+    let mut health = Health {
+        attached: (3, 1),
+        attach_errors: 2,
+        netlink_resyncs: 1,
+        link_events: 17,
+        program_runs: vec![
+            (
+                "nt_ingress",
+                41,
+                std::time::Duration::from_nanos(1_234_567),
+                99,
+            ),
+            ("nt_egress", 42, std::time::Duration::ZERO, 0),
+        ],
+        map_entries: vec![("PORT_STATS", 4), ("ICMP_STATS", 8)],
+        ..Health::default()
+    };
+    for (i, v) in health.program_stats.iter_mut().enumerate() {
+        *v = 1000 + i as u64;
+    }
+    let snap = Snapshot {
+        ports,
+        ..Snapshot::default()
+    };
+    (snap, health)
+}
+
+#[test]
+fn the_exposition_is_what_the_prometheus_crate_writes() {
+    let (snap, health) = hostile_fixture();
+    let ours = text(&snap, &health);
+    assert_eq!(ours, oracle::encode(&snap, &health));
+    // The fixture reaches every family and escapes something: a weaker fixture would let
+    // the comparison pass on less.
+    for family in [
+        "icmp_messages_total",
+        "mac_anomalies",
+        "program_run_seconds_total",
+        "map_entries",
+    ] {
+        assert!(
+            ours.contains(&format!("# TYPE node_tracer_{family} ")),
+            "{family}"
+        );
+    }
+    assert!(ours.contains(r#"pod="a\\b\nc""#), "{ours}");
+    assert!(ours.contains(r#"pod="coredns-ü-日本\\\"""#), "{ours}");
+}
+
+#[test]
+fn empty_snapshots_match_the_prometheus_crate_too() {
+    let (snap, health) = (Snapshot::default(), Health::default());
+    assert_eq!(text(&snap, &health), oracle::encode(&snap, &health));
+}
+
+#[test]
+fn icmp_types_have_stable_label_values() {
+    assert_eq!(icmp_type_label(4, 8), "icmp_echo_request");
+    assert_eq!(icmp_type_label(6, 135), "icmpv6_neighbour_solicitation");
+    assert_eq!(icmp_type_label(4, 200), "icmp_type_200");
+}
