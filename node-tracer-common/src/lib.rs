@@ -36,8 +36,13 @@ pub struct PortStats {
     pub bytes: [[u64; PROTO_COUNT]; 2],
     /// Per direction, the last source MAC seen on this port by this CPU.
     pub macs: [MacCache; 2],
+    /// Per direction, 1 when our tcx program counted the packet this CPU handles now, so that
+    /// our clsact program, which runs next for the same packet while a port moves from netlink
+    /// to tcx, steps aside (it clears the mark). Never read outside the programs.
+    pub tcx_seen: [u8; 2],
+    pub pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<PortStats>() == 256 + 2 * 40);
+const _: () = assert!(core::mem::size_of::<PortStats>() == 256 + 2 * 40 + 8);
 
 /// The source MAC a port saw last (per CPU and direction) and its packets not yet added to its
 /// `MAC_SEEN` entry. A pod's port sees the same MAC packet after packet; counting it here
@@ -57,6 +62,18 @@ pub struct MacCache {
     pub last_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<MacCache>() == 40);
+
+/// Entry of `PORT_SLOTS`, a direct-mapped table indexed by `ifindex & SLOT_MASK`: the port's
+/// counters are `PORT_COUNTERS[slot]` when `ifindex` matches (two array lookups, which the
+/// verifier inlines); a port whose index is taken by another uses the `PORT_STATS` hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSlot {
+    /// 0: free.
+    pub ifindex: u32,
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortSlot>() == 8);
 
 /// Key of `ICMP_STATS`: one ICMP/ICMPv6 message type on one port and direction.
 #[repr(C)]
@@ -132,6 +149,7 @@ const _: () = assert!(core::mem::size_of::<IcmpEvent>() == 24 + SNAP_LEN);
 mod user {
     // SAFETY: all of these are `repr(C)`, made only of integers with explicit padding fields.
     unsafe impl aya::Pod for super::PortStats {}
+    unsafe impl aya::Pod for super::PortSlot {}
     unsafe impl aya::Pod for super::MacCache {}
     unsafe impl aya::Pod for super::IcmpKey {}
     unsafe impl aya::Pod for super::MacKey {}

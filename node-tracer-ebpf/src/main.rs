@@ -8,7 +8,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{Array, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -18,8 +18,9 @@ use aya_log_ebpf::warn;
 use node_tracer_common::{
     DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacCache, MacKey, MacStats, PROTO_ARP,
     PROTO_COUNT, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER,
-    PROTO_TCP, PROTO_UDP, PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST, STAT_EVENTS_SENT,
-    STAT_ICMP_INSERT_FAILED, STAT_MAC_INSERT_FAILED, STAT_MAC_NEW, STAT_PORT_INSERT_FAILED,
+    PROTO_TCP, PROTO_UDP, PortSlot, PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST,
+    STAT_EVENTS_SENT, STAT_ICMP_INSERT_FAILED, STAT_MAC_INSERT_FAILED, STAT_MAC_NEW,
+    STAT_PORT_INSERT_FAILED,
 };
 
 /// `TCX_NEXT`: let the next program (or the stack) decide. Same value as `TC_ACT_UNSPEC`, which
@@ -42,8 +43,16 @@ const MAX_VLAN_TAGS: usize = 2;
 const MAX_IPV6_EXT: usize = 8;
 
 // Sizes are the defaults; the loader sets them at load time from its flags.
+/// Per port (ifindex & `SLOT_MASK`): where its counters are (see `PortSlot`).
 #[map]
-static PORT_STATS: PerCpuHashMap<u32, PortStats> = PerCpuHashMap::with_max_entries(4096, 0);
+static PORT_SLOTS: Array<PortSlot> = Array::with_max_entries(4096, 0);
+#[map]
+static PORT_COUNTERS: PerCpuArray<PortStats> = PerCpuArray::with_max_entries(2048, 0);
+/// Counters of ports without a slot (their `PORT_SLOTS` entry belongs to another port), and of
+/// packets racing a detach. Allocated as used: it is rarely more than empty.
+#[map]
+static PORT_STATS: PerCpuHashMap<u32, PortStats> =
+    PerCpuHashMap::with_max_entries(2048, BPF_F_NO_PREALLOC);
 #[map]
 static ICMP_STATS: PerCpuHashMap<IcmpKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 #[map]
@@ -55,12 +64,10 @@ static AGENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT,
 static TRACE_ON: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
-/// Per CPU and direction, the ifindex whose tcx program ran last. A veth moving from netlink to
-/// tcx has both of our programs for a moment: tcx ones run first, and the clsact one that runs
-/// right after on the same CPU, for the same packet, finds its own ifindex here and steps aside,
-/// so the hand-over neither loses nor double-counts a packet (see `probe::Probe::upgrade`).
-#[map]
-static HANDOFF: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
+
+/// `PORT_SLOTS` size - 1 (a power of two), set by the loader.
+#[unsafe(no_mangle)]
+static SLOT_MASK: u32 = 4095;
 
 /// Initial value of a `PORT_STATS` entry, kept in read-only data: a `PortStats` on the stack
 /// would take most of the program's 512-byte stack.
@@ -76,66 +83,34 @@ static ZERO_PORT: PortStats = PortStats {
         first_ns: 0,
         last_ns: 0,
     }; 2],
+    tcx_seen: [0; 2],
+    pad: [0; 6],
 };
 
 /// tcx programs.
 #[classifier]
 pub fn nt_ingress(ctx: TcContext) -> i32 {
-    observe(&ctx, DIR_INGRESS);
-    mark_seen(&ctx, DIR_INGRESS);
+    observe::<true>(&ctx, DIR_INGRESS);
     TCX_NEXT
 }
 
 #[classifier]
 pub fn nt_egress(ctx: TcContext) -> i32 {
-    observe(&ctx, DIR_EGRESS);
-    mark_seen(&ctx, DIR_EGRESS);
+    observe::<true>(&ctx, DIR_EGRESS);
     TCX_NEXT
 }
 
-/// clsact (netlink) programs: the same, unless our tcx program already counted this packet.
+/// clsact (netlink) programs: the same, unless our tcx program already counted the packet.
 #[classifier]
 pub fn nt_ingress_nl(ctx: TcContext) -> i32 {
-    if !seen_by_tcx(&ctx, DIR_INGRESS) {
-        observe(&ctx, DIR_INGRESS);
-    }
+    observe::<false>(&ctx, DIR_INGRESS);
     TCX_NEXT
 }
 
 #[classifier]
 pub fn nt_egress_nl(ctx: TcContext) -> i32 {
-    if !seen_by_tcx(&ctx, DIR_EGRESS) {
-        observe(&ctx, DIR_EGRESS);
-    }
+    observe::<false>(&ctx, DIR_EGRESS);
     TCX_NEXT
-}
-
-/// Notes that our tcx program saw the current packet. Nothing runs on this CPU between the tcx
-/// chain and the clsact filters of the same hook (softirq or bottom halves disabled), so the
-/// note is read by the clsact program of the same packet, or overwritten by the next tcx run.
-#[inline(always)]
-fn mark_seen(ctx: &TcContext, dir: u8) {
-    if let Some(slot) = HANDOFF.get_ptr_mut(u32::from(dir & 1)) {
-        // SAFETY: per-CPU slot; only this CPU writes it while the program runs.
-        unsafe { *slot = (*ctx.skb.skb).ifindex };
-    }
-}
-
-/// Whether our tcx program on this port already counted the current packet (see `mark_seen`);
-/// consumes the note. A port with no tcx program of ours never finds its ifindex there.
-#[inline(always)]
-fn seen_by_tcx(ctx: &TcContext, dir: u8) -> bool {
-    let Some(slot) = HANDOFF.get_ptr_mut(u32::from(dir & 1)) else {
-        return false;
-    };
-    // SAFETY: per-CPU slot and the context pointer, as in `mark_seen`.
-    unsafe {
-        if *slot != (*ctx.skb.skb).ifindex {
-            return false;
-        }
-        *slot = 0;
-    }
-    true
 }
 
 /// What the parse learned about one packet.
@@ -148,14 +123,33 @@ struct Parsed {
     src: Option<[u8; 6]>,
 }
 
+/// Counts one packet. `TCX`: whether this is the tcx program. While a port moves from netlink
+/// to tcx both of ours run, tcx first, then clsact, back to back on the same CPU for the same
+/// packet (softirq, or bottom halves disabled: no other packet runs in between). The tcx one
+/// marks the port's per-CPU entry; the clsact one finds the mark, clears it and steps aside.
+/// So the move neither loses nor double-counts a packet. A port without our tcx program is
+/// never marked; a mark left by a packet another program dropped in between is overwritten by
+/// the next packet's tcx run before any clsact run can see it.
 #[inline(always)]
-fn observe(ctx: &TcContext, dir: u8) {
+fn observe<const TCX: bool>(ctx: &TcContext, dir: u8) {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let d = usize::from(dir & 1);
+    let stats = port_stats(ctx, ifindex);
+    if let Some(stats) = stats {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe {
+            if TCX {
+                (*stats).tcx_seen[d] = 1;
+            } else if (*stats).tcx_seen[d] != 0 {
+                (*stats).tcx_seen[d] = 0;
+                return;
+            }
+        }
+    }
     let len = u64::from(ctx.len());
     let parsed = parse(ctx);
-    if let Some(stats) = port_stats(ctx, ifindex) {
-        let d = usize::from(dir & 1);
+    if let Some(stats) = stats {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe {
             (*stats).packets[d][parsed.proto & 7] += 1;
@@ -352,11 +346,21 @@ fn worth_logging(count: u64) -> bool {
 /// This CPU's counters of `ifindex`.
 #[inline(always)]
 fn port_stats(ctx: &TcContext, ifindex: u32) -> Option<*mut PortStats> {
+    // SAFETY: a plain read of a constant the loader may have rewritten before load.
+    let mask = unsafe { core::ptr::read_volatile(&raw const SLOT_MASK) };
+    if let Some(e) = PORT_SLOTS.get(ifindex & mask)
+        && e.ifindex == ifindex
+        && let Some(p) = PORT_COUNTERS.get_ptr_mut(e.slot)
+    {
+        return Some(p);
+    }
     if let Some(p) = PORT_STATS.get_ptr_mut(ifindex) {
         return Some(p);
     }
     // The loader creates the entry before attaching; this covers a race with its clean-up, so
-    // no packet goes uncounted while we are attached.
+    // no packet goes uncounted while we are attached. By reference: a copy would take most of
+    // the 512-byte stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     if PORT_STATS
         .insert(ifindex, &ZERO_PORT, u64::from(BPF_NOEXIST))
         .is_err()
@@ -436,7 +440,7 @@ fn flush_mac(ctx: &TcContext, key: &MacKey, cache: &MacCache) {
         first_ns: cache.first_ns,
         last_ns: cache.last_ns,
     };
-    if MAC_SEEN.insert(key, &v, 0).is_ok() {
+    if MAC_SEEN.insert(key, v, 0).is_ok() {
         bump_stat(STAT_MAC_NEW);
     } else {
         let n = bump_stat(STAT_MAC_INSERT_FAILED);
@@ -461,11 +465,11 @@ fn on_icmp(ctx: &TcContext, ifindex: u32, dir: u8, parsed: &Parsed) {
         icmp_type: tc[0],
         pad: 0,
     };
-    match ICMP_STATS.get_ptr_mut(&key) {
+    match ICMP_STATS.get_ptr_mut(key) {
         // SAFETY: per-CPU value of this CPU.
         Some(c) => unsafe { *c += 1 },
         None => {
-            if ICMP_STATS.insert(&key, 1, 0).is_err() {
+            if ICMP_STATS.insert(key, 1, 0).is_err() {
                 let n = bump_stat(STAT_ICMP_INSERT_FAILED);
                 if worth_logging(n) {
                     warn!(

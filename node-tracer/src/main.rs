@@ -241,17 +241,16 @@ enum LabWhen {
 
 #[derive(Args, Clone)]
 struct ProbeArgs {
-    /// How to attach: tcx (kernel >= 6.6, first in the chain), netlink (clsact + filters), or
-    /// auto: netlink at once (well under 1 ms a veth), then tcx in the background, without
-    /// losing or double-counting a packet (a tcx attach holds rtnl for ~30 ms).
+    /// How to attach (see each value).
     #[arg(long, value_enum, default_value = "auto")]
     attach_mode: AttachMode,
-    /// Auto mode: seconds a veth stays on netlink before moving to tcx, so CNI finishes setting
-    /// it up before we take rtnl.
+    /// fast-start mode: seconds a veth stays on netlink before moving to tcx, so CNI finishes
+    /// setting it up before we take rtnl.
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_seconds)]
     tcx_after: Duration,
-    /// Most ports the counter map holds.
-    #[arg(long, default_value_t = 8192)]
+    /// Most ports attached to; the programs' counters take about 340 bytes of kernel memory per
+    /// port and CPU.
+    #[arg(long, default_value_t = 2048)]
     max_ports: u32,
     /// Most (port, direction, source MAC) entries kept; beyond it the least recent are evicted.
     #[arg(long, default_value_t = 65536)]

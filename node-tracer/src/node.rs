@@ -399,7 +399,7 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
     }
 }
 
-/// Auto mode: moves netlink-attached ports to tcx one at a time, in the background. The attach
+/// Fast-start mode: moves netlink-attached ports to tcx one at a time, in the background. The attach
 /// itself (two RCU grace periods under rtnl) runs without our lock, so scrapes and new veths are
 /// not held up; after each port we pause as long as it took, which leaves rtnl free at least
 /// half the time for the node's own work (CNI, kubelet) and for our netlink attaches.
@@ -413,7 +413,7 @@ async fn upgrade_loop(state: Arc<Mutex<State>>) {
         let started = std::time::Instant::now();
         let done = tokio::task::spawn_blocking(move || {
             let links = up.attach();
-            lock(&st).probe.finish_upgrade(up, links);
+            lock(&st).probe.finish_upgrade(&up, links);
         })
         .await;
         if done.is_err() {

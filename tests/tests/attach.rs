@@ -86,19 +86,19 @@ fn tcx_first_in_chain_others_still_run_nothing_left_after_term_or_kill() {
     }
 }
 
-fn attached_with(agent: &Agent, mode: &str) -> f64 {
+fn attached_with(agent: &Agent, mode: &str) -> u64 {
     metric(
         &agent.metrics(),
         "node_tracer_attached_interfaces",
         &[("mode", mode)],
     )
-    .unwrap_or(0.0)
+    .unwrap_or(0.0) as u64
 }
 
-/// Auto mode: netlink at once, then tcx ahead of another tcx program, and no trace of the
+/// Fast-start mode: netlink at once, then tcx ahead of another tcx program, and no trace of the
 /// netlink step left; killed during the netlink step, the next start cleans up after it.
 #[test]
-fn auto_mode_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step() {
+fn fast_start_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step() {
     require_root();
     require_tool("tc");
     let br = Link::bridge("ub");
@@ -109,8 +109,15 @@ fn auto_mode_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step(
     let other_ids = program_ids(&other);
 
     // Killed while still on netlink: its filters stay behind (no process owns them).
-    let killed = Agent::start(&["--tcx-after", "3600", "-i", veth]);
-    assert_eq!(attached_with(&killed, "netlink"), 1.0);
+    let killed = Agent::start(&[
+        "--attach-mode",
+        "fast-start",
+        "--tcx-after",
+        "3600",
+        "-i",
+        veth,
+    ]);
+    assert_eq!(attached_with(&killed, "netlink"), 1);
     let _ = killed.stop_with(libc::SIGKILL);
     assert_eq!(
         filters(veth, "ingress").len(),
@@ -118,10 +125,17 @@ fn auto_mode_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step(
         "the killed agent's filter"
     );
 
-    let auto = Agent::start(&["--tcx-after", "0", "-i", veth]);
+    let auto = Agent::start(&[
+        "--attach-mode",
+        "fast-start",
+        "--tcx-after",
+        "0",
+        "-i",
+        veth,
+    ]);
     let ids = program_ids(&auto);
     let start = std::time::Instant::now();
-    while attached_with(&auto, "tcx") != 1.0 {
+    while attached_with(&auto, "tcx") != 1 {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "never moved to tcx"

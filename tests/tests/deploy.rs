@@ -484,7 +484,7 @@ fn peer_name(agent: &Capped, veth: &str) -> Option<String> {
         .and_then(|p| p["peer"]["name"].as_str().map(str::to_owned))
 }
 
-/// The agent runs with exactly `keep` and ends up attached with `ends_in` (auto mode moves from
+/// The agent runs with exactly `keep` and ends up attached with `ends_in` (fast-start moves from
 /// netlink to tcx a moment after the start, which must work with the same capabilities).
 fn assert_works(keep: &[&str], mode: &str, ends_in: &str, pod: &Pod) {
     let mut agent = Capped::start(
@@ -547,7 +547,7 @@ fn capabilities_tcx_needs_exactly_cap_sys_admin() {
     // CAP_SYS_ADMIN alone: the kernel accepts it for bpf(2) (bpf_capable, perfmon_capable,
     // bpf_net_capable) and tcx attach, and setns needs it.
     assert_works(&["cap_sys_admin"], "tcx", "tcx", &pod);
-    // Auto without CAP_NET_ADMIN skips the netlink step and attaches with tcx directly.
+    // auto picks tcx on this kernel (>= 6.6).
     assert_works(&["cap_sys_admin"], "auto", "tcx", &pod);
     assert_refused(&[], "tcx", &pod, "CAP_SYS_ADMIN");
     // The "obvious" eBPF set cannot enter pod namespaces.
@@ -574,8 +574,10 @@ fn capabilities_netlink_mode_needs_cap_net_admin_too_and_the_manifest_set_works(
     let caps = manifest_caps();
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     assert_works(&caps, "netlink", "netlink", &pod);
-    // Auto on this kernel (>= 6.6): netlink at once, then tcx.
     assert_works(&caps, "auto", "tcx", &pod);
+    // fast-start: netlink at once, then tcx through a raw BPF_LINK_CREATE.
+    assert_works(&caps, "fast-start", "tcx", &pod);
+    assert_refused(&["cap_sys_admin"], "fast-start", &pod, "CAP_NET_ADMIN");
 }
 
 /// Kills an `unshare --net sleep` (a namespace only a process holds) by PID on drop.

@@ -150,13 +150,13 @@ fn a_veth_deleted_while_attached_takes_its_series_and_the_agent_goes_on() {
         "the other veth still counted"
     );
     let m = agent.metrics();
-    let attached = ["tcx", "netlink"]
-        .map(|mode| metric(&m, "node_tracer_attached_interfaces", &[("mode", mode)]).unwrap());
-    assert_eq!(
-        attached.iter().sum::<f64>(),
-        1.0,
-        "detached from the deleted veth"
-    );
+    let attached: u64 = ["tcx", "netlink"]
+        .map(|mode| {
+            metric(&m, "node_tracer_attached_interfaces", &[("mode", mode)]).unwrap() as u64
+        })
+        .iter()
+        .sum();
+    assert_eq!(attached, 1, "detached from the deleted veth");
 }
 
 #[test]

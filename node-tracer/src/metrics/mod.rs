@@ -277,8 +277,8 @@ fn health_families(out: &mut Exposition, h: &Health) {
     }
     let mut f = out.family(
         "node_tracer_map_entries",
-        "Entries in each map: PORT_STATS holds one per attached port, MAC_SEEN and ICMP_STATS \
-         hold those of attached ports.",
+        "Entries in each map: one per attached port in PORT_COUNTERS, or in PORT_STATS when its \
+         slot index is taken; MAC_SEEN and ICMP_STATS hold those of attached ports.",
         Gauge,
     );
     for (name, n) in &h.map_entries {

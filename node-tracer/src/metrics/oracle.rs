@@ -290,8 +290,8 @@ fn health_families(h: &Health) -> Vec<Family> {
     }
     let mut entries = Family::new(
         "node_tracer_map_entries",
-        "Entries in each map: PORT_STATS holds one per attached port, MAC_SEEN and ICMP_STATS \
-         hold those of attached ports.",
+        "Entries in each map: one per attached port in PORT_COUNTERS, or in PORT_STATS when its \
+         slot index is taken; MAC_SEEN and ICMP_STATS hold those of attached ports.",
         GAUGE,
     );
     for (name, n) in &h.map_entries {

@@ -190,7 +190,7 @@ fn hostile_fixture() -> (Snapshot, Health) {
             ),
             ("nt_egress", 42, std::time::Duration::ZERO, 0),
         ],
-        map_entries: vec![("PORT_STATS", 4), ("ICMP_STATS", 8)],
+        map_entries: vec![("PORT_COUNTERS", 3), ("PORT_STATS", 1), ("ICMP_STATS", 8)],
         ..Health::default()
     };
     for (i, v) in health.program_stats.iter_mut().enumerate() {

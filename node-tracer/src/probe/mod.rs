@@ -7,15 +7,18 @@
 //! those).
 //!
 //! Speed: a tcx attach waits for an RCU grace period while holding rtnl (about 14 ms each, two
-//! per veth, and threads cannot overlap them), a clsact filter does not (well under 1 ms). So by
-//! default a veth is attached with netlink at once and then moved to tcx in the background
-//! ([`Probe::next_upgrade`]); the two program sets hand over without losing or double-counting a
-//! packet (`HANDOFF` in the programs).
+//! per veth, and threads cannot overlap them); a clsact filter does not (about 1 ms). But adding
+//! or removing a clsact qdisc on an up device deactivates it for a moment (`qdisc_graft` calls
+//! `dev_deactivate`), and packets sent to it then are dropped: measured, 8 drops in 80 qdisc
+//! changes at 2,000 pps. So the default is tcx, which never drops a packet, and `fast-start` is an
+//! opt-in for huge nodes: netlink at once, then tcx in the background
+//! ([`Probe::next_upgrade`]), the two program sets handing over without losing or
+//! double-counting a packet (`observe` in the programs).
 
 mod qdisc;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::Arc,
 };
@@ -31,7 +34,7 @@ use aya::{
 };
 use node_tracer_common::{
     DIR_EGRESS, DIR_INGRESS, IcmpKey, MacKey, MacStats, PROG_EGRESS, PROG_EGRESS_NL, PROG_INGRESS,
-    PROG_INGRESS_NL, PortStats, STAT_COUNT,
+    PROG_INGRESS_NL, PortSlot, PortStats, STAT_COUNT,
 };
 
 use crate::{
@@ -42,21 +45,27 @@ use crate::{
 /// How programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// Netlink at once, then tcx in the background where the kernel has it (>= 6.6) and
-    /// CAP_NET_ADMIN allows the netlink step; else tcx or netlink only.
+    /// tcx where the kernel has it (>= 6.6), else netlink.
     Auto,
-    /// tcx links (kernel >= 6.6): first in the chain, gone when the agent exits.
+    /// tcx links (kernel >= 6.6): first in the chain, gone when the agent exits; about 30 ms a
+    /// veth (two RCU grace periods under rtnl).
     Tcx,
-    /// A clsact qdisc and cls_bpf filters over netlink (older kernels).
+    /// A clsact qdisc and cls_bpf filters over netlink (older kernels). Adding and removing the
+    /// qdisc can drop packets in flight on a busy veth (the kernel deactivates it meanwhile).
     Netlink,
+    /// Netlink at once (about 1 ms a veth), then tcx in the background without losing or
+    /// double-counting a packet; for nodes with thousands of veths. The clsact qdisc added and
+    /// removed on each veth can drop packets in flight, as in netlink mode.
+    FastStart,
 }
 
 impl AttachMode {
     pub fn as_str(self) -> &'static str {
         match self {
-            AttachMode::Auto => "netlink, then tcx",
+            AttachMode::Auto => "auto",
             AttachMode::Tcx => "tcx",
             AttachMode::Netlink => "netlink",
+            AttachMode::FastStart => "fast-start",
         }
     }
 }
@@ -65,11 +74,12 @@ impl AttachMode {
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
     pub mode: AttachMode,
-    /// Ports the per-port map can hold.
+    /// Ports we attach to at most: the per-port counter array's size (kernel memory: about
+    /// 340 bytes per port and CPU).
     pub max_ports: u32,
     /// Distinct (port, direction, source MAC) the LRU map keeps.
     pub max_macs: u32,
-    /// Auto mode: how long a port stays on netlink before it moves to tcx.
+    /// Fast-start mode: how long a port stays on netlink before it moves to tcx.
     pub tcx_after: std::time::Duration,
     /// Level below which the programs' own log statements are compiled out at load time.
     pub log_level: log::LevelFilter,
@@ -79,7 +89,7 @@ impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
             mode: AttachMode::Auto,
-            max_ports: 8192,
+            max_ports: 2048,
             max_macs: 65536,
             tcx_after: std::time::Duration::from_secs(1),
             log_level: log::LevelFilter::Warn,
@@ -122,11 +132,57 @@ pub struct Probe {
     attached: HashMap<u32, Attachment>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     max_ports: u32,
-    /// Auto mode: the tcx programs, for upgrades made without holding the probe.
+    /// Fast-start mode: the tcx programs, for upgrades made without holding the probe.
     tcx_programs: Option<Arc<(OwnedFd, OwnedFd)>>,
     /// Ports whose move to tcx failed: they stay on netlink.
     no_upgrade: HashSet<u32>,
     tcx_after: std::time::Duration,
+    slots: Slots,
+}
+
+/// Which `PORT_COUNTERS` slot each port uses, and which `PORT_SLOTS` index it holds.
+struct Slots {
+    /// `PORT_SLOTS` size - 1.
+    mask: u32,
+    /// ifindex -> slot.
+    of: HashMap<u32, u32>,
+    /// Oldest freed first: a slot is reused as late as possible, so a packet that raced its
+    /// port's detach lands on a slot nobody reads.
+    free: VecDeque<u32>,
+}
+
+impl Slots {
+    fn new(max_ports: u32) -> Self {
+        Self {
+            mask: slot_table_len(max_ports) - 1,
+            of: HashMap::new(),
+            free: (0..max_ports).collect(),
+        }
+    }
+
+    /// A slot for `ifindex`, unless its table index is another port's.
+    fn claim(&mut self, ifindex: u32) -> Option<(u32, u32)> {
+        let index = ifindex & self.mask;
+        if self.of.keys().any(|i| i & self.mask == index) {
+            return None;
+        }
+        let slot = self.free.pop_front()?;
+        self.of.insert(ifindex, slot);
+        Some((index, slot))
+    }
+
+    /// Frees the slot of `ifindex`: its table index, if it had one.
+    fn release(&mut self, ifindex: u32) -> Option<u32> {
+        let slot = self.of.remove(&ifindex)?;
+        self.free.push_back(slot);
+        Some(ifindex & self.mask)
+    }
+}
+
+/// `PORT_SLOTS` length for `max_ports`: a power of two, twice as many as ports, so that two
+/// live ports rarely share an index (ifindexes mostly grow one by one).
+fn slot_table_len(max_ports: u32) -> u32 {
+    max_ports.max(1).next_power_of_two().saturating_mul(2)
 }
 
 /// A port to move from netlink to tcx: [`Upgrade::attach`] (slow, no lock needed), then
@@ -151,20 +207,17 @@ impl Probe {
     /// Loads (and verifies) the programs; attaches nothing yet.
     pub fn load(opts: &ProbeOptions) -> Result<Self> {
         let mode = match opts.mode {
-            // Without CAP_NET_ADMIN the netlink step is refused: attach with tcx directly.
-            AttachMode::Auto if kernel_has_tcx() => {
-                if effective_capabilities()? & (1u64 << CAP_NET_ADMIN) != 0 {
-                    AttachMode::Auto
-                } else {
-                    AttachMode::Tcx
-                }
-            }
-            AttachMode::Auto => AttachMode::Netlink,
+            AttachMode::Auto if kernel_has_tcx() => AttachMode::Tcx,
+            AttachMode::Auto | AttachMode::FastStart if !kernel_has_tcx() => AttachMode::Netlink,
             m => m,
         };
         check_privileges(mode)?;
         let level = log_level_byte(opts.log_level);
+        let slots = Slots::new(opts.max_ports);
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("PORT_SLOTS", slots.mask + 1)
+            .map_max_entries("PORT_COUNTERS", opts.max_ports)
+            .override_global("SLOT_MASK", &slots.mask, true)
             .map_max_entries("PORT_STATS", opts.max_ports)
             .map_max_entries("ICMP_STATS", opts.max_ports.saturating_mul(16))
             .map_max_entries("MAC_SEEN", opts.max_macs)
@@ -182,7 +235,7 @@ impl Probe {
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
         }
-        let tcx_programs = if mode == AttachMode::Auto {
+        let tcx_programs = if mode == AttachMode::FastStart {
             Some(Arc::new((
                 program_fd(&ebpf, PROG_INGRESS)?,
                 program_fd(&ebpf, PROG_EGRESS)?,
@@ -199,10 +252,11 @@ impl Probe {
             tcx_programs,
             no_upgrade: HashSet::new(),
             tcx_after: opts.tcx_after,
+            slots,
         })
     }
 
-    /// The mode in use (`Auto`: netlink, then tcx).
+    /// The mode in use (never `Auto`).
     pub fn mode(&self) -> AttachMode {
         self.mode
     }
@@ -248,14 +302,9 @@ impl Probe {
                 self.max_ports
             )));
         }
-        // Create the counter entry first so the first packet is counted without an insert on the
-        // hot path.
-        self.port_stats_mut()?
-            .insert(ifindex, zeroed_per_cpu()?, 0)
-            .map_err(|source| Error::Map {
-                name: "PORT_STATS",
-                source,
-            })?;
+        // Create the counters first so the first packet is counted without an insert on the hot
+        // path.
+        self.create_counters(ifindex)?;
         let netlink = self.mode != AttachMode::Tcx;
         let (prog_in, prog_eg) = if netlink {
             (PROG_INGRESS_NL, PROG_EGRESS_NL)
@@ -382,7 +431,7 @@ impl Probe {
         }
     }
 
-    /// Auto mode: the next port due to move from netlink to tcx, if any.
+    /// Fast-start mode: the next port due to move from netlink to tcx, if any.
     pub fn next_upgrade(&self) -> Option<Upgrade> {
         let programs = self.tcx_programs.as_ref()?;
         let (ifindex, a) = self.attached.iter().find(|(i, a)| {
@@ -398,9 +447,9 @@ impl Probe {
     }
 
     /// Completes an upgrade: with the tcx programs in place, removes the netlink ones. Until
-    /// then both ran and the netlink ones stepped aside (`HANDOFF`), so no packet was counted
+    /// then both ran and the netlink ones stepped aside (`tcx_seen`), so no packet was counted
     /// twice or missed. On failure the port stays on netlink for good.
-    pub fn finish_upgrade(&mut self, up: Upgrade, links: Result<TcxLinks>) {
+    pub fn finish_upgrade(&mut self, up: &Upgrade, links: Result<TcxLinks>) {
         let links = match links {
             Ok(l) => l,
             Err(e) => {
@@ -435,7 +484,45 @@ impl Probe {
         }
     }
 
+    /// A zeroed `PORT_COUNTERS` slot published in `PORT_SLOTS`, or else a `PORT_STATS` entry.
+    fn create_counters(&mut self, ifindex: u32) -> Result<()> {
+        if let Some((index, slot)) = self.slots.claim(ifindex) {
+            let zero = zeroed_per_cpu()?;
+            let published = self
+                .per_cpu_array_mut("PORT_COUNTERS")
+                .and_then(|mut c| {
+                    c.set(slot, zero, 0).map_err(|source| Error::Map {
+                        name: "PORT_COUNTERS",
+                        source,
+                    })
+                })
+                .and_then(|()| {
+                    self.slot_table_mut()?
+                        .set(index, PortSlot { ifindex, slot }, 0)
+                        .map_err(|source| Error::Map {
+                            name: "PORT_SLOTS",
+                            source,
+                        })
+                });
+            if published.is_err() {
+                self.slots.release(ifindex);
+            }
+            return published;
+        }
+        self.port_stats_mut()?
+            .insert(ifindex, zeroed_per_cpu()?, 0)
+            .map_err(|source| Error::Map {
+                name: "PORT_STATS",
+                source,
+            })
+    }
+
     fn forget_port(&mut self, ifindex: u32) {
+        if let Some(index) = self.slots.release(ifindex)
+            && let Ok(mut t) = self.slot_table_mut()
+        {
+            let _ = t.set(index, PortSlot::default(), 0);
+        }
         if let Ok(mut m) = self.port_stats_mut() {
             let _ = m.remove(&ifindex);
         }
@@ -473,6 +560,25 @@ impl Probe {
         }
     }
 
+    fn slot_table_mut(&mut self) -> Result<Array<&mut MapData, PortSlot>> {
+        let map = self
+            .ebpf
+            .map_mut("PORT_SLOTS")
+            .ok_or(Error::MapMissing("PORT_SLOTS"))?;
+        Array::try_from(map).map_err(|source| Error::Map {
+            name: "PORT_SLOTS",
+            source,
+        })
+    }
+
+    fn per_cpu_array_mut(
+        &mut self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&mut MapData, PortStats>> {
+        let map = self.ebpf.map_mut(name).ok_or(Error::MapMissing(name))?;
+        PerCpuArray::try_from(map).map_err(|source| Error::Map { name, source })
+    }
+
     fn port_stats(&self) -> Result<PerCpuHashMap<&MapData, u32, PortStats>> {
         let map = self
             .ebpf
@@ -501,11 +607,29 @@ impl Probe {
         // Per (ifindex, MAC, direction): totals over CPUs of MAC_SEEN plus the pending counts the
         // programs keep for the last MAC of each port (see `MacCache`).
         let mut macs: HashMap<(u32, [u8; 6], u8), MacTotal> = HashMap::new();
-        for entry in &self.port_stats()? {
-            let (ifindex, per_cpu) = entry.map_err(|source| Error::Map {
-                name: "PORT_STATS",
+        let mut ports: Vec<(u32, aya::maps::PerCpuValues<PortStats>)> = Vec::new();
+        let map = self
+            .ebpf
+            .map("PORT_COUNTERS")
+            .ok_or(Error::MapMissing("PORT_COUNTERS"))?;
+        let counters = PerCpuArray::<_, PortStats>::try_from(map).map_err(|source| Error::Map {
+            name: "PORT_COUNTERS",
+            source,
+        })?;
+        for (&ifindex, &slot) in &self.slots.of {
+            let per_cpu = counters.get(&slot, 0).map_err(|source| Error::Map {
+                name: "PORT_COUNTERS",
                 source,
             })?;
+            ports.push((ifindex, per_cpu));
+        }
+        for entry in &self.port_stats()? {
+            ports.push(entry.map_err(|source| Error::Map {
+                name: "PORT_STATS",
+                source,
+            })?);
+        }
+        for (ifindex, per_cpu) in ports {
             let c = &mut out.entry(ifindex).or_default().counters;
             for s in per_cpu.iter() {
                 for p in 0..8 {
@@ -717,12 +841,16 @@ impl Probe {
         Ok((attr.retval, attr.duration))
     }
 
-    /// Entries currently in `PORT_STATS` and `ICMP_STATS` (small maps: counting keys is cheap).
+    /// Ports with a `PORT_COUNTERS` slot, and entries in `PORT_STATS` and `ICMP_STATS` (small
+    /// maps: counting keys is cheap).
     pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
-        let mut out = vec![(
-            "PORT_STATS",
-            self.port_stats().map_or(0, |m| m.keys().count()),
-        )];
+        let mut out = vec![
+            ("PORT_COUNTERS", self.slots.of.len()),
+            (
+                "PORT_STATS",
+                self.port_stats().map_or(0, |m| m.keys().count()),
+            ),
+        ];
         if let Some(map) = self.ebpf.map("ICMP_STATS")
             && let Ok(m) = PerCpuHashMap::<_, IcmpKey, u64>::try_from(map)
         {
