@@ -250,10 +250,11 @@ struct ProbeArgs {
     tcx_after: Duration,
     /// Most ports attached to; the programs' counters take about 340 bytes of kernel memory per
     /// port and CPU.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 1024)]
     max_ports: u32,
-    /// Most (port, direction, source MAC) entries kept; beyond it the least recent are evicted.
-    #[arg(long, default_value_t = 65536)]
+    /// Most (port, direction, source MAC) entries kept; beyond it the least recent are evicted
+    /// (about 100 bytes of kernel memory each, plus 32 per CPU).
+    #[arg(long, default_value_t = 16384)]
     max_macs: u32,
 }
 

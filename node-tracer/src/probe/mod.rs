@@ -89,8 +89,8 @@ impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
             mode: AttachMode::Auto,
-            max_ports: 2048,
-            max_macs: 65536,
+            max_ports: 1024,
+            max_macs: 16384,
             tcx_after: std::time::Duration::from_secs(1),
             log_level: log::LevelFilter::Warn,
         }

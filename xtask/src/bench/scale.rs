@@ -60,7 +60,12 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
     };
 
     let start = Instant::now();
-    let agent = Agent::start(&node, &[], &s.out_dir.join("agent-scale.log"))?;
+    // 1,000 veths and the late ones exceed the default --max-ports (1,024).
+    let agent = Agent::start(
+        &node,
+        &["--max-ports", "2048"],
+        &s.out_dir.join("agent-scale.log"),
+    )?;
     r.serve_s = agent.ready_after.as_secs_f64();
     agent::wait_hooked(&node, &veths)?;
     r.startup_s = start.elapsed().as_secs_f64();
@@ -110,7 +115,7 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
 
     let agent = Agent::start(
         &node,
-        &["--attach-mode", "netlink"],
+        &["--attach-mode", "netlink", "--max-ports", "2048"],
         &s.out_dir.join("agent-netlink.log"),
     )?;
     r.startup_netlink_s = Some(agent.ready_after.as_secs_f64());
@@ -125,7 +130,7 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
     let start = Instant::now();
     let agent = Agent::start(
         &node,
-        &["--attach-mode", "fast-start"],
+        &["--attach-mode", "fast-start", "--max-ports", "2048"],
         &s.out_dir.join("agent-fast-start.log"),
     )?;
     agent::wait_hooked(&node, &veths)?;
