@@ -146,6 +146,8 @@ struct Slots {
     mask: u32,
     /// ifindex -> slot.
     of: HashMap<u32, u32>,
+    /// `PORT_SLOTS` indexes in use.
+    taken: HashSet<u32>,
     /// Oldest freed first: a slot is reused as late as possible, so a packet that raced its
     /// port's detach lands on a slot nobody reads.
     free: VecDeque<u32>,
@@ -156,6 +158,7 @@ impl Slots {
         Self {
             mask: slot_table_len(max_ports) - 1,
             of: HashMap::new(),
+            taken: HashSet::new(),
             free: (0..max_ports).collect(),
         }
     }
@@ -163,11 +166,12 @@ impl Slots {
     /// A slot for `ifindex`, unless its table index is another port's.
     fn claim(&mut self, ifindex: u32) -> Option<(u32, u32)> {
         let index = ifindex & self.mask;
-        if self.of.keys().any(|i| i & self.mask == index) {
+        if self.taken.contains(&index) {
             return None;
         }
         let slot = self.free.pop_front()?;
         self.of.insert(ifindex, slot);
+        self.taken.insert(index);
         Some((index, slot))
     }
 
@@ -175,6 +179,7 @@ impl Slots {
     fn release(&mut self, ifindex: u32) -> Option<u32> {
         let slot = self.of.remove(&ifindex)?;
         self.free.push_back(slot);
+        self.taken.remove(&(ifindex & self.mask));
         Some(ifindex & self.mask)
     }
 }
@@ -1177,6 +1182,24 @@ fn capability_warnings(eff: u64) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_go_to_ports_with_a_free_index_and_come_back_oldest_first() {
+        let mut s = Slots::new(2);
+        assert_eq!(s.mask, 3, "twice the ports, a power of two");
+        assert_eq!(s.claim(5), Some((1, 0)));
+        // 9 & 3 == 1 is taken by ifindex 5: the hash it is.
+        assert_eq!(s.claim(9), None);
+        assert_eq!(s.claim(6), Some((2, 1)));
+        // No slot left.
+        assert_eq!(s.claim(7), None);
+        assert_eq!(s.release(5), Some(1));
+        assert_eq!(s.release(5), None);
+        assert_eq!(s.claim(9), Some((1, 0)));
+        assert_eq!(slot_table_len(1024), 2048);
+        assert_eq!(slot_table_len(1000), 2048);
+        assert_eq!(slot_table_len(0), 2);
+    }
 
     #[test]
     fn monotonic_times_map_to_wall_clock() {
