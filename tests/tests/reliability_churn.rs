@@ -327,8 +327,14 @@ fn mac_flood_against_a_full_map_keeps_the_node_working_and_counts_exact() {
     let created =
         metric(&m, "node_tracer_mac_entries_created_total", &[]).unwrap_or(0.0) - created_before;
     let live = metric(&m, "node_tracer_port_macs", &[("interface", veth)]).unwrap_or(0.0);
-    assert!(created >= 1000.0, "{created} MAC entries created");
+    // Each CPU keeps the last MAC it saw in the port's own entry and adds it to MAC_SEEN only
+    // when a different one arrives: up to one forged MAC per CPU may still be pending there.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(
+        created >= 1000.0 - cpus,
+        "{created} MAC entries created ({cpus} CPUs)"
+    );
     assert!(live <= 64.0, "{live} live MAC entries above --max-macs 64");
     let evicted = created - live;
-    assert!(evicted >= 936.0, "{evicted} evicted");
+    assert!(evicted >= 936.0 - cpus, "{evicted} evicted");
 }
