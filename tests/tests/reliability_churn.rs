@@ -329,7 +329,7 @@ fn mac_flood_against_a_full_map_keeps_the_node_working_and_counts_exact() {
     let live = metric(&m, "node_tracer_port_macs", &[("interface", veth)]).unwrap_or(0.0);
     // Each CPU keeps the last MAC it saw in the port's own entry and adds it to MAC_SEEN only
     // when a different one arrives: up to one forged MAC per CPU may still be pending there.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
     assert!(
         created >= 1000.0 - cpus,
         "{created} MAC entries created ({cpus} CPUs)"
