@@ -532,7 +532,7 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Starts `tcpdump -i IFACE -Q DIR` and waits until it is listening.
+    /// Starts `tcpdump -i IFACE -Q DIR` (headers only) and waits until it is listening.
     pub fn start(iface: &str, direction: &str, dir: &std::path::Path) -> Self {
         require_tool("tcpdump");
         let file = dir.join(format!("{iface}-{direction}.pcap"));
@@ -546,6 +546,13 @@ impl Capture {
                     "-n",
                     "-U",
                     "--immediate-mode",
+                    // Headers are all we count. In immediate mode libpcap uses fixed-size ring
+                    // frames of the snap length: at the default 256 KiB the 2 MiB ring holds 8
+                    // packets, and a starved tcpdump on a busy machine dropped TCP bursts.
+                    "-s",
+                    "256",
+                    "-B",
+                    "8192",
                     "-w",
                 ])
                 .arg(&file),
