@@ -312,7 +312,11 @@ fn our_programs() -> Vec<u32> {
     };
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(" name nt_ingress ") || l.contains(" name nt_egress "))
+        .filter(|l| {
+            ["nt_ingress", "nt_egress", "nt_ingress_nl", "nt_egress_nl"]
+                .iter()
+                .any(|n| l.contains(&format!(" name {n} ")))
+        })
         .filter_map(|l| l.split(':').next()?.trim().parse().ok())
         .collect()
 }
