@@ -42,7 +42,7 @@ pub struct PortStats {
     pub tcx_seen: [u8; 2],
     pub pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<PortStats>() == 256 + 2 * 40 + 8);
+const _: () = assert!(core::mem::size_of::<PortStats>() == 256 + 2 * 48 + 8);
 
 /// The source MAC a port saw last (per CPU and direction) and its packets not yet added to its
 /// `MAC_SEEN` entry. A pod's port sees the same MAC packet after packet; counting it here
@@ -60,8 +60,10 @@ pub struct MacCache {
     /// When this CPU started seeing `mac` (since the last switch) and last saw it.
     pub first_ns: u64,
     pub last_ns: u64,
+    /// `jiffies` when `last_ns` was taken: the clock is read once per tick, not per packet.
+    pub last_tick: u64,
 }
-const _: () = assert!(core::mem::size_of::<MacCache>() == 40);
+const _: () = assert!(core::mem::size_of::<MacCache>() == 48);
 
 /// Entry of `PORT_SLOTS`, a direct-mapped table indexed by `ifindex & SLOT_MASK`: the port's
 /// counters are `PORT_COUNTERS[slot]` when `ifindex` matches (two array lookups, which the

@@ -428,3 +428,64 @@ fn without_an_agent_macs_attaches_for_a_while_itself() {
     ));
     assert!(!links.contains("nt_ingress"), "{links}");
 }
+
+/// The pod's own MAC as the agent saw it transmit: (first seen, last seen, packets).
+fn seen(agent: &Agent, veth: &str, mac: &str) -> (u64, u64, u64) {
+    let snap = agent.snapshot();
+    let port = snap["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == veth)
+        .unwrap_or_else(|| panic!("{veth} in the snapshot"));
+    let m = port["macs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == mac && m["direction"] == "transmit")
+        .unwrap_or_else(|| panic!("{mac} on {veth}: {}", port["macs"]));
+    let n = |k: &str| m[k].as_u64().unwrap();
+    (n("first_seen_ms"), n("last_seen_ms"), n("packets"))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// First and last seen are wall-clock times that follow the traffic: the programs refresh
+/// "last seen" once per clock tick rather than per packet, which must not freeze it under a
+/// steady stream.
+#[test]
+fn first_and_last_seen_follow_a_steady_stream() {
+    setup();
+    let (_br, pods) = bridge_with(2);
+    let agent = agent_on(&pods);
+    let (a, b) = (&pods[0], &pods[1]);
+    let mac = a.mac();
+    let t0 = unix_ms();
+    // One CPU (the pod's transmit runs where ping runs), so one per-CPU entry sees the whole
+    // second of traffic: its "last seen" must move along with it.
+    a.ns.exec(&format!("taskset -c 0 ping -c 100 -i 0.01 -q {}", b.ip));
+    let (first, last, n) = seen(&agent, &a.veth.name, &mac);
+    let t1 = unix_ms();
+    // The coarse clock has tick resolution (up to 10 ms).
+    assert!(
+        t0 <= first + 10 && last <= t1 + 10,
+        "{t0} {first} {last} {t1}"
+    );
+    assert!(last >= first + 900, "a second of pings: {first} -> {last}");
+    assert!(n >= 100);
+    std::thread::sleep(Duration::from_millis(1500));
+    a.ns.exec(&format!("taskset -c 0 ping -c 200 -i 0.005 -q {}", b.ip));
+    let (first2, last2, n2) = seen(&agent, &a.veth.name, &mac);
+    let t2 = unix_ms();
+    assert_eq!(first2, first, "first seen stays");
+    assert!(n2 >= n + 200);
+    assert!(
+        last2 >= last + 1500 && last2 <= t2 + 10,
+        "last seen moved with the second stream: {last} -> {last2} (now {t2})"
+    );
+}
