@@ -358,7 +358,7 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
             Duration::from_hours(1)
         };
         tokio::select! {
-            () = relabel.notified() => { retry = 0; tokio::time::sleep(Duration::from_millis(50)).await; }
+            () = relabel.notified() => { retry = 0; settle(&relabel).await; }
             () = tokio::time::sleep(wait) => {
                 if retry >= RETRIES.len() { continue; }
                 retry += 1;
@@ -395,6 +395,22 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
         }
         if !unlabelled {
             retry = RETRIES.len();
+        }
+    }
+}
+
+/// Waits until link events have paused for a moment (at most a second): a rescan of a node with
+/// 1,000 pods enters every pod's namespace, and doing one per veth of a burst would compete for
+/// the CPUs with the attaches themselves (RCU grace periods stretch on busy CPUs).
+async fn settle(events: &Notify) {
+    const QUIET: Duration = Duration::from_millis(150);
+    const MAX: Duration = Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + MAX;
+    loop {
+        tokio::select! {
+            () = events.notified() => {}
+            () = tokio::time::sleep(QUIET) => return,
+            () = tokio::time::sleep_until(deadline) => return,
         }
     }
 }
