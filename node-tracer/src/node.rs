@@ -15,7 +15,7 @@ use crate::{
     metrics::Health,
     model::{Port, Snapshot},
     pods::{self, PodConfig, PodIndex},
-    probe::{Probe, ProbeOptions},
+    probe::{AttachMode, Probe, ProbeOptions},
     snapshot,
     topology::{self, LinkEvent, ScanOptions, Topology},
 };
@@ -238,10 +238,14 @@ impl Node {
         }));
         reconcile(&state);
         let relabel = Arc::new(Notify::new());
-        let mut tasks = vec![
-            tokio::spawn(relabel_loop(state.clone(), relabel.clone(), opts.clone())),
-            tokio::spawn(upgrade_loop(state.clone())),
-        ];
+        let mut tasks = vec![tokio::spawn(relabel_loop(
+            state.clone(),
+            relabel.clone(),
+            opts.clone(),
+        ))];
+        if lock(&state).probe.mode() == AttachMode::FastStart {
+            tasks.push(tokio::spawn(upgrade_loop(state.clone())));
+        }
         if let Some(l) = logger {
             tasks.push(tokio::spawn(forward_logs(l)));
         }
@@ -415,10 +419,10 @@ async fn settle(events: &Notify) {
     }
 }
 
-/// Fast-start mode: moves netlink-attached ports to tcx one at a time, in the background. The attach
-/// itself (two RCU grace periods under rtnl) runs without our lock, so scrapes and new veths are
-/// not held up; after each port we pause as long as it took, which leaves rtnl free at least
-/// half the time for the node's own work (CNI, kubelet) and for our netlink attaches.
+/// Fast-start mode: moves netlink-attached ports to tcx one at a time, in the background. The
+/// attach itself (two RCU grace periods under rtnl) runs without our lock, so scrapes and new
+/// veths are not held up; after each port we pause as long as it took, which leaves rtnl free
+/// at least half the time for the node's own work (CNI, kubelet) and for our netlink attaches.
 async fn upgrade_loop(state: Arc<Mutex<State>>) {
     loop {
         let Some(up) = lock(&state).probe.next_upgrade() else {

@@ -172,7 +172,9 @@ fn attach_latency(node: &str, pods: &[String]) -> Result<Vec<f64>> {
             sys::wait_for(
                 &format!("programs on new veth {name}"),
                 Duration::from_secs(10),
-                Duration::from_micros(200),
+                // 1 ms: fine enough for a 50 ms goal; polling faster takes rtnl (the queries need it)
+                // thousands of times a second from under the attach being timed.
+                Duration::from_millis(1),
                 || {
                     if ifindex.is_none() {
                         ifindex = sys::ifindex(&name);
