@@ -122,7 +122,7 @@ pub fn wait_attached(netns: &str, veths: &[String], progs: usize) -> Result<Dura
 }
 
 /// Whether both hooks of `ifindex` carry a program, as a tcx link or a clsact filter: what
-/// "attached" means while auto mode's netlink step lasts.
+/// "attached" means while fast-start's netlink step lasts.
 pub fn hooked(tc: &mut Tc, ifindex: u32) -> bool {
     let (ti, te) = bpf::tcx_counts(ifindex);
     if ti >= 1 && te >= 1 {
@@ -141,7 +141,7 @@ pub fn wait_hooked(netns: &str, veths: &[String]) -> Result<Duration> {
             "some of the lab's veths are missing"
         );
         let mut tc = Tc::open()?;
-        // A hooked veth stays hooked (auto mode adds tcx before it removes the filters), so
+        // A hooked veth stays hooked (fast-start adds tcx before it removes the filters), so
         // each pass only asks about the rest.
         sys::wait_for(
             "programs on every veth",

@@ -145,7 +145,7 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
 
 /// Creates one veth at a time (peer into its own pod namespace) through a running `ip -batch`, so
 /// t0 is the moment the request is written rather than an `ip` start-up, and times until both
-/// hooks of the new veth carry a program (a clsact filter at first, in auto mode).
+/// hooks of the new veth carry a program (a clsact filter at first, in fast-start mode).
 fn attach_latency(node: &str, pods: &[String]) -> Result<Vec<f64>> {
     sys::in_netns(node, || {
         let mut ip = sys::Proc::spawn(
