@@ -10,6 +10,7 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_TCX_INGRESS: u32 = 46;
 pub const BPF_TCX_EGRESS: u32 = 47;
@@ -77,6 +78,17 @@ pub fn tcx_programs(ifindex: u32, attach_type: u32) -> Result<Vec<u32>> {
 pub fn tcx_counts(ifindex: u32) -> (usize, usize) {
     let n = |t| tcx_programs(ifindex, t).map_or(0, |v| v.len());
     (n(BPF_TCX_INGRESS), n(BPF_TCX_EGRESS))
+}
+
+/// A tcx link running `prog` last on a hook of `ifindex` (in the calling thread's namespace);
+/// closing the descriptor detaches it.
+pub fn tcx_link(prog: &OwnedFd, ifindex: u32, attach_type: u32) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd as _;
+    let mut a = Attr::new();
+    a.u32(0, prog.as_raw_fd() as u32);
+    a.u32(4, ifindex);
+    a.u32(8, attach_type);
+    Ok(owned(bpf(BPF_LINK_CREATE, &mut a, "LINK_CREATE tcx")?))
 }
 
 pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd> {

@@ -181,6 +181,14 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
             "",
         ),
         row(
+            "empty_tcx_udp_pps_ratio",
+            "UDP pps, an empty tcx program on both veths / nothing".into(),
+            ratio(&t.udp_pps, Config::EmptyTcx),
+            Stat::Median,
+            None,
+            "",
+        ),
+        row(
             "trace_udp_pps_ratio",
             "UDP pps, node-tracer + trace icmp / nothing".into(),
             ratio(&t.udp_pps, Config::Trace),

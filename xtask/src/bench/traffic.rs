@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Settings,
     agent::{self, Agent},
+    bpf,
     lab::{self, Lab},
     sys::{self, Proc},
 };
@@ -30,13 +31,17 @@ pub enum Config {
     Tcpdump,
     /// `node-tracer run` plus `node-tracer trace icmp`.
     Trace,
+    /// An empty tcx program (`return TCX_NEXT`) on both hooks of both veths: what any tc
+    /// observer pays before doing anything.
+    EmptyTcx,
 }
 
-pub const CONFIGS: [Config; 4] = [
+pub const CONFIGS: [Config; 5] = [
     Config::Baseline,
     Config::Agent,
     Config::Tcpdump,
     Config::Trace,
+    Config::EmptyTcx,
 ];
 
 impl Config {
@@ -46,6 +51,7 @@ impl Config {
             Config::Agent => "node-tracer",
             Config::Tcpdump => "tcpdump",
             Config::Trace => "node-tracer + trace",
+            Config::EmptyTcx => "empty tcx program",
         }
     }
 
@@ -142,6 +148,8 @@ fn observe(obs: &Observers, work: impl FnOnce() -> Result<f64>) -> Result<(f64, 
 struct Observers {
     agent: Option<Agent>,
     others: Vec<Proc>,
+    /// tcx links of the empty program; closed (detached) on drop.
+    links: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Observers {
@@ -151,6 +159,7 @@ impl Observers {
         let mut o = Self {
             agent: None,
             others: Vec::new(),
+            links: Vec::new(),
         };
         match config {
             Config::Baseline => {}
@@ -168,6 +177,19 @@ impl Observers {
                     )?);
                     agent::wait_attached(&node, &veths, 2)?;
                 }
+            }
+            Config::EmptyTcx => {
+                o.links = sys::in_netns(&node, || {
+                    let prog = bpf::load_empty()?;
+                    let mut links = Vec::new();
+                    for v in &veths {
+                        let i = sys::ifindex(v).with_context(|| format!("{v} missing"))?;
+                        for t in [bpf::BPF_TCX_INGRESS, bpf::BPF_TCX_EGRESS] {
+                            links.push(bpf::tcx_link(&prog, i, t)?);
+                        }
+                    }
+                    Ok(links)
+                })?;
             }
             Config::Tcpdump => {
                 for v in &veths {
