@@ -78,11 +78,15 @@ where
     }
 }
 
-/// Every link of the handle's namespace (one dump).
-pub(crate) async fn dump_links(handle: &Handle) -> Result<Vec<LinkMessage>, TopologyError> {
-    handle
-        .link()
-        .get()
+/// One link dump of the handle's namespace, the request shaped by `filter` (an address family,
+/// a kind; `|_| {}` for every link).
+pub(crate) async fn dump_links(
+    handle: &Handle,
+    filter: impl FnOnce(&mut LinkMessage),
+) -> Result<Vec<LinkMessage>, TopologyError> {
+    let mut request = handle.link().get();
+    filter(request.message_mut());
+    request
         .execute()
         .try_collect()
         .await
@@ -97,7 +101,7 @@ pub(crate) async fn read_namespace(
     handle: &Handle,
     with_routes: bool,
 ) -> Result<NsView, TopologyError> {
-    let links = dump_links(handle).await?;
+    let links = dump_links(handle, |_| {}).await?;
     let addrs: Vec<AddressMessage> = handle
         .address()
         .get()
@@ -146,19 +150,26 @@ pub(crate) async fn read_namespace(
     Ok(view)
 }
 
+impl LinkRecord {
+    /// What the message header says; the attributes fill in the rest.
+    pub(crate) fn from_header(msg: &LinkMessage) -> Self {
+        Self {
+            ifindex: msg.header.index,
+            name: String::new(),
+            mac: None,
+            kind: Kind::Other,
+            master: None,
+            link: None,
+            link_netnsid: None,
+            promiscuous: msg.header.flags.contains(LinkFlags::Promisc),
+            port_no: None,
+            hairpin: false,
+        }
+    }
+}
+
 pub(crate) fn parse_link(msg: &LinkMessage) -> LinkRecord {
-    let mut record = LinkRecord {
-        ifindex: msg.header.index,
-        name: String::new(),
-        mac: None,
-        kind: Kind::Other,
-        master: None,
-        link: None,
-        link_netnsid: None,
-        promiscuous: msg.header.flags.contains(LinkFlags::Promisc),
-        port_no: None,
-        hairpin: false,
-    };
+    let mut record = LinkRecord::from_header(msg);
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => record.name.clone_from(name),

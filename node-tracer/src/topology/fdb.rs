@@ -21,7 +21,7 @@ use std::{
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkProtoInfoBridge},
     neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
 };
 use rtnetlink::Handle;
@@ -63,14 +63,14 @@ impl FdbRead {
 
 /// Reads every bridge's FDB in the calling thread's network namespace.
 pub async fn read(handle: &Handle) -> Result<FdbRead, TopologyError> {
-    let bridges = dump_links(handle, |m| {
+    let bridges = dump::dump_links(handle, |m| {
         m.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,
             )]));
     })
     .await?;
-    let ports = dump_links(handle, |m| {
+    let ports = dump::dump_links(handle, |m| {
         m.header.interface_family = AddressFamily::Bridge;
     })
     .await?;
@@ -113,23 +113,6 @@ pub async fn read(handle: &Handle) -> Result<FdbRead, TopologyError> {
     Ok(FdbRead { entries, flags })
 }
 
-/// One link dump, the request shaped by `filter`.
-async fn dump_links(
-    handle: &Handle,
-    filter: impl FnOnce(&mut LinkMessage),
-) -> Result<Vec<LinkMessage>, TopologyError> {
-    let mut request = handle.link().get();
-    filter(request.message_mut());
-    request
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| TopologyError::Netlink {
-            what: "link dump",
-            source,
-        })
-}
-
 /// `IFLA_BRPORT_MODE` (hairpin) and `IFLA_BRPORT_NO` inside an `AF_BRIDGE` link message's
 /// `IFLA_PROTINFO` (netlink-packet-route leaves both unparsed there).
 const IFLA_BRPORT_MODE: u16 = 4;
@@ -138,18 +121,7 @@ const IFLA_BRPORT_NO: u16 = 18;
 /// A bridge port from an `AF_BRIDGE` link dump: the fields a full dump's record would have for
 /// it (the same kernel function fills the port attributes of both).
 fn parse_bridge_port(msg: &LinkMessage) -> LinkRecord {
-    let mut record = LinkRecord {
-        ifindex: msg.header.index,
-        name: String::new(),
-        mac: None,
-        kind: Kind::Other,
-        master: None,
-        link: None,
-        link_netnsid: None,
-        promiscuous: msg.header.flags.contains(LinkFlags::Promisc),
-        port_no: None,
-        hairpin: false,
-    };
+    let mut record = LinkRecord::from_header(msg);
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => record.name.clone_from(name),
@@ -322,7 +294,7 @@ fn user_hz() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_route::neighbour::NeighbourCacheInfo;
+    use netlink_packet_route::{link::LinkFlags, neighbour::NeighbourCacheInfo};
 
     use super::*;
 
