@@ -239,15 +239,29 @@ pub struct KernelCounters {
     pub tx_bytes: u64,
 }
 
+/// One of the kernel's counters of an interface: `/sys/class/net/IFNAME/statistics/FIELD`
+/// (`rx_packets`, `tx_dropped`, ...).
+pub fn iface_stat(ifname: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{field}"))
+        .unwrap_or_else(|e| panic!("{ifname} {field}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `node_tracer_attached_interfaces{mode=MODE}` of a metrics text (`tcx` or `netlink`).
+pub fn attached_in(metrics: &str, mode: &str) -> Option<u64> {
+    metric(
+        metrics,
+        "node_tracer_attached_interfaces",
+        &[("mode", mode)],
+    )
+    .map(|v| v as u64)
+}
+
 impl KernelCounters {
     pub fn read(ifname: &str) -> Self {
-        let r = |f: &str| -> u64 {
-            std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{f}"))
-                .unwrap_or_else(|e| panic!("{ifname} {f}: {e}"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
+        let r = |f: &str| iface_stat(ifname, f);
         Self {
             rx_packets: r("rx_packets"),
             tx_packets: r("tx_packets"),

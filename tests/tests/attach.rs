@@ -5,7 +5,9 @@
 use std::{collections::HashSet, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use node_tracer_tests::{Agent, KernelCounters, Link, Pod, metric, require_root, require_tool, sh};
+use node_tracer_tests::{
+    Agent, KernelCounters, Link, Pod, attached_in, metric, require_root, require_tool, sh,
+};
 use serde_json::Value;
 
 /// Kernel ids of the agent's programs, as it reports them.
@@ -87,12 +89,7 @@ fn tcx_first_in_chain_others_still_run_nothing_left_after_term_or_kill() {
 }
 
 fn attached_with(agent: &Agent, mode: &str) -> u64 {
-    metric(
-        &agent.metrics(),
-        "node_tracer_attached_interfaces",
-        &[("mode", mode)],
-    )
-    .unwrap_or(0.0) as u64
+    attached_in(&agent.metrics(), mode).unwrap_or(0)
 }
 
 /// Fast-start mode: netlink at once, then tcx ahead of another tcx program, and no trace of the

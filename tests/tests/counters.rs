@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use node_tracer_tests::{
-    Agent, Capture, KernelCounters, Link, Pod, TempDir, metric, quiet_read, require_root,
-    require_tool, sh,
+    Agent, Capture, KernelCounters, Link, Pod, TempDir, attached_in, iface_stat, metric,
+    quiet_read, require_root, require_tool, sh,
 };
 
 const PROTOCOLS: [(&str, &str); 5] = [
@@ -257,12 +257,7 @@ fn totals(metrics: &str, veth: &str) -> [u64; 4] {
 }
 
 fn attached(agent: &Agent, mode: &str) -> Option<u64> {
-    metric(
-        &agent.metrics(),
-        "node_tracer_attached_interfaces",
-        &[("mode", mode)],
-    )
-    .map(|v| v as u64)
+    attached_in(&agent.metrics(), mode)
 }
 
 /// Fast-start mode attaches with netlink, then moves each veth to tcx while both programs are in
@@ -324,13 +319,7 @@ fn counts_stay_exact_while_moving_from_netlink_to_tcx() {
             k1.tx_bytes - k0.tx_bytes,
             k1.rx_bytes - k0.rx_bytes,
         ];
-        let dropped = |f: &str| -> u64 {
-            sh(&format!("cat /sys/class/net/{v}/statistics/{f}"))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        let (tx_dropped, rx_dropped) = (dropped("tx_dropped"), dropped("rx_dropped"));
+        let (tx_dropped, rx_dropped) = (iface_stat(v, "tx_dropped"), iface_stat(v, "rx_dropped"));
         assert_eq!(rx_dropped, 0, "{v}: nothing the pod sent was dropped");
         assert!(kernel[0] >= 4000, "{v}: the pings crossed it: {kernel:?}");
         // Packets: exact, counting those the kernel dropped after our egress program.

@@ -10,8 +10,8 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, KernelCounters, Link, Pod, TempDir, http_get, metric, node_tracer, require_root,
-    require_tool, sh, unique, unique_net,
+    Agent, KernelCounters, Link, Pod, TempDir, attached_in, http_get, metric, node_tracer,
+    require_root, require_tool, sh, unique, unique_net,
 };
 
 fn tx(agent: &Agent, veth: &str) -> u64 {
@@ -151,9 +151,7 @@ fn a_veth_deleted_while_attached_takes_its_series_and_the_agent_goes_on() {
     );
     let m = agent.metrics();
     let attached: u64 = ["tcx", "netlink"]
-        .map(|mode| {
-            metric(&m, "node_tracer_attached_interfaces", &[("mode", mode)]).unwrap() as u64
-        })
+        .map(|mode| attached_in(&m, mode).unwrap())
         .iter()
         .sum();
     assert_eq!(attached, 1, "detached from the deleted veth");

@@ -315,10 +315,7 @@ fn gso_super_packets_pass_intact() {
 
 /// `tx_dropped` of `veth`: what the kernel gave up sending to it.
 fn tx_dropped(veth: &str) -> u64 {
-    sh(&format!("cat /sys/class/net/{veth}/statistics/tx_dropped"))
-        .trim()
-        .parse()
-        .unwrap()
+    node_tracer_tests::iface_stat(veth, "tx_dropped")
 }
 
 /// Attaching and detaching do not drop either. tcx (the default) never touches a qdisc; adding
