@@ -427,8 +427,10 @@ async fn process_netns_resolves_by_process() {
     let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let host = inode(Path::new("/proc/self/ns/net"));
     let start = Instant::now();
-    // unshare execs sleep once the namespace exists; until then the pid is in ours.
-    while inode(&ns) == host {
+    // unshare execs sleep once the namespace exists; until then the pid is in ours, and until
+    // the exec it is still named unshare.
+    let comm = PathBuf::from(format!("/proc/{pid}/comm"));
+    while inode(&ns) == host || std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() != "sleep") {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "unshare never unshared"
