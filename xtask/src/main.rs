@@ -54,6 +54,11 @@ enum Cmd {
         /// Rounds of alternated configurations (default 5, quick 2).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Measure one part only (the others' rows stay empty): `prog` (per-packet cost),
+        /// `traffic` (throughput ratios, agent CPU under load) or `scale` (1,000 veths: start-up,
+        /// attach latency, /metrics, memory, peers).
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
     /// Build or remove the lab node (`node-tracer lab up|down`).
     Lab {
@@ -91,9 +96,13 @@ fn real_main() -> Result<()> {
             setup::run()?;
             test(&args)
         }
-        Cmd::Bench { quick, rounds } => {
+        Cmd::Bench {
+            quick,
+            rounds,
+            only,
+        } => {
             setup::run()?;
-            bench::run(quick, rounds)
+            bench::run(quick, rounds, only)
         }
         Cmd::Lab { action } => {
             setup::run()?;

@@ -65,7 +65,16 @@ impl Settings {
     }
 }
 
-pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
+/// A part of the bench, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Prog,
+    Traffic,
+    Scale,
+}
+
+pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()> {
+    let wanted = |p| only.is_none_or(|o| o == p);
     require_root("cargo xtask bench")?;
     let s = Settings::new(quick, rounds);
     std::fs::create_dir_all(&s.out_dir)
@@ -82,18 +91,27 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
     let mut lab = lab::Lab::new().context("building the bench lab")?;
     lab.start_iperf_server()?;
 
-    step("bench: per-packet cost (BPF_PROG_TEST_RUN)");
-    let progs = prog::run(&lab, &s).context("program cost")?;
-    step(&format!(
-        "bench: throughput, {} rounds x {} configurations, {} s per run",
-        s.rounds,
-        traffic::CONFIGS.len(),
-        s.seconds
-    ));
-    traffic::warm_up(&lab)?;
-    let flows = traffic::run(&lab, &s).context("throughput")?;
-    step(&format!("bench: a node with {} veths", s.veths));
-    let big = scale::run(&mut lab, &s).context("scale")?;
+    let mut progs = prog::Results::default();
+    if wanted(Part::Prog) {
+        step("bench: per-packet cost (BPF_PROG_TEST_RUN)");
+        progs = prog::run(&lab, &s).context("program cost")?;
+    }
+    let mut flows = traffic::Results::default();
+    if wanted(Part::Traffic) {
+        step(&format!(
+            "bench: throughput, {} rounds x {} configurations, {} s per run",
+            s.rounds,
+            traffic::CONFIGS.len(),
+            s.seconds
+        ));
+        traffic::warm_up(&lab)?;
+        flows = traffic::run(&lab, &s).context("throughput")?;
+    }
+    let mut big = scale::Results::default();
+    if wanted(Part::Scale) {
+        step(&format!("bench: a node with {} veths", s.veths));
+        big = scale::run(&mut lab, &s).context("scale")?;
+    }
     drop(lab);
 
     let rows = rows(&s, &progs, &flows, &big);
@@ -101,6 +119,10 @@ pub fn run(quick: bool, rounds: Option<usize>) -> Result<()> {
     let mut meta = Map::new();
     meta.insert("quick".into(), json!(s.quick));
     meta.insert("rounds".into(), json!(s.rounds));
+    meta.insert(
+        "only".into(),
+        json!(only.map(|p| format!("{p:?}").to_lowercase())),
+    );
     meta.insert("seconds_per_run".into(), json!(s.seconds));
     meta.insert("veths".into(), json!(big.veths));
     meta.insert("test_run_repeat".into(), json!(s.repeat));
@@ -344,5 +366,5 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
 /// The CI smoke run: `bench --quick`, after the tests.
 pub fn smoke() -> Result<()> {
     step("bench --quick (smoke: the harness runs end to end; no thresholds)");
-    run(true, None)
+    run(true, None, None)
 }

@@ -72,6 +72,15 @@ fn min_max(v: &[f64]) -> (f64, f64) {
 }
 
 impl Row {
+    /// "ok" or "MISSED" against the goal; none without a goal or without samples (a part left
+    /// out with `--only` is not a miss).
+    fn verdict(&self) -> Option<&'static str> {
+        let g = self.goal?;
+        let v = self.value();
+        v.is_finite()
+            .then_some(if g.met(v) { "ok" } else { "MISSED" })
+    }
+
     pub fn value(&self) -> f64 {
         match self.stat {
             Stat::Median => median(&self.samples),
@@ -106,7 +115,7 @@ pub fn table(rows: &[Row]) -> String {
             String::new()
         };
         let (goal, verdict) = match r.goal {
-            Some(g) => (g.text(), if g.met(v) { "ok" } else { "MISSED" }),
+            Some(g) => (g.text(), r.verdict().unwrap_or("not measured")),
             None => (String::new(), ""),
         };
         let stat = match r.stat {
@@ -144,7 +153,7 @@ pub fn summary(rows: &[Row], meta: Map<String, Value>) -> Value {
                 "min": if lo.is_finite() { json!(lo) } else { Value::Null },
                 "max": if hi.is_finite() { json!(hi) } else { Value::Null },
                 "goal": r.goal.map(Goal::text),
-                "met": r.goal.map(|g| g.met(v)),
+                "met": r.verdict().map(|v| v == "ok"),
             }),
         );
     }
@@ -171,5 +180,22 @@ mod tests {
     fn goals() {
         assert!(Goal::AtLeast(0.95).met(0.96));
         assert!(!Goal::AtMost(50.0).met(51.0));
+    }
+
+    #[test]
+    fn a_row_without_samples_is_not_a_miss() {
+        let row = |samples: Vec<f64>| Row {
+            key: "k",
+            label: "l".into(),
+            samples,
+            stat: Stat::Median,
+            goal: Some(Goal::AtMost(5.0)),
+            unit: "s",
+        };
+        assert_eq!(row(vec![]).verdict(), None);
+        assert_eq!(row(vec![4.0]).verdict(), Some("ok"));
+        assert_eq!(row(vec![6.0]).verdict(), Some("MISSED"));
+        let t = table(&[row(vec![])]);
+        assert!(t.contains("not measured") && !t.contains("MISSED"), "{t}");
     }
 }
