@@ -52,6 +52,9 @@ pub struct State {
     /// Interfaces the user named with --interface (empty: all veths).
     pub only: HashSet<String>,
     pub filter: Option<PortFilter>,
+    /// Set when netlink events may have been lost: the next rescan enters every namespace
+    /// instead of only the changed ones.
+    pub rescan_all: bool,
 }
 
 impl State {
@@ -225,16 +228,22 @@ impl Node {
         let pods = pods::discover(&opts.pods).await;
         let mut scan = opts.scan.clone();
         scan.extra_netns_paths.extend(pods.netns_paths());
-        let topology = topology::scan(&scan)
+        let mut scanner = topology::Scanner::default();
+        let topology = scanner
+            .scan(&scan)
             .await
             .map_err(|e| Error::Netlink(e.to_string()))?;
         let state = Arc::new(Mutex::new(State {
             probe,
             topology,
             pods,
-            health: Health::default(),
+            health: Health {
+                netns_visits: scanner.visits(),
+                ..Health::default()
+            },
             only: opts.interfaces.iter().cloned().collect(),
             filter: opts.attach_filter.clone(),
+            rescan_all: false,
         }));
         reconcile(&state);
         let relabel = Arc::new(Notify::new());
@@ -242,6 +251,7 @@ impl Node {
             state.clone(),
             relabel.clone(),
             opts.clone(),
+            scanner,
         ))];
         if lock(&state).probe.mode() == AttachMode::FastStart {
             tasks.push(tokio::spawn(upgrade_loop(state.clone())));
@@ -339,6 +349,7 @@ async fn follow_links(
                 }
                 LinkEvent::Resync => {
                     s.health.netlink_resyncs += 1;
+                    s.rescan_all = true;
                     log::warn!("netlink socket overran; rescanning all links");
                 }
             }
@@ -351,8 +362,15 @@ async fn follow_links(
 }
 
 /// Rescans topology and pods after link changes (debounced), and retries a few times for veths
-/// whose pod is not known yet: CNI creates the veth before the runtime records the pod.
-async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: NodeOptions) {
+/// whose pod is not known yet (CNI creates the veth before the runtime records the pod) or whose
+/// peer has no address yet (CNI adds it after the veth). A rescan enters only the namespaces
+/// whose veths changed: see [`topology::Scanner`].
+async fn relabel_loop(
+    state: Arc<Mutex<State>>,
+    relabel: Arc<Notify>,
+    opts: NodeOptions,
+    mut scanner: topology::Scanner,
+) {
     const RETRIES: [u64; 4] = [250, 1000, 3000, 10_000];
     let mut retry = 0usize;
     loop {
@@ -368,10 +386,13 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
                 retry += 1;
             }
         }
+        if std::mem::take(&mut lock(&state).rescan_all) {
+            scanner.forget();
+        }
         let pods = pods::discover(&opts.pods).await;
         let mut scan = opts.scan.clone();
         scan.extra_netns_paths.extend(pods.netns_paths());
-        let topology = match topology::scan(&scan).await {
+        let topology = match scanner.scan(&scan).await {
             Ok(t) => t,
             Err(e) => {
                 log::warn!("rescan: {e}");
@@ -388,6 +409,7 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
             let mut s = lock(&state);
             s.topology = topology;
             s.pods = pods;
+            s.health.netns_visits = scanner.visits();
         }
         // Attaching blocks (~14 ms per tcx attach): off the async thread that serves HTTP.
         let st = state.clone();
@@ -397,7 +419,7 @@ async fn relabel_loop(state: Arc<Mutex<State>>, relabel: Arc<Notify>, opts: Node
         {
             log::warn!("reconcile panicked");
         }
-        if !unlabelled {
+        if !unlabelled && scanner.settled() {
             retry = RETRIES.len();
         }
     }

@@ -502,10 +502,11 @@ async fn watch_reports_resync_when_notifications_are_lost() {
     assert_eq!(ev, LinkEvent::Resync);
 }
 
-/// Many pods at once: the scan stays well under a second. `NTT_SCAN_PODS` sets how many (200 by
-/// default, so the suite stays quick; 1000 is the design target).
+/// Many pods at once: every peer resolves. `NTT_SCAN_PODS` sets how many (200 by default, so the
+/// suite stays quick; 1000 is the design target). How long it takes is the bench's business
+/// (`peers_1000_s`): a timed assertion here would fail on a busy machine, not on a slow scan.
 #[tokio::test]
-async fn scan_of_many_pods_is_fast() {
+async fn scan_of_many_pods_resolves_every_peer() {
     require_root();
     let n: usize = std::env::var("NTT_SCAN_PODS")
         .ok()
@@ -538,8 +539,164 @@ async fn scan_of_many_pods_is_fast() {
         "scan of {} ports ({n} pods) took {took:?}",
         topo.ports.len()
     );
-    assert!(
-        took < Duration::from_millis(900),
-        "scan of {n} pods took {took:?}"
-    );
+}
+
+/// Runs `work` on a thread of its own that has entered `ns`: the scanner reads the namespace its
+/// thread is in, so a private node namespace keeps other tests' veths (created in parallel in
+/// the host namespace) out of the counts.
+fn in_node<T: Send>(ns: &Netns, work: impl FnOnce() -> T + Send) -> T {
+    let path = ns.path();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let f = std::fs::File::open(&path).expect("open node namespace");
+            // SAFETY: an open namespace fd; setns changes only this scoped thread, which exits
+            // right after `work`.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            work()
+        })
+        .join()
+        .expect("scan thread")
+    })
+}
+
+/// A pod of the private node: its own namespace, a veth from the node into it, and (optionally)
+/// an address on its end.
+fn node_pod(node: &Netns, addr: Option<&str>) -> (Netns, String) {
+    let pod = Netns::new("sp");
+    let veth = unique("sv");
+    node.exec(&format!(
+        "ip link add {veth} type veth peer name eth0 netns {}",
+        pod.name
+    ));
+    if let Some(a) = addr {
+        pod.exec(&format!("ip addr add {a}/24 dev eth0"));
+    }
+    (pod, veth)
+}
+
+/// The agent rescans after every burst of link events; on a node with 1,000 pods a full scan
+/// enters 1,000 namespaces. A [`topology::Scanner`] enters only new or changed ones, and must
+/// still never serve a stale peer: one without the address the runtime added later, one of a
+/// namespace that is gone (its nsid may be handed to the next one), or one read before a
+/// netlink overrun (`forget`).
+#[test]
+fn rescans_enter_only_new_or_changed_namespaces() {
+    require_root();
+    let node = Netns::new("sn");
+    let (a, b) = unique_net();
+    let ip = |i: u8| format!("100.{a}.{b}.{i}");
+    let mut pods: Vec<(Netns, String)> = (1..=3).map(|i| node_pod(&node, Some(&ip(i)))).collect();
+    let opts = ScanOptions::default();
+
+    in_node(&node, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Shorter than the default grace for an address, so the test can outlast it.
+        let grace = Duration::from_secs(3);
+        let mut scanner = topology::Scanner::with_address_grace(grace);
+        let scan = |s: &mut topology::Scanner| rt.block_on(s.scan(&opts)).expect("scan");
+        let peer_of = |topo: &Topology, veth: &str| port(topo, veth).peer.clone().expect("peer");
+
+        let first = scan(&mut scanner);
+        for (i, (pod, veth)) in pods.iter().enumerate() {
+            let peer = peer_of(&first, veth);
+            assert_eq!(peer.netns.as_deref(), Some(pod.path().as_str()));
+            assert_eq!(peer.addresses, vec![format!("{}/24", ip(i as u8 + 1))]);
+        }
+        assert_eq!(scanner.visits(), 3);
+        assert!(scanner.settled());
+
+        // Nothing changed: nothing entered, the same answer.
+        assert_eq!(scan(&mut scanner), first);
+        assert_eq!(scanner.visits(), 3);
+
+        // A pod whose address is not there yet (CNI adds it after the veth) is entered again at
+        // every scan until it has one.
+        let (late, late_veth) = node_pod(&node, None);
+        let topo = scan(&mut scanner);
+        assert!(peer_of(&topo, &late_veth).addresses.is_empty());
+        assert_eq!(scanner.visits(), 4, "only the new namespace is entered");
+        assert!(!scanner.settled());
+        late.exec(&format!("ip addr add {}/24 dev eth0", ip(9)));
+        let topo = scan(&mut scanner);
+        assert_eq!(
+            peer_of(&topo, &late_veth).addresses,
+            vec![format!("{}/24", ip(9))]
+        );
+        assert_eq!(scanner.visits(), 5);
+        assert!(scanner.settled());
+        scan(&mut scanner);
+        assert_eq!(scanner.visits(), 5);
+        pods.push((late, late_veth));
+
+        // A pod goes with its namespace, and a new one comes; the kernel may give it the nsid
+        // (and the namespace inode) of the one that went.
+        let (gone, gone_veth) = pods.remove(0);
+        let gone_nsid = peer_of(&first, &gone_veth).netnsid;
+        drop(gone);
+        // Namespaces die asynchronously (a kernel work item), and their veths with them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node
+            .exec_output(&format!("ip link show {gone_veth}"))
+            .status
+            .success()
+        {
+            assert!(Instant::now() < deadline, "{gone_veth} outlived its pod");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (new, new_veth) = node_pod(&node, Some(&ip(10)));
+        let topo = scan(&mut scanner);
+        assert!(topo.ports.iter().all(|p| p.name != gone_veth));
+        let peer = peer_of(&topo, &new_veth);
+        assert_eq!(peer.netns.as_deref(), Some(new.path().as_str()));
+        assert_eq!(peer.netns_inode, Some(inode(&new.path())));
+        assert_eq!(peer.addresses, vec![format!("{}/24", ip(10))]);
+        eprintln!(
+            "nsid of the gone pod {gone_nsid:?}, of the new one {:?}",
+            peer.netnsid
+        );
+        assert_eq!(scanner.visits(), 6);
+        pods.push((new, new_veth));
+
+        // A second veth into a known namespace changes it: entered again.
+        let extra = unique("sx");
+        node.exec(&format!(
+            "ip link add {extra} type veth peer name eth1 netns {}",
+            pods[0].0.name
+        ));
+        pods[0]
+            .0
+            .exec(&format!("ip addr add {}/24 dev eth1", ip(11)));
+        let topo = scan(&mut scanner);
+        assert_eq!(peer_of(&topo, &extra).name.as_deref(), Some("eth1"));
+        assert_eq!(scanner.visits(), 7);
+
+        // A peer that never gets an address (an L2-only pod) is entered again only during the
+        // grace, then taken as it is: a node of such pods is not entered in full at every scan.
+        let (bare, bare_veth) = node_pod(&node, None);
+        scan(&mut scanner);
+        assert_eq!(scanner.visits(), 8);
+        assert!(!scanner.settled());
+        std::thread::sleep(grace);
+        let topo = scan(&mut scanner);
+        assert_eq!(peer_of(&topo, &bare_veth).name.as_deref(), Some("eth0"));
+        assert_eq!(scanner.visits(), 8);
+        assert!(scanner.settled());
+        pods.push((bare, bare_veth));
+
+        // After an overrun every namespace is entered again.
+        scanner.forget();
+        let again = scan(&mut scanner);
+        assert_eq!(scanner.visits(), 8 + pods.len() as u64);
+        for (pod, veth) in &pods {
+            assert_eq!(
+                peer_of(&again, veth).netns.as_deref(),
+                Some(pod.path().as_str())
+            );
+        }
+    });
 }

@@ -23,6 +23,8 @@ pub struct Health {
     pub program_stats: [u64; 8],
     pub netlink_resyncs: u64,
     pub link_events: u64,
+    /// Peer namespaces entered to read veth peers (see `topology::Scanner`).
+    pub netns_visits: u64,
     /// Per program: (name, kernel program id, total run time, run count); times and counts are
     /// zero unless `kernel.bpf_stats_enabled`.
     pub program_runs: Vec<(&'static str, u32, std::time::Duration, u64)>,
@@ -257,6 +259,12 @@ fn health_families(out: &mut Exposition, h: &Health) {
         Counter,
     )
     .sample(&[], h.link_events);
+    out.family(
+        "node_tracer_netns_visits_total",
+        "Peer network namespaces entered to read veth peers; a rescan enters only new or changed ones.",
+        Counter,
+    )
+    .sample(&[], h.netns_visits);
     // The id label matches `bpftool prog show`, so an operator can find our programs there.
     let ids: Vec<String> = h.program_runs.iter().map(|r| r.1.to_string()).collect();
     let mut f = out.family(

@@ -272,6 +272,12 @@ fn health_families(h: &Health) -> Vec<Family> {
         COUNTER,
     );
     events.push(&[], h.link_events as f64);
+    let mut visits = Family::new(
+        "node_tracer_netns_visits_total",
+        "Peer network namespaces entered to read veth peers; a rescan enters only new or changed ones.",
+        COUNTER,
+    );
+    visits.push(&[], h.netns_visits as f64);
     let mut run_s = Family::new(
         "node_tracer_program_run_seconds_total",
         "Time spent in each program (needs sysctl kernel.bpf_stats_enabled=1).",
@@ -298,6 +304,7 @@ fn health_families(h: &Health) -> Vec<Family> {
         entries.push(&[("map", name)], *n as f64);
     }
     vec![
-        attached, errors, map_errors, mac_new, lost, sent, resyncs, events, run_s, runs, entries,
+        attached, errors, map_errors, mac_new, lost, sent, resyncs, events, visits, run_s, runs,
+        entries,
     ]
 }

@@ -181,6 +181,7 @@ fn hostile_fixture() -> (Snapshot, Health) {
         attach_errors: 2,
         netlink_resyncs: 1,
         link_events: 17,
+        netns_visits: 1003,
         program_runs: vec![
             (
                 "nt_ingress",

@@ -18,12 +18,16 @@ mod netns;
 mod watch;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 pub use error::TopologyError;
 pub use watch::{LinkEvent, LinkWatcher, watch};
+
+use dump::NsView;
 
 use crate::model::{Bridge, Port};
 
@@ -60,56 +64,212 @@ impl Default for ScanOptions {
 }
 
 /// Reads every veth and bridge of the calling process's network namespace and resolves each
-/// veth's peer.
+/// veth's peer, once (see [`Scanner`] for repeated scans).
 ///
 /// The host side costs one link dump, one address dump and one route dump per family; each peer
 /// namespace is entered once, whatever number of veths point into it.
 pub async fn scan(opts: &ScanOptions) -> Result<Topology, TopologyError> {
-    let host_ns = netns::host_identity(&opts.proc_root)?;
-    let (host, files) = dump::with_connection(|handle| async move {
-        let view = dump::read_namespace(&handle, true).await?;
-        let wanted: BTreeSet<i32> = view
-            .links
-            .iter()
-            .filter(|l| l.kind == dump::Kind::Veth)
-            .filter_map(|l| l.link_netnsid)
-            .collect();
-        if wanted.is_empty() {
-            return Ok((view, HashMap::new()));
-        }
-        // Listing /proc is a few thousand stat calls: keep them off the async worker.
-        let owned = opts.clone();
-        let candidates = tokio::task::spawn_blocking(move || netns::candidates(&owned, host_ns))
-            .await
-            .map_err(|e| TopologyError::Visit(e.to_string()))?;
-        let files = netns::resolve_nsids(&handle, candidates, &wanted).await;
-        Ok((view, files))
-    })
-    .await?;
+    Scanner::default().scan(opts).await
+}
 
-    let visits: Vec<netns::Visit> = files
-        .iter()
-        .map(|(nsid, c)| netns::Visit {
-            nsid: *nsid,
-            path: c.path.clone(),
-            inode: c.inode,
-        })
-        .collect();
-    let views = if visits.is_empty() {
-        HashMap::new()
-    } else {
-        tokio::task::spawn_blocking(move || netns::visit_all(&visits))
-            .await
-            .map_err(|e| TopologyError::Visit(e.to_string()))?
-    };
-    Ok(assemble::build(
-        &host,
-        &assemble::PeerNamespaces {
-            host_inode: host_ns.inode,
-            files: &files,
-            views: &views,
-        },
-    ))
+/// Scans again and again, entering only the peer namespaces that changed.
+///
+/// A full scan of a node with 1,000 pods enters 1,000 namespaces (about 0.2 s of CPU), and the
+/// agent rescans after every burst of link events: per event, that is O(pods) work, and on a
+/// busy node it competes with the attaches themselves (a tcx attach waits for an RCU grace
+/// period, which stretches while the CPUs are busy). So what a namespace held is remembered, and
+/// it is entered again only when the host's veths into it change.
+#[derive(Debug)]
+pub struct Scanner {
+    known: HashMap<i32, Known>,
+    /// See [`ADDRESS_GRACE`].
+    address_grace: Duration,
+    /// Namespaces whose view was not final at the last scan (see [`Scanner::settled`]).
+    unsettled: usize,
+    visits: u64,
+}
+
+/// A peer namespace as last visited.
+#[derive(Debug)]
+struct Known {
+    file: netns::Candidate,
+    /// The host veths (ifindexes) that pointed into it. Any change, a veth added, removed or a
+    /// namespace gone with its veths and its nsid given to a new one, means a new visit. While
+    /// a veth points into a namespace, that namespace lives, so its nsid and inode stay its own.
+    veths: BTreeSet<u32>,
+    view: NsView,
+    /// Whether every peer had an address when visited.
+    complete: bool,
+    /// When these veths were first seen pointing here.
+    since: Instant,
+}
+
+/// How long a namespace whose peer has no address is entered again at every scan. A runtime
+/// adds the address right after the veth (within a second, or a few on a loaded node); a peer
+/// that still has none after this is taken as it is (a pod without IP, an L2-only link), or a
+/// node of such pods would be entered in full at every rescan.
+const ADDRESS_GRACE: Duration = Duration::from_secs(20);
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self::with_address_grace(ADDRESS_GRACE)
+    }
+}
+
+impl Scanner {
+    /// A scanner that enters a namespace whose peer has no address again for `grace` after it
+    /// first saw it (default [`ADDRESS_GRACE`]).
+    pub fn with_address_grace(grace: Duration) -> Self {
+        Self {
+            known: HashMap::new(),
+            address_grace: grace,
+            unsettled: 0,
+            visits: 0,
+        }
+    }
+
+    /// Forgets every namespace: the next scan enters all of them (after a netlink overrun,
+    /// when events may have been lost).
+    pub fn forget(&mut self) {
+        self.known.clear();
+    }
+
+    /// Whether every peer namespace looked final at the last scan. A runtime creates the veth
+    /// before it gives the pod its address, so a namespace visited in between is entered again
+    /// at the next scan (for [`ADDRESS_GRACE`]), and the caller should scan again a little later.
+    pub fn settled(&self) -> bool {
+        self.unsettled == 0
+    }
+
+    /// Namespaces entered so far, over all scans.
+    pub fn visits(&self) -> u64 {
+        self.visits
+    }
+
+    /// Reads the host's veths and bridges (always in full: one dump each) and the peer
+    /// namespaces that are new or changed since the last scan.
+    pub async fn scan(&mut self, opts: &ScanOptions) -> Result<Topology, TopologyError> {
+        let host_ns = netns::host_identity(&opts.proc_root)?;
+        let host =
+            dump::with_connection(
+                |handle| async move { dump::read_namespace(&handle, true).await },
+            )
+            .await?;
+        let mut veths_by_nsid: HashMap<i32, BTreeSet<u32>> = HashMap::new();
+        for l in host.links.iter().filter(|l| l.kind == dump::Kind::Veth) {
+            if let Some(nsid) = l.link_netnsid {
+                veths_by_nsid.entry(nsid).or_default().insert(l.ifindex);
+            }
+        }
+        // A `/proc/PID` path goes when its process exits (and may come back as another
+        // process's): a remembered file must still open the same namespace.
+        let now = Instant::now();
+        let mut young: HashMap<i32, Instant> = HashMap::new();
+        self.known.retain(|nsid, k| {
+            let same = veths_by_nsid.get(nsid) == Some(&k.veths)
+                && std::fs::metadata(&k.file.path).is_ok_and(|m| m.ino() == k.file.inode);
+            if same && !k.complete && now.duration_since(k.since) < self.address_grace {
+                young.insert(*nsid, k.since);
+                return false;
+            }
+            same
+        });
+        let wanted: BTreeSet<i32> = veths_by_nsid
+            .keys()
+            .filter(|nsid| !self.known.contains_key(nsid))
+            .copied()
+            .collect();
+
+        let (files, views) = if wanted.is_empty() {
+            (HashMap::new(), HashMap::new())
+        } else {
+            // Namespaces still remembered need no nsid query: skip their files.
+            let known_inodes: HashSet<u64> = self.known.values().map(|k| k.file.inode).collect();
+            let owned = opts.clone();
+            let files = dump::with_connection(|handle| async move {
+                // Listing /proc is a few thousand stat calls: keep them off the async worker.
+                let candidates = tokio::task::spawn_blocking(move || {
+                    let mut c = netns::candidates(&owned, host_ns);
+                    c.retain(|c| !known_inodes.contains(&c.inode));
+                    c
+                })
+                .await
+                .map_err(|e| TopologyError::Visit(e.to_string()))?;
+                Ok(netns::resolve_nsids(&handle, candidates, &wanted).await)
+            })
+            .await?;
+            let visits: Vec<netns::Visit> = files
+                .iter()
+                .map(|(nsid, c)| netns::Visit {
+                    nsid: *nsid,
+                    path: c.path.clone(),
+                    inode: c.inode,
+                })
+                .collect();
+            self.visits += visits.len() as u64;
+            let views = if visits.is_empty() {
+                HashMap::new()
+            } else {
+                tokio::task::spawn_blocking(move || netns::visit_all(&visits))
+                    .await
+                    .map_err(|e| TopologyError::Visit(e.to_string()))?
+            };
+            (files, views)
+        };
+
+        let mut all_files: HashMap<i32, netns::Candidate> = self
+            .known
+            .iter()
+            .map(|(nsid, k)| (*nsid, k.file.clone()))
+            .collect();
+        all_files.extend(files);
+        let mut all_views: HashMap<i32, NsView> = self
+            .known
+            .iter()
+            .map(|(nsid, k)| (*nsid, k.view.clone()))
+            .collect();
+        all_views.extend(views);
+        let topology = assemble::build(
+            &host,
+            &assemble::PeerNamespaces {
+                host_inode: host_ns.inode,
+                files: &all_files,
+                views: &all_views,
+            },
+        );
+
+        // Remember what each newly entered namespace held, and whether its peers look final.
+        self.unsettled = 0;
+        for (nsid, view) in all_views {
+            if self.known.contains_key(&nsid) {
+                continue;
+            }
+            let (Some(file), Some(veths)) = (all_files.remove(&nsid), veths_by_nsid.remove(&nsid))
+            else {
+                continue;
+            };
+            let complete = topology
+                .ports
+                .iter()
+                .filter(|p| veths.contains(&p.ifindex))
+                .all(|p| p.peer.as_ref().is_some_and(|x| !x.addresses.is_empty()));
+            let since = young.get(&nsid).copied().unwrap_or(now);
+            if !complete && now.duration_since(since) < self.address_grace {
+                self.unsettled += 1;
+            }
+            self.known.insert(
+                nsid,
+                Known {
+                    file,
+                    veths,
+                    view,
+                    complete,
+                    since,
+                },
+            );
+        }
+        Ok(topology)
+    }
 }
 
 #[cfg(test)]

@@ -48,14 +48,16 @@ pub(crate) struct Candidate {
     pub inode: u64,
 }
 
-/// The calling process's own namespace, which is never a peer namespace to look up.
+/// The calling thread's own namespace, which is never a peer namespace to look up.
 ///
-/// A host `/proc` mounted elsewhere may belong to another PID namespace where `self` does not
-/// exist; our own `/proc/self` always names the namespace our netlink sockets live in.
+/// The thread's, not the process's: netlink sockets live in the namespace of the thread that
+/// opens them, and a caller may have entered another one (`setns` is per thread). A host `/proc`
+/// mounted elsewhere may belong to another PID namespace where `thread-self` does not exist;
+/// our own `/proc/thread-self` always names the namespace our sockets live in.
 pub(crate) fn host_identity(proc_root: &Path) -> Result<NsId, TopologyError> {
-    let path = proc_root.join("self/ns/net");
+    let path = proc_root.join("thread-self/ns/net");
     let meta = std::fs::metadata(&path)
-        .or_else(|_| std::fs::metadata("/proc/self/ns/net"))
+        .or_else(|_| std::fs::metadata("/proc/thread-self/ns/net"))
         .map_err(|source| TopologyError::Io { path, source })?;
     Ok(NsId {
         dev: meta.dev(),
