@@ -72,6 +72,13 @@ enum Command {
         #[arg(long, default_value = "docker0", global = true)]
         docker_bridge: String,
     },
+    /// Internal: the `--expedite-rcu` watchdog. Waits for EOF on stdin, then writes VALUE back
+    /// to /sys/kernel/rcu_expedited.
+    #[command(name = "restore-rcu-expedited", hide = true)]
+    RestoreRcuExpedited {
+        #[arg(value_parser = ["0", "1"])]
+        value: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -256,6 +263,13 @@ struct ProbeArgs {
     /// (about 100 bytes of kernel memory each, plus 32 per CPU).
     #[arg(long, default_value_t = 16384)]
     max_macs: u32,
+    /// tcx mode: set /sys/kernel/rcu_expedited to 1 while attaching to the veths present at start
+    /// and while detaching at exit, then put it back (also if the agent is killed: a watchdog
+    /// process does it). Each tcx attach or detach waits for an RCU grace period under rtnl,
+    /// twice per veth: 1,000 veths take about 25 s, expedited about 1 s. Host-wide while on:
+    /// every synchronize_rcu() on the node is expedited (an interrupt to each busy CPU).
+    #[arg(long)]
+    expedite_rcu: bool,
 }
 
 #[derive(Args, Clone)]
@@ -316,6 +330,7 @@ fn node_options(
             max_macs: probe.max_macs,
             tcx_after: probe.tcx_after,
             log_level,
+            expedite_rcu: probe.expedite_rcu,
         },
         pods: sources.pods(),
         scan: sources.scan(),
@@ -454,6 +469,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
+        Command::RestoreRcuExpedited { value } => {
+            node_tracer::probe::rcu::watchdog(&value)?;
+            Ok(())
+        }
         Command::Lab {
             action,
             name,

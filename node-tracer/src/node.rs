@@ -15,7 +15,7 @@ use crate::{
     metrics::Health,
     model::{Port, Snapshot},
     pods::{self, PodConfig, PodIndex},
-    probe::{AttachMode, Probe, ProbeOptions},
+    probe::{AttachMode, Probe, ProbeOptions, rcu},
     snapshot,
     topology::{self, LinkEvent, ScanOptions, Topology},
 };
@@ -208,6 +208,8 @@ fn ifindex_of(name: &str) -> Option<u32> {
 pub struct Node {
     pub state: Arc<Mutex<State>>,
     tasks: Vec<JoinHandle<()>>,
+    /// `--expedite-rcu` in tcx mode: the final detach is expedited too.
+    expedite: bool,
 }
 
 impl Node {
@@ -245,7 +247,11 @@ impl Node {
             filter: opts.attach_filter.clone(),
             rescan_all: false,
         }));
-        reconcile(&state);
+        let expedite = opts.probe.expedite_rcu && lock(&state).probe.mode() == AttachMode::Tcx;
+        {
+            let _expedited = expedite.then(expedite_rcu).flatten();
+            reconcile(&state);
+        }
         let relabel = Arc::new(Notify::new());
         let mut tasks = vec![tokio::spawn(relabel_loop(
             state.clone(),
@@ -260,7 +266,11 @@ impl Node {
             tasks.push(tokio::spawn(forward_logs(l)));
         }
         tasks.push(tokio::spawn(follow_links(watcher, state.clone(), relabel)));
-        Ok(Self { state, tasks })
+        Ok(Self {
+            state,
+            tasks,
+            expedite,
+        })
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -272,8 +282,18 @@ impl Node {
         for t in &self.tasks {
             t.abort();
         }
+        let _expedited = self.expedite.then(expedite_rcu).flatten();
         lock(&self.state).probe.detach_all();
     }
+}
+
+/// `--expedite-rcu`: grace periods expedited until the guard drops. A host where the knob cannot
+/// be written (a container's read-only /sys) still gets its veths attached, at the normal pace.
+fn expedite_rcu() -> Option<rcu::Expedited> {
+    rcu::Expedited::engage()
+        .inspect_err(|e| log::warn!("--expedite-rcu: {e}; attaching at the normal pace"))
+        .ok()
+        .flatten()
 }
 
 /// `top` without an agent: snapshots straight from our own programs' maps.

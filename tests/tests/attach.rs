@@ -2,11 +2,17 @@
 //! netlink priority), programs after ours still run, and nothing of ours stays after SIGTERM or,
 //! in tcx mode, SIGKILL.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use node_tracer_tests::{
-    Agent, KernelCounters, Link, Pod, attached_in, metric, require_root, require_tool, sh,
+    Agent, KernelCounters, Link, Netns, Pod, attached_in, binary, metric, require_root,
+    require_tool, sh,
 };
 use serde_json::Value;
 
@@ -278,4 +284,200 @@ fn netlink_mode_on_a_bare_veth_leaves_no_qdisc() {
     assert!(status.success());
     // The clsact qdisc was ours and nothing else uses it: gone with us.
     assert!(!sh(&format!("tc qdisc show dev {veth}")).contains("clsact"));
+}
+
+/// `/sys/kernel/rcu_expedited`, the host-wide switch `--expedite-rcu` sets for a moment.
+fn rcu_expedited() -> String {
+    std::fs::read_to_string("/sys/kernel/rcu_expedited")
+        .expect("read /sys/kernel/rcu_expedited")
+        .trim()
+        .to_string()
+}
+
+/// Waits (up to `within`) until `f` holds; false if it never did.
+fn eventually(within: Duration, poll: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + within;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(poll);
+    }
+    f()
+}
+
+/// Programs on the tcx hooks of `ifaces`, which live in `ns` (asked from a thread that entered
+/// it: tcx queries go by name in the caller's namespace).
+fn tcx_programs_in(ns: &Netns, ifaces: &[String]) -> usize {
+    let path = ns.path();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&path).expect("open namespace");
+            // SAFETY: an open namespace fd; setns changes only this scoped thread, which exits
+            // right after the queries.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            ifaces
+                .iter()
+                .flat_map(|i| [(i, TcAttachType::Ingress), (i, TcAttachType::Egress)])
+                .map(|(i, ty)| chain(i, ty).len())
+                .sum()
+        })
+        .join()
+        .expect("query thread")
+    })
+}
+
+/// The `--expedite-rcu` watchdog processes alive (only this test starts agents with the flag).
+fn watchdogs() -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"restore-rcu-expedited"))
+        })
+        .count()
+}
+
+/// `--expedite-rcu` sets the host-wide rcu_expedited only while it attaches to the veths present
+/// at start (and while it detaches at exit), and puts it back, also when the agent is killed
+/// mid-pass: its watchdog does it then. One test for both, since the switch is host-wide.
+#[test]
+fn expedite_rcu_is_held_only_while_attaching_and_put_back_even_after_sigkill() {
+    require_root();
+    assert_eq!(
+        rcu_expedited(),
+        "0",
+        "this host already runs with rcu_expedited=1, so the test cannot see it change"
+    );
+    // Should the agent fail to put it back, the test still does (after failing).
+    let _knob = PutBack;
+    // Enough veths that the pass lasts a while even expedited (pairs with both ends here).
+    let node = Netns::new("xr");
+    let pairs = 150;
+    let mut batch = String::new();
+    for i in 0..pairs {
+        let _ = writeln!(batch, "link add xa{i} type veth peer name xb{i}");
+    }
+    let file = std::env::temp_dir().join(format!("{}.batch", node.name));
+    std::fs::write(&file, batch).unwrap();
+    sh(&format!("ip -n {} -batch {}", node.name, file.display()));
+    let _ = std::fs::remove_file(&file);
+    let veths: Vec<String> = (0..pairs)
+        .flat_map(|i| [format!("xa{i}"), format!("xb{i}")])
+        .collect();
+    let start = || {
+        Command::new("ip")
+            .args(["netns", "exec", &node.name])
+            .arg(binary())
+            .args(["--log-level", "warn", "run", "--expedite-rcu"])
+            .args(["--listen", "127.0.0.1:0", "--attach-mode", "tcx"])
+            .args(["--cri-socket", "/run/ntt-none.sock"])
+            .args(["--cni-results-dir", "/run/ntt-none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node-tracer run --expedite-rcu")
+    };
+    let knob_is = |v: &'static str| move || rcu_expedited() == v;
+    let fast = Duration::from_micros(200);
+
+    // Started: expedited during the pass, back to 0 once every veth is attached.
+    let mut agent = Reaped(start());
+    assert!(
+        eventually(Duration::from_secs(30), fast, knob_is("1")),
+        "rcu_expedited never became 1 while attaching"
+    );
+    assert!(
+        eventually(
+            Duration::from_mins(1),
+            Duration::from_millis(5),
+            knob_is("0")
+        ),
+        "rcu_expedited was not put back after the attach pass"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), Duration::from_millis(50), || {
+            tcx_programs_in(&node, &veths) == 4 * pairs
+        }),
+        "not every veth attached: {} tcx programs",
+        tcx_programs_in(&node, &veths)
+    );
+    assert_eq!(watchdogs(), 0, "the watchdog outlived the pass");
+    // Running: not expedited.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rcu_expedited(), "0");
+    // SIGTERM: detaches everything and exits cleanly, the switch back at 0.
+    let (status, err) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(rcu_expedited(), "0");
+    assert_eq!(tcx_programs_in(&node, &veths), 0);
+    assert_eq!(watchdogs(), 0);
+
+    // Killed mid-pass: the watchdog puts the switch back, the kernel drops the links.
+    let mut agent = Reaped(start());
+    assert!(
+        eventually(Duration::from_secs(30), fast, knob_is("1")),
+        "rcu_expedited never became 1 while attaching"
+    );
+    let _ = agent.stop(libc::SIGKILL);
+    assert!(
+        eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            knob_is("0")
+        ),
+        "rcu_expedited stayed 1 after the agent was killed"
+    );
+    assert!(
+        eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || watchdogs() == 0
+        ),
+        "the watchdog did not exit"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), Duration::from_millis(50), || {
+            tcx_programs_in(&node, &veths) == 0
+        }),
+        "tcx programs left after SIGKILL"
+    );
+}
+
+/// Sets rcu_expedited back to 0 when the test ends.
+struct PutBack;
+
+impl Drop for PutBack {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/kernel/rcu_expedited", "0");
+    }
+}
+
+/// A child ended by its PID (and reaped) when the test ends, also on a failed assertion.
+struct Reaped(std::process::Child);
+
+impl Reaped {
+    fn stop(&mut self, signal: i32) -> (std::process::ExitStatus, String) {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+        let status = self.0.wait().expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status, err)
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.stop(libc::SIGKILL);
+        }
+    }
 }

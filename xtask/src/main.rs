@@ -200,6 +200,7 @@ fn test(args: &[String]) -> Result<()> {
     )?;
     build()?;
     let programs_before = our_programs();
+    let rcu_before = rcu_expedited();
     step("tests: unit and integration (real kernel, namespaces, tools)");
     let result = status(
         Command::new("cargo")
@@ -215,6 +216,14 @@ fn test(args: &[String]) -> Result<()> {
     // and "certainly" is more than a name can tell.
     left.extend(leftover_programs(&programs_before));
     left.extend(leftover_processes());
+    let rcu_after = rcu_expedited();
+    if rcu_after != rcu_before {
+        // --expedite-rcu must always put the host-wide knob back.
+        left.push(format!(
+            "/sys/kernel/rcu_expedited {rcu_before} -> {rcu_after} (put back)"
+        ));
+        let _ = std::fs::write("/sys/kernel/rcu_expedited", &rcu_before);
+    }
     sweep_test_leftovers();
     result?;
     if !left.is_empty() {
@@ -222,6 +231,14 @@ fn test(args: &[String]) -> Result<()> {
     }
     eprintln!("nothing left behind");
     bench_smoke()
+}
+
+/// The host-wide `/sys/kernel/rcu_expedited`, which `node-tracer --expedite-rcu` sets for a
+/// moment and must put back.
+pub fn rcu_expedited() -> String {
+    std::fs::read_to_string("/sys/kernel/rcu_expedited")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// CI runs the bench in quick mode after the tests: it proves the harness still works end to end

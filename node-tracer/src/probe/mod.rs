@@ -16,6 +16,7 @@
 //! double-counting a packet (`observe` in the programs).
 
 mod qdisc;
+pub mod rcu;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -83,6 +84,9 @@ pub struct ProbeOptions {
     pub tcx_after: std::time::Duration,
     /// Level below which the programs' own log statements are compiled out at load time.
     pub log_level: log::LevelFilter,
+    /// Expedite RCU grace periods during the initial attach pass and the final detach (tcx
+    /// only): see [`rcu`].
+    pub expedite_rcu: bool,
 }
 
 impl Default for ProbeOptions {
@@ -93,6 +97,7 @@ impl Default for ProbeOptions {
             max_macs: 16384,
             tcx_after: std::time::Duration::from_secs(1),
             log_level: log::LevelFilter::Warn,
+            expedite_rcu: false,
         }
     }
 }

@@ -132,6 +132,7 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
     );
     meta.insert("serve_after_s".into(), json!(big.serve_s));
     meta.insert("stop_s".into(), json!(big.stop_s));
+    meta.insert("stop_expedited_s".into(), json!(big.stop_expedited_s));
     meta.insert("metrics_cpu_ms".into(), json!(big.metrics_cpu_ms));
     meta.insert("kernel".into(), json!(sys::sh("uname -r")?.trim()));
     meta.insert(
@@ -299,6 +300,14 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
             "startup_fast_start_1000_s",
             format!("same, --attach-mode fast-start (netlink, then tcx), {n} veths"),
             b.startup_fast_s.into_iter().collect(),
+            Stat::Median,
+            None,
+            "s",
+        ),
+        row(
+            "startup_expedited_1000_s",
+            format!("same, default mode with --expedite-rcu, {n} veths"),
+            b.startup_expedited_s.into_iter().collect(),
             Stat::Median,
             None,
             "s",

@@ -40,6 +40,10 @@ pub struct Results {
     pub peers_s: Vec<f64>,
     /// SIGTERM to exit of the tcx agent.
     pub stop_s: f64,
+    /// Spawn to every hook attached with `--expedite-rcu` (tcx, grace periods expedited), and
+    /// SIGTERM to exit of that agent; none when the host already runs expedited.
+    pub startup_expedited_s: Option<f64>,
+    pub stop_expedited_s: Option<f64>,
 }
 
 pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
@@ -140,7 +144,46 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
         start.elapsed().as_secs_f64()
     );
     drop(agent);
+
+    expedited(&node, &veths, s, &mut r)?;
     Ok(r)
+}
+
+/// The default mode with `--expedite-rcu`: the same tcx attaches, their grace periods expedited.
+/// The host-wide switch must be back at 0 afterwards.
+fn expedited(node: &str, veths: &[String], s: &Settings, r: &mut Results) -> Result<()> {
+    const KNOB: &str = "/sys/kernel/rcu_expedited";
+    let knob = || -> Result<String> {
+        Ok(std::fs::read_to_string(KNOB)
+            .with_context(|| format!("read {KNOB}"))?
+            .trim()
+            .to_string())
+    };
+    if knob()? != "0" {
+        eprintln!("    --expedite-rcu: skipped, this host already runs with {KNOB} = 1");
+        return Ok(());
+    }
+    let start = Instant::now();
+    let agent = Agent::start(
+        node,
+        &["--expedite-rcu", "--max-ports", "2048"],
+        &s.out_dir.join("agent-expedited.log"),
+    )?;
+    agent::wait_hooked(node, veths)?;
+    r.startup_expedited_s = Some(start.elapsed().as_secs_f64());
+    let stop = Instant::now();
+    drop(agent);
+    r.stop_expedited_s = Some(stop.elapsed().as_secs_f64());
+    ensure!(
+        knob()? == "0",
+        "{KNOB} is still 1 after the --expedite-rcu agent stopped"
+    );
+    eprintln!(
+        "    --expedite-rcu: all attached after {:.2} s, stopped in {:.2} s",
+        r.startup_expedited_s.unwrap_or_default(),
+        r.stop_expedited_s.unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// Creates one veth at a time (peer into its own pod namespace) through a running `ip -batch`, so
