@@ -208,7 +208,7 @@ fn ifindex_of(name: &str) -> Option<u32> {
 pub struct Node {
     pub state: Arc<Mutex<State>>,
     tasks: Vec<JoinHandle<()>>,
-    /// `--expedite-rcu` in tcx mode: the final detach is expedited too.
+    /// `--expedite-rcu` with tcx links to detach at the end: that detach is expedited too.
     expedite: bool,
 }
 
@@ -247,9 +247,14 @@ impl Node {
             filter: opts.attach_filter.clone(),
             rescan_all: false,
         }));
-        let expedite = opts.probe.expedite_rcu && lock(&state).probe.mode() == AttachMode::Tcx;
+        // Netlink attaches and detaches wait for no grace period of their own; fast-start's
+        // first pass is netlink, but its veths are on tcx by the time it stops.
+        let mode = lock(&state).probe.mode();
+        let expedite = opts.probe.expedite_rcu && mode != AttachMode::Netlink;
         {
-            let _expedited = expedite.then(expedite_rcu).flatten();
+            let _expedited = (expedite && mode == AttachMode::Tcx)
+                .then(|| expedite_rcu("attaching"))
+                .flatten();
             reconcile(&state);
         }
         let relabel = Arc::new(Notify::new());
@@ -282,16 +287,16 @@ impl Node {
         for t in &self.tasks {
             t.abort();
         }
-        let _expedited = self.expedite.then(expedite_rcu).flatten();
+        let _expedited = self.expedite.then(|| expedite_rcu("detaching")).flatten();
         lock(&self.state).probe.detach_all();
     }
 }
 
 /// `--expedite-rcu`: grace periods expedited until the guard drops. A host where the knob cannot
 /// be written (a container's read-only /sys) still gets its veths attached, at the normal pace.
-fn expedite_rcu() -> Option<rcu::Expedited> {
+fn expedite_rcu(doing: &str) -> Option<rcu::Expedited> {
     rcu::Expedited::engage()
-        .inspect_err(|e| log::warn!("--expedite-rcu: {e}; attaching at the normal pace"))
+        .inspect_err(|e| log::warn!("--expedite-rcu: {e}; {doing} at the normal pace"))
         .ok()
         .flatten()
 }

@@ -384,6 +384,39 @@ fn expedite_rcu_is_held_only_while_attaching_and_put_back_even_after_sigkill() {
             .expect("spawn node-tracer run --expedite-rcu")
     };
     let knob_is = |v: &'static str| move || rcu_expedited() == v;
+
+    // Where the switch cannot be written (a container's read-only /sys; here a read-only "0"
+    // bound over it in a mount namespace of its own), the agent says so and attaches anyway.
+    let fake = std::env::temp_dir().join(format!("{}.rcu", node.name));
+    std::fs::write(&fake, "0\n").unwrap();
+    // After `ip netns exec`, which mounts a /sys of its own.
+    let ro = Command::new("ip")
+        .args(["netns", "exec", &node.name])
+        .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {f} {k} && mount -o remount,bind,ro {k} && \
+             exec timeout --preserve-status -s TERM 3 {bin} run --expedite-rcu -i xa0 -i xb0 \
+             --listen 127.0.0.1:0 --attach-mode tcx --cri-socket /run/ntt-none.sock \
+             --cni-results-dir /run/ntt-none",
+            f = fake.display(),
+            k = "/sys/kernel/rcu_expedited",
+            bin = binary().display(),
+        ))
+        .output()
+        .expect("run the agent under a read-only rcu_expedited");
+    let _ = std::fs::remove_file(&fake);
+    let err = String::from_utf8_lossy(&ro.stderr);
+    // timeout's SIGTERM: a clean stop after it attached to both.
+    assert!(ro.status.success(), "{}: {err}", ro.status);
+    assert!(
+        err.contains("--expedite-rcu: open /sys/kernel/rcu_expedited for writing")
+            && err.contains("attaching at the normal pace"),
+        "{err}"
+    );
+    assert!(err.contains("attached to 2 interfaces"), "{err}");
+    assert!(err.contains("detaching at the normal pace"), "{err}");
+    assert_eq!(rcu_expedited(), "0");
+    assert_eq!(watchdogs(), 0);
     let fast = Duration::from_micros(200);
 
     // Started: expedited during the pass, back to 0 once every veth is attached.

@@ -40,6 +40,11 @@ impl Expedited {
         if before != "0" {
             return Ok(None);
         }
+        // A read-only /sys (an unprivileged container) fails here, before any watchdog.
+        let mut knob = std::fs::OpenOptions::new()
+            .write(true)
+            .open(KNOB)
+            .map_err(|e| Error::io(format!("open {KNOB} for writing"), e))?;
         // /proc/self/exe, not current_exe(): it still starts our binary after an upgrade
         // replaced or deleted the file.
         let mut watchdog = Command::new("/proc/self/exe")
@@ -62,8 +67,9 @@ impl Expedited {
             ));
         }
         let this = Self { watchdog };
-        std::fs::write(KNOB, "1").map_err(|e| Error::io(format!("write 1 to {KNOB}"), e))?;
-        log::info!("RCU grace periods expedited ({KNOB} = 1) until the attach pass is done");
+        knob.write_all(b"1")
+            .map_err(|e| Error::io(format!("write 1 to {KNOB}"), e))?;
+        log::info!("RCU grace periods expedited ({KNOB} = 1) while attaching or detaching");
         Ok(Some(this))
     }
 }
