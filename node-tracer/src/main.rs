@@ -263,11 +263,12 @@ struct ProbeArgs {
     /// (about 100 bytes of kernel memory each, plus 32 per CPU).
     #[arg(long, default_value_t = 16384)]
     max_macs: u32,
-    /// tcx mode: set /sys/kernel/rcu_expedited to 1 while attaching to the veths present at start
-    /// and while detaching at exit, then put it back (also if the agent is killed: a watchdog
-    /// process does it). Each tcx attach or detach waits for an RCU grace period under rtnl,
-    /// twice per veth: 1,000 veths take about 25 s, expedited about 1 s. Host-wide while on:
-    /// every synchronize_rcu() on the node is expedited (an interrupt to each busy CPU).
+    /// tcx: set /sys/kernel/rcu_expedited to 1 while a tcx attach or detach of ours runs (the
+    /// veths present at start, each new veth, all of them at exit), and back to 0 after (also if
+    /// the agent is killed: a watchdog process does it). Each waits for an RCU grace period
+    /// under rtnl, twice per veth: 1,000 veths take about 25 s to attach, expedited under 1 s; a
+    /// new veth about 25 ms, expedited a few. Host-wide while on: every synchronize_rcu() on the
+    /// node is expedited (an interrupt to each busy CPU). Off when the knob is already 1.
     #[arg(long)]
     expedite_rcu: bool,
 }

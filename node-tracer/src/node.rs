@@ -55,6 +55,8 @@ pub struct State {
     /// Set when netlink events may have been lost: the next rescan enters every namespace
     /// instead of only the changed ones.
     pub rescan_all: bool,
+    /// `--expedite-rcu`: held around every tcx attach and detach.
+    pub expediter: Option<Arc<rcu::Expediter>>,
 }
 
 impl State {
@@ -164,6 +166,7 @@ impl State {
     }
 
     fn attach_one(&mut self, ifindex: u32, name: &str) {
+        let _expedited = self.expedite(AttachMode::Tcx);
         if let Err(e) = self.probe.attach(ifindex, name) {
             self.health.attach_errors += 1;
             // A veth deleted between the event and the attach is not worth a warning.
@@ -173,6 +176,16 @@ impl State {
                 log::debug!("{e}");
             }
         }
+    }
+}
+
+impl State {
+    /// `--expedite-rcu`: grace periods expedited while the returned hold lives, when the probe
+    /// attaches in `mode` (the waits are tcx's).
+    fn expedite(&self, mode: AttachMode) -> Option<rcu::Hold> {
+        (self.probe.mode() == mode)
+            .then(|| self.expediter.as_ref().map(rcu::Expediter::hold))
+            .flatten()
     }
 }
 
@@ -208,8 +221,6 @@ fn ifindex_of(name: &str) -> Option<u32> {
 pub struct Node {
     pub state: Arc<Mutex<State>>,
     tasks: Vec<JoinHandle<()>>,
-    /// `--expedite-rcu` with tcx links to detach at the end: that detach is expedited too.
-    expedite: bool,
 }
 
 impl Node {
@@ -230,6 +241,20 @@ impl Node {
         let pods = pods::discover(&opts.pods).await;
         let mut scan = opts.scan.clone();
         scan.extra_netns_paths.extend(pods.netns_paths());
+        // Netlink attaches and detaches wait for no grace period of their own; fast-start's
+        // first pass is netlink, but it moves every veth to tcx after.
+        let expediter = (opts.probe.expedite_rcu && probe.mode() != AttachMode::Netlink)
+            .then(|| {
+                rcu::Expediter::start()
+                    .inspect_err(|e| {
+                        log::warn!(
+                            "--expedite-rcu: {e}; attaching and detaching at the normal pace"
+                        );
+                    })
+                    .ok()
+                    .flatten()
+            })
+            .flatten();
         let mut scanner = topology::Scanner::default();
         let topology = scanner
             .scan(&scan)
@@ -246,17 +271,9 @@ impl Node {
             only: opts.interfaces.iter().cloned().collect(),
             filter: opts.attach_filter.clone(),
             rescan_all: false,
+            expediter,
         }));
-        // Netlink attaches and detaches wait for no grace period of their own; fast-start's
-        // first pass is netlink, but its veths are on tcx by the time it stops.
-        let mode = lock(&state).probe.mode();
-        let expedite = opts.probe.expedite_rcu && mode != AttachMode::Netlink;
-        {
-            let _expedited = (expedite && mode == AttachMode::Tcx)
-                .then(|| expedite_rcu("attaching"))
-                .flatten();
-            reconcile(&state);
-        }
+        reconcile(&state);
         let relabel = Arc::new(Notify::new());
         let mut tasks = vec![tokio::spawn(relabel_loop(
             state.clone(),
@@ -271,11 +288,7 @@ impl Node {
             tasks.push(tokio::spawn(forward_logs(l)));
         }
         tasks.push(tokio::spawn(follow_links(watcher, state.clone(), relabel)));
-        Ok(Self {
-            state,
-            tasks,
-            expedite,
-        })
+        Ok(Self { state, tasks })
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -287,18 +300,14 @@ impl Node {
         for t in &self.tasks {
             t.abort();
         }
-        let _expedited = self.expedite.then(|| expedite_rcu("detaching")).flatten();
-        lock(&self.state).probe.detach_all();
+        let mut s = lock(&self.state);
+        {
+            let _expedited = s.expediter.as_ref().map(rcu::Expediter::hold);
+            s.probe.detach_all();
+        }
+        // The watchdog puts rcu_expedited back and exits before we do.
+        s.expediter = None;
     }
-}
-
-/// `--expedite-rcu`: grace periods expedited until the guard drops. A host where the knob cannot
-/// be written (a container's read-only /sys) still gets its veths attached, at the normal pace.
-fn expedite_rcu(doing: &str) -> Option<rcu::Expedited> {
-    rcu::Expedited::engage()
-        .inspect_err(|e| log::warn!("--expedite-rcu: {e}; {doing} at the normal pace"))
-        .ok()
-        .flatten()
 }
 
 /// `top` without an agent: snapshots straight from our own programs' maps.
@@ -478,8 +487,10 @@ async fn upgrade_loop(state: Arc<Mutex<State>>) {
         };
         let st = state.clone();
         let started = std::time::Instant::now();
+        let expedited = lock(&state).expedite(AttachMode::FastStart);
         let done = tokio::task::spawn_blocking(move || {
             let links = up.attach();
+            drop(expedited);
             lock(&st).probe.finish_upgrade(&up, links);
         })
         .await;

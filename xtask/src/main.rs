@@ -51,7 +51,7 @@ enum Cmd {
         /// Smoke run (about 1-2 minutes): fewer rounds, shorter runs, 100 veths, no goals.
         #[arg(long)]
         quick: bool,
-        /// Rounds of alternated configurations (default 5, quick 2).
+        /// Rounds of alternated configurations (default 9, quick 2).
         #[arg(long)]
         rounds: Option<usize>,
         /// Measure one part only (the others' rows stay empty): `prog` (per-packet cost),

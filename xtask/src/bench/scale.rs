@@ -44,6 +44,8 @@ pub struct Results {
     /// SIGTERM to exit of that agent; none when the host already runs expedited.
     pub startup_expedited_s: Option<f64>,
     pub stop_expedited_s: Option<f64>,
+    /// [`Results::attach_ms`] with `--expedite-rcu`.
+    pub attach_expedited_ms: Vec<f64>,
 }
 
 pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
@@ -145,13 +147,20 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
     );
     drop(agent);
 
-    expedited(&node, &veths, s, &mut r)?;
+    expedited(&node, &veths, &late_pods, s, &mut r)?;
     Ok(r)
 }
 
-/// The default mode with `--expedite-rcu`: the same tcx attaches, their grace periods expedited.
-/// The host-wide switch must be back at 0 afterwards.
-fn expedited(node: &str, veths: &[String], s: &Settings, r: &mut Results) -> Result<()> {
+/// The default mode with `--expedite-rcu`: the same tcx attaches (at start, then of new veths,
+/// then the detach at exit), their grace periods expedited. The host-wide switch must be back at
+/// 0 afterwards.
+fn expedited(
+    node: &str,
+    veths: &[String],
+    late_pods: &[String],
+    s: &Settings,
+    r: &mut Results,
+) -> Result<()> {
     const KNOB: &str = "/sys/kernel/rcu_expedited";
     let knob = || -> Result<String> {
         Ok(std::fs::read_to_string(KNOB)
@@ -171,9 +180,14 @@ fn expedited(node: &str, veths: &[String], s: &Settings, r: &mut Results) -> Res
     )?;
     agent::wait_hooked(node, veths)?;
     r.startup_expedited_s = Some(start.elapsed().as_secs_f64());
+    r.attach_expedited_ms = attach_latency(node, late_pods)?;
     let stop = Instant::now();
     drop(agent);
     r.stop_expedited_s = Some(stop.elapsed().as_secs_f64());
+    let del: Vec<String> = (0..late_pods.len())
+        .map(|i| format!("link del ntba{i}"))
+        .collect();
+    sys::ip_batch(Some(node), &del)?;
     ensure!(
         knob()? == "0",
         "{KNOB} is still 1 after the --expedite-rcu agent stopped"
