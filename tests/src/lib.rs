@@ -116,6 +116,25 @@ impl Netns {
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
     }
+
+    /// Runs `work` on a thread of its own that has entered this namespace (`setns` is per
+    /// thread; the thread exits right after), for calls that act on the caller's namespace:
+    /// netlink sockets, tcx queries by name.
+    pub fn in_thread<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let f = std::fs::File::open(&path).expect("open the namespace");
+                // SAFETY: an open namespace fd; setns changes only this scoped thread.
+                let rc =
+                    unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                work()
+            })
+            .join()
+            .expect("namespace thread")
+        })
+    }
 }
 
 impl Drop for Netns {

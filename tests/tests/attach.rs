@@ -309,23 +309,12 @@ fn eventually(within: Duration, poll: Duration, mut f: impl FnMut() -> bool) -> 
 /// Programs on the tcx hooks of `ifaces`, which live in `ns` (asked from a thread that entered
 /// it: tcx queries go by name in the caller's namespace).
 fn tcx_programs_in(ns: &Netns, ifaces: &[String]) -> usize {
-    let path = ns.path();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let f = std::fs::File::open(&path).expect("open namespace");
-            // SAFETY: an open namespace fd; setns changes only this scoped thread, which exits
-            // right after the queries.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            ifaces
-                .iter()
-                .flat_map(|i| [(i, TcAttachType::Ingress), (i, TcAttachType::Egress)])
-                .map(|(i, ty)| chain(i, ty).len())
-                .sum()
-        })
-        .join()
-        .expect("query thread")
+    ns.in_thread(|| {
+        ifaces
+            .iter()
+            .flat_map(|i| [(i, TcAttachType::Ingress), (i, TcAttachType::Egress)])
+            .map(|(i, ty)| chain(i, ty).len())
+            .sum()
     })
 }
 

@@ -541,26 +541,6 @@ async fn scan_of_many_pods_resolves_every_peer() {
     );
 }
 
-/// Runs `work` on a thread of its own that has entered `ns`: the scanner reads the namespace its
-/// thread is in, so a private node namespace keeps other tests' veths (created in parallel in
-/// the host namespace) out of the counts.
-fn in_node<T: Send>(ns: &Netns, work: impl FnOnce() -> T + Send) -> T {
-    let path = ns.path();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let f = std::fs::File::open(&path).expect("open node namespace");
-            // SAFETY: an open namespace fd; setns changes only this scoped thread, which exits
-            // right after `work`.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            work()
-        })
-        .join()
-        .expect("scan thread")
-    })
-}
-
 /// A pod of the private node: its own namespace, a veth from the node into it, and (optionally)
 /// an address on its end.
 fn node_pod(node: &Netns, addr: Option<&str>) -> (Netns, String) {
@@ -590,7 +570,9 @@ fn rescans_enter_only_new_or_changed_namespaces() {
     let mut pods: Vec<(Netns, String)> = (1..=3).map(|i| node_pod(&node, Some(&ip(i)))).collect();
     let opts = ScanOptions::default();
 
-    in_node(&node, || {
+    // The scanner reads the namespace its thread is in: a private node namespace keeps other
+    // tests' veths (created in parallel in the host namespace) out of the counts.
+    node.in_thread(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
