@@ -165,6 +165,14 @@ impl State {
         todo
     }
 
+    /// `--expedite-rcu`: grace periods expedited while the returned hold lives, when the probe
+    /// attaches in `mode` (the waits are tcx's).
+    fn expedite(&self, mode: AttachMode) -> Option<rcu::Hold> {
+        (self.probe.mode() == mode)
+            .then(|| self.expediter.as_ref().map(rcu::Expediter::hold))
+            .flatten()
+    }
+
     fn attach_one(&mut self, ifindex: u32, name: &str) {
         let _expedited = self.expedite(AttachMode::Tcx);
         if let Err(e) = self.probe.attach(ifindex, name) {
@@ -176,16 +184,6 @@ impl State {
                 log::debug!("{e}");
             }
         }
-    }
-}
-
-impl State {
-    /// `--expedite-rcu`: grace periods expedited while the returned hold lives, when the probe
-    /// attaches in `mode` (the waits are tcx's).
-    fn expedite(&self, mode: AttachMode) -> Option<rcu::Hold> {
-        (self.probe.mode() == mode)
-            .then(|| self.expediter.as_ref().map(rcu::Expediter::hold))
-            .flatten()
     }
 }
 

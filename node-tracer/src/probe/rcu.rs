@@ -1,5 +1,5 @@
-//! `--expedite-rcu`: the kernel's RCU grace periods expedited while many veths are attached or
-//! detached at once.
+//! `--expedite-rcu`: the kernel's RCU grace periods expedited while our tcx attaches and
+//! detaches run.
 //!
 //! A tcx attach or detach swaps the hook's program array and then waits for an RCU grace period
 //! (`synchronize_rcu()`), under rtnl, so nothing overlaps: two per veth, about 25 ms a veth, 25 s
