@@ -91,18 +91,30 @@ impl Lab {
         sys::ip_batch(None, &lines)
     }
 
-    /// `n` pods `tag0..` on the node, one namespace each, host veths `ntb{tag}{i}` (down: the
-    /// agent attaches whatever the state). Returns the host-side veth names.
+    /// `n` pods `tag0..` on the node, one namespace each, host veths `ntb{tag}{i}`. Like a real
+    /// pod's, each eth0 has an address (10.200.0.0/16, no route anywhere) and both ends are up,
+    /// so the agent labels and rescans them as it would on a node. Returns the host-side veth
+    /// names.
     pub fn add_pods(&mut self, tag: &str, n: usize) -> Result<Vec<String>> {
         let names: Vec<String> = (0..n).map(|i| self.ns(&format!("{tag}{i}"))).collect();
         self.add_netns(&names)?;
         let veths: Vec<String> = (0..n).map(|i| format!("ntb{tag}{i}")).collect();
-        let lines: Vec<String> = veths
+        let mut lines: Vec<String> = veths
             .iter()
             .zip(&names)
             .map(|(v, ns)| format!("link add {v} type veth peer name eth0 netns {ns}"))
             .collect();
+        lines.extend(veths.iter().map(|v| format!("link set {v} up")));
         sys::ip_batch(Some(&self.node()), &lines)?;
+        for (i, ns) in names.iter().enumerate() {
+            sys::ip_batch(
+                Some(ns),
+                &[
+                    format!("addr add 10.200.{}.{}/16 dev eth0", i / 250, i % 250 + 1),
+                    "link set eth0 up".into(),
+                ],
+            )?;
+        }
         Ok(veths)
     }
 
