@@ -266,9 +266,9 @@ struct ProbeArgs {
     /// tcx: set /sys/kernel/rcu_expedited to 1 while a tcx attach or detach of ours runs (the
     /// veths present at start, each new veth, all of them at exit), and back to 0 after (also if
     /// the agent is killed: a watchdog process does it). Each waits for an RCU grace period
-    /// under rtnl, twice per veth: 1,000 veths take about 25 s to attach, expedited under 1 s; a
+    /// under rtnl, twice per veth: 1,000 veths take about 25 s to attach, expedited about 1 s; a
     /// new veth about 25 ms, expedited a few. Host-wide while on: every synchronize_rcu() on the
-    /// node is expedited (an interrupt to each busy CPU). Off when the knob is already 1.
+    /// node is expedited (an interrupt to each busy CPU). Does nothing if the knob is already 1.
     #[arg(long)]
     expedite_rcu: bool,
 }
