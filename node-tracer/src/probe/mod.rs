@@ -832,22 +832,10 @@ impl Probe {
             repeat,
             ..TestRunAttr::default()
         };
-        // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix that outlives the call;
-        // `data_in` points at `frame`, which the kernel only reads; no output buffers are given.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &raw mut attr,
-                std::mem::size_of::<TestRunAttr>(),
-            )
-        };
-        if rc < 0 {
-            return Err(Error::io(
-                format!("BPF_PROG_TEST_RUN {name}"),
-                std::io::Error::last_os_error(),
-            ));
-        }
+        // SAFETY: `attr` is a fully initialised `TestRunAttr`; `data_in` points at `frame`, which
+        // outlives the call and which the kernel only reads; no output buffers are given.
+        unsafe { sys_bpf(BPF_PROG_TEST_RUN, &mut attr) }
+            .map_err(|e| Error::io(format!("BPF_PROG_TEST_RUN {name}"), e))?;
         Ok((attr.retval, attr.duration))
     }
 
@@ -970,21 +958,34 @@ fn tcx_link(prog: &OwnedFd, ifindex: u32, attach_type: u32) -> std::io::Result<O
         pad: 0,
         expected_revision: 0,
     };
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &raw mut attr,
-            std::mem::size_of::<LinkCreateAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: `attr` is a fully initialised `LinkCreateAttr` and holds no pointers.
+    let fd = unsafe { sys_bpf(BPF_LINK_CREATE, &mut attr) }?;
     let fd = i32::try_from(fd).map_err(|_| std::io::ErrorKind::InvalidData)?;
     // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// bpf(2): `cmd` with `attr`, its part of `union bpf_attr` (the kernel takes a prefix of the
+/// union, sized by the last argument). Returns what the call returns (an fd for commands that
+/// make one).
+///
+/// # Safety
+/// `T` must be the `#[repr(C)]` layout `cmd` expects, fully initialised, and every pointer in it
+/// valid for what the kernel reads or writes through it during the call.
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's contract; `attr` outlives the call and its size is passed along.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
 }
 
 fn zeroed_per_cpu() -> Result<aya::maps::PerCpuValues<PortStats>> {

@@ -15,9 +15,9 @@ pub(crate) struct PeerNamespaces<'a> {
     /// The host's own namespace inode (peers in the host namespace carry it).
     pub host_inode: u64,
     /// Which file opens each nsid.
-    pub files: &'a HashMap<i32, Candidate>,
+    pub files: HashMap<i32, &'a Candidate>,
     /// What each namespace held when visited.
-    pub views: &'a HashMap<i32, NsView>,
+    pub views: HashMap<i32, &'a NsView>,
 }
 
 pub(crate) fn build(host: &NsView, peers: &PeerNamespaces<'_>) -> Topology {
@@ -102,8 +102,8 @@ fn peer(
             netns_inode: Some(peers.host_inode),
         });
     };
-    let file = peers.files.get(&nsid);
-    let view = peers.views.get(&nsid);
+    let file = peers.files.get(&nsid).copied();
+    let view = peers.views.get(&nsid).copied();
     let other = view.and_then(|v| v.links.iter().find(|l| l.ifindex == ifindex));
     Some(Peer {
         ifindex,
@@ -161,20 +161,16 @@ mod tests {
             addresses: HashMap::from([(3, vec!["10.244.1.5/24".to_string()])]),
             routes: HashMap::new(),
         };
-        let files = HashMap::from([(
-            0,
-            Candidate {
-                path: PathBuf::from("/run/netns/pod"),
-                inode: 4_026_532_999,
-            },
-        )]);
-        let views = HashMap::from([(0, pod)]);
+        let file = Candidate {
+            path: PathBuf::from("/run/netns/pod"),
+            inode: 4_026_532_999,
+        };
         let topo = build(
             &host,
             &PeerNamespaces {
                 host_inode: 1,
-                files: &files,
-                views: &views,
+                files: HashMap::from([(0, &file)]),
+                views: HashMap::from([(0, &pod)]),
             },
         );
 
@@ -209,14 +205,12 @@ mod tests {
             routes: HashMap::from([(9, vec!["10.8.0.9/32".to_string()])]),
             ..NsView::default()
         };
-        let empty = HashMap::new();
-        let views = HashMap::new();
         let topo = build(
             &host,
             &PeerNamespaces {
                 host_inode: 1,
-                files: &empty,
-                views: &views,
+                files: HashMap::new(),
+                views: HashMap::new(),
             },
         );
         let port = &topo.ports[0];

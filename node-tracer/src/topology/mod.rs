@@ -217,34 +217,36 @@ impl Scanner {
             (files, views)
         };
 
-        let mut all_files: HashMap<i32, netns::Candidate> = self
-            .known
-            .iter()
-            .map(|(nsid, k)| (*nsid, k.file.clone()))
-            .collect();
-        all_files.extend(files);
-        let mut all_views: HashMap<i32, NsView> = self
-            .known
-            .iter()
-            .map(|(nsid, k)| (*nsid, k.view.clone()))
-            .collect();
-        all_views.extend(views);
-        let topology = assemble::build(
-            &host,
-            &assemble::PeerNamespaces {
-                host_inode: host_ns.inode,
-                files: &all_files,
-                views: &all_views,
-            },
-        );
+        // The remembered namespaces are lent to the assembly, not copied: a rescan of a node
+        // with 1,000 pods would otherwise clone 1,000 views to change one.
+        let topology = {
+            let all_files = self
+                .known
+                .iter()
+                .map(|(nsid, k)| (*nsid, &k.file))
+                .chain(files.iter().map(|(nsid, c)| (*nsid, c)))
+                .collect();
+            let all_views = self
+                .known
+                .iter()
+                .map(|(nsid, k)| (*nsid, &k.view))
+                .chain(views.iter().map(|(nsid, v)| (*nsid, v)))
+                .collect();
+            assemble::build(
+                &host,
+                &assemble::PeerNamespaces {
+                    host_inode: host_ns.inode,
+                    files: all_files,
+                    views: all_views,
+                },
+            )
+        };
 
         // Remember what each newly entered namespace held, and whether its peers look final.
         self.unsettled = 0;
-        for (nsid, view) in all_views {
-            if self.known.contains_key(&nsid) {
-                continue;
-            }
-            let (Some(file), Some(veths)) = (all_files.remove(&nsid), veths_by_nsid.remove(&nsid))
+        let mut files = files;
+        for (nsid, view) in views {
+            let (Some(file), Some(veths)) = (files.remove(&nsid), veths_by_nsid.remove(&nsid))
             else {
                 continue;
             };
