@@ -3,7 +3,7 @@
 //! `top` each start one.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -57,6 +57,9 @@ pub struct State {
     pub rescan_all: bool,
     /// `--expedite-rcu`: held around every tcx attach and detach.
     pub expediter: Option<Arc<rcu::Expediter>>,
+    /// Packets each interface had carried when the agent started, for the order of the first
+    /// attach pass (see [`State::plan`]); taken by it.
+    packets_at_start: Option<HashMap<String, u64>>,
 }
 
 impl State {
@@ -150,17 +153,20 @@ impl State {
         // more on a busy node), twice per veth, and threads cannot overlap them: a first pass
         // over 1,000 veths takes tens of seconds. Attach the veths that carry traffic first, so
         // the counts that matter start early; already attached ones only follow renames.
+        let attached: HashMap<u32, &str> = self.probe.attached().collect();
         let mut todo: Vec<(u32, String)> = wanted
             .into_iter()
-            .filter(|(i, name)| {
-                !self
-                    .probe
-                    .attached()
-                    .any(|(a, n)| a == *i && n == name.as_str())
-            })
+            .filter(|(i, name)| attached.get(i) != Some(&name.as_str()))
             .collect();
         if todo.len() > 1 {
-            todo.sort_by_cached_key(|(_, name)| std::cmp::Reverse(packets_so_far(name)));
+            // Busy now (packets since the agent started) first, then busy over its lifetime:
+            // a restarted agent should not favour pods that were busy long ago.
+            let before = self.packets_at_start.take().unwrap_or_default();
+            todo.sort_by_cached_key(|(_, name)| {
+                let now = packets_so_far(name);
+                let recent = now.saturating_sub(before.get(name).copied().unwrap_or(0));
+                std::cmp::Reverse(((recent >= LIVE_PACKETS).then_some(recent), now))
+            });
         }
         todo
     }
@@ -185,6 +191,24 @@ impl State {
             }
         }
     }
+}
+
+/// Packets since the agent started that make a veth busy now: more than an idle pod's
+/// neighbour-discovery and ARP chatter over the fraction of a second start-up takes.
+const LIVE_PACKETS: u64 = 16;
+
+/// [`packets_so_far`] of every interface.
+fn packets_of_all() -> HashMap<String, u64> {
+    std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|name| {
+            let n = packets_so_far(&name);
+            (name, n)
+        })
+        .collect()
 }
 
 /// Packets the kernel counted on `name` since it was created (0 when unknown): how busy it is.
@@ -229,6 +253,9 @@ impl Node {
                 return Err(Error::NoSuchInterface(name.clone()));
             }
         }
+        // Before the slow part (loading, pods, the scan), so the first pass can tell which veths
+        // carry traffic meanwhile.
+        let packets_at_start = opts.interfaces.is_empty().then(packets_of_all);
         let mut probe = Probe::load(&opts.probe)?;
         let logger = probe.take_logger();
         // Subscribe before the first scan, so no veth created in between is missed.
@@ -270,6 +297,7 @@ impl Node {
             filter: opts.attach_filter.clone(),
             rescan_all: false,
             expediter,
+            packets_at_start,
         }));
         reconcile(&state);
         let relabel = Arc::new(Notify::new());

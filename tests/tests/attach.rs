@@ -497,6 +497,199 @@ fn expedite_rcu_is_held_only_while_attaching_and_put_back_even_after_sigkill() {
     );
 }
 
+/// Ids of the tcx links on one hook of `ifindex` in the calling thread's namespace, from the
+/// kernel (`BPF_PROG_QUERY`, whose answer carries link ids since tcx came in). The kernel hands
+/// out link ids in increasing order, so they tell in which order links were made.
+fn tcx_link_ids(ifindex: u32, attach_type: u32) -> Vec<u32> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let mut progs = [0u32; 16];
+    let mut links = [0u32; 16];
+    // union bpf_attr, query part: target_ifindex, attach_type, query_flags, attach_flags,
+    // prog_ids, count, (pad), prog_attach_flags, link_ids, link_attach_flags, revision.
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[4..8].copy_from_slice(&attach_type.to_ne_bytes());
+    attr[16..24].copy_from_slice(&(progs.as_mut_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&(progs.len() as u32).to_ne_bytes());
+    attr[40..48].copy_from_slice(&(links.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: `attr` is a valid bpf_attr prefix of its length; the kernel writes at most
+    // `count` ids into each array, which outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), attr.len()) };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_QUERY ifindex {ifindex}: {}",
+        std::io::Error::last_os_error()
+    );
+    let n = u32::from_ne_bytes(attr[24..28].try_into().unwrap()) as usize;
+    links[..n.min(links.len())].to_vec()
+}
+
+/// A tcx attach waits for RCU grace periods, so a first pass over many veths takes a while: the
+/// agent attaches first the veths that carry traffic as it starts, then those that carried the
+/// most before, then the idle ones.
+#[test]
+fn veths_that_carry_traffic_are_attached_before_idle_ones() {
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+    require_root();
+    let node = Netns::new("xo");
+    let pairs = 24;
+    // Made last (last by ifindex and by name), so any other order reaches them late: pairs
+    // that carried many packets before the agent started, then fell silent...
+    let past: Vec<usize> = (pairs - 3..pairs).collect();
+    // ...and one that sends all along, but has carried far fewer packets so far.
+    let live = pairs - 4;
+    let mut batch = String::new();
+    for i in 0..pairs {
+        let _ = writeln!(batch, "link add xa{i:02} type veth peer name xb{i:02}");
+        let _ = writeln!(batch, "link set xa{i:02} up");
+        let _ = writeln!(batch, "link set xb{i:02} up");
+    }
+    for &i in past.iter().chain([&live]) {
+        let _ = writeln!(batch, "addr add 10.77.{i}.1/24 dev xb{i:02}");
+        // A neighbour nobody answers for: the frames cross the veth and end there.
+        let _ = writeln!(
+            batch,
+            "neigh add 10.77.{i}.2 lladdr 02:00:00:00:77:02 dev xb{i:02} nud permanent"
+        );
+    }
+    let file = std::env::temp_dir().join(format!("{}.batch", node.name));
+    std::fs::write(&file, batch).unwrap();
+    sh(&format!("ip -n {} -batch {}", node.name, file.display()));
+    let _ = std::fs::remove_file(&file);
+    let send = |i: usize, n: usize| {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        for _ in 0..n {
+            sock.send_to(b"busy", format!("10.77.{i}.2:9"))
+                .expect("send across the veth");
+        }
+    };
+    node.in_thread(|| {
+        for &i in &past {
+            send(i, 100_000);
+        }
+    });
+    let name = |i: usize, end: &str| format!("{end}{i:02}");
+    let packets = |n: &str| {
+        let c = node.exec(&format!(
+            "cat /sys/class/net/{n}/statistics/rx_packets /sys/class/net/{n}/statistics/tx_packets"
+        ));
+        c.split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    let veths: Vec<String> = (0..pairs)
+        .flat_map(|i| [name(i, "xa"), name(i, "xb")])
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let links: Vec<(String, Vec<u32>)> = std::thread::scope(|s| {
+        // Thousands of packets a second from before the agent starts until it has attached
+        // everywhere.
+        s.spawn(|| {
+            node.in_thread(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    send(live, 1);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            });
+        });
+        let _stop = SetOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(100));
+        // What the agent will find: the past pairs far ahead of the live one, and both far
+        // ahead of the others' IPv6 chatter.
+        for end in ["xa", "xb"] {
+            for &i in &past {
+                let n = packets(&name(i, end));
+                assert!(n >= 100_000, "{} carried only {n} packets", name(i, end));
+            }
+            let n = packets(&name(live, end));
+            assert!(
+                (10..50_000).contains(&n),
+                "live {} carried {n} packets",
+                name(live, end)
+            );
+            for i in (0..pairs).filter(|i| !past.contains(i) && *i != live) {
+                let n = packets(&name(i, end));
+                assert!(n < 100, "idle {} carried {n} packets", name(i, end));
+            }
+        }
+        let mut agent = Reaped(
+            Command::new("ip")
+                .args(["netns", "exec", &node.name])
+                .arg(binary())
+                .args(["--log-level", "warn", "run", "--attach-mode", "tcx"])
+                .args(["--listen", "127.0.0.1:0"])
+                .args(["--cri-socket", "/run/ntt-none.sock"])
+                .args(["--cni-results-dir", "/run/ntt-none"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn node-tracer run"),
+        );
+        assert!(
+            eventually(Duration::from_mins(1), Duration::from_millis(50), || {
+                tcx_programs_in(&node, &veths) == 2 * veths.len()
+            }),
+            "not every veth attached: {} tcx programs",
+            tcx_programs_in(&node, &veths)
+        );
+        // Each veth's links; their ids tell the order the kernel made them in.
+        let links = node.in_thread(|| {
+            veths
+                .iter()
+                .map(|v| {
+                    let c = std::ffi::CString::new(v.as_str()).unwrap();
+                    // SAFETY: a valid NUL-terminated name.
+                    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+                    assert_ne!(ifindex, 0, "{v} is gone");
+                    let mut ids = tcx_link_ids(ifindex, BPF_TCX_INGRESS);
+                    ids.extend(tcx_link_ids(ifindex, BPF_TCX_EGRESS));
+                    assert_eq!(ids.len(), 2, "{v}: links {ids:?}");
+                    (v.clone(), ids)
+                })
+                .collect()
+        });
+        let (status, err) = agent.stop(libc::SIGTERM);
+        assert!(status.success(), "{status}: {err}");
+        links
+    });
+    assert_eq!(tcx_programs_in(&node, &veths), 0);
+
+    let pair = |v: &str| v[2..].parse::<usize>().unwrap();
+    let ids_of = |group: &dyn Fn(usize) -> bool| -> Vec<u32> {
+        links
+            .iter()
+            .filter(|(v, _)| group(pair(v)))
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect()
+    };
+    let live_ids = ids_of(&|i| i == live);
+    let past_ids = ids_of(&|i| past.contains(&i));
+    let idle_ids = ids_of(&|i| i != live && !past.contains(&i));
+    let mut order = links.clone();
+    order.sort_by_key(|(_, ids)| ids[0]);
+    let order: Vec<&str> = order.iter().map(|(v, _)| v.as_str()).collect();
+    assert!(
+        live_ids.iter().max() < past_ids.iter().min(),
+        "a veth busy only in the past was attached before the live one; order: {order:?}"
+    );
+    assert!(
+        past_ids.iter().max() < idle_ids.iter().min(),
+        "an idle veth was attached before a busy one; order: {order:?}"
+    );
+}
+
+/// Sets the flag when dropped: stops a helper thread also when an assertion fails.
+struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Sets rcu_expedited back to 0 when the test ends.
 struct PutBack;
 

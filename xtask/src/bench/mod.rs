@@ -310,6 +310,17 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
             "s",
         ),
         row(
+            "startup_busy_1000_s",
+            format!(
+                "same, until the {} veths carrying traffic are attached (they go first)",
+                b.busy
+            ),
+            b.startup_busy_s.into_iter().collect(),
+            Stat::Median,
+            None,
+            "s",
+        ),
+        row(
             "startup_fast_start_1000_s",
             format!("same, --attach-mode fast-start (netlink, then tcx), {n} veths"),
             b.startup_fast_s.into_iter().collect(),

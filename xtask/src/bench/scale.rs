@@ -23,6 +23,10 @@ pub struct Results {
     pub veths: usize,
     /// Spawn to every hook attached (default mode: tcx).
     pub startup_s: f64,
+    /// Pods sending while the agent starts (one in ten).
+    pub busy: usize,
+    /// Spawn to the veths of the [`Results::busy`] pods attached (default mode): they go first.
+    pub startup_busy_s: Option<f64>,
     /// The same with `--attach-mode fast-start` (clsact filters first).
     pub startup_fast_s: Option<f64>,
     /// Spawn to /healthz (the agent serves once its first attach pass is done).
@@ -65,19 +69,38 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
         ..Results::default()
     };
 
+    // One pod in ten sends while the agent starts, as on a node where some pods are busy.
+    let busy: Vec<usize> = (0..s.veths).filter(|i| i % 10 == 9).collect();
+    let busy_veths: Vec<String> = busy.iter().map(|&i| veths[i].clone()).collect();
+    let busy_pods: Vec<String> = busy.iter().map(|i| lab.ns(&format!("p{i}"))).collect();
+    r.busy = busy.len();
+    let senders = Senders::start(&busy_pods)?;
+
     let start = Instant::now();
     // 1,000 veths and the late ones exceed the default --max-ports (1,024).
-    let agent = Agent::start(
-        &node,
-        &["--max-ports", "2048"],
-        &s.out_dir.join("agent-scale.log"),
-    )?;
+    let (agent, busy_s) = std::thread::scope(|sc| {
+        let watch = sc.spawn(|| {
+            agent::wait_hooked(&node, &busy_veths).map(|_| start.elapsed().as_secs_f64())
+        });
+        let agent = Agent::start(
+            &node,
+            &["--max-ports", "2048"],
+            &s.out_dir.join("agent-scale.log"),
+        );
+        let busy_s = watch
+            .join()
+            .map_err(|_| anyhow::anyhow!("the busy-veth watcher panicked"))?;
+        anyhow::Ok((agent?, busy_s?))
+    })?;
+    r.startup_busy_s = Some(busy_s);
     r.serve_s = agent.ready_after.as_secs_f64();
     agent::wait_hooked(&node, &veths)?;
     r.startup_s = start.elapsed().as_secs_f64();
+    let sent = senders.stop()?;
     eprintln!(
-        "    start-up: serving after {:.2} s, all {} veths attached after {:.2} s",
-        r.serve_s, r.veths, r.startup_s
+        "    start-up: the {} busy veths ({sent} packets sent) attached after {busy_s:.2} s, \
+         serving after {:.2} s, all {} veths attached after {:.2} s",
+        r.busy, r.serve_s, r.veths, r.startup_s
     );
 
     // Let the post-start relabel pass finish before calling anything idle.
@@ -149,6 +172,72 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
 
     expedited(&node, &veths, &late_pods, s, &mut r)?;
     Ok(r)
+}
+
+/// Traffic out of some pods: each sends a datagram every 10 ms to an address of its subnet that
+/// no one has (a permanent neighbour entry, so nothing is resolved): the frames cross the pod's
+/// veth and end on the node side. Stopped by [`Senders::stop`] or on drop.
+struct Senders {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<u64>>>,
+}
+
+impl Senders {
+    const TO: &str = "10.200.255.254";
+
+    fn start(pods: &[String]) -> Result<Self> {
+        let mut socks = Vec::with_capacity(pods.len());
+        for pod in pods {
+            sys::ip_batch(
+                Some(pod),
+                &[format!(
+                    "neigh add {} lladdr 02:00:00:c8:ff:fe dev eth0 nud permanent",
+                    Self::TO
+                )],
+            )?;
+            // A socket stays in the namespace it was made in, whichever thread uses it.
+            socks.push(sys::in_netns(pod, || {
+                std::net::UdpSocket::bind("0.0.0.0:0").context("udp socket")
+            })?);
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for sock in &socks {
+                    sock.send_to(b"busy", (Self::TO, 9))
+                        .context("send from a busy pod")?;
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(sent)
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops sending; the number of datagrams sent.
+    fn stop(mut self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .context("senders already stopped")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?
+    }
+}
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The default mode with `--expedite-rcu`: the same tcx attaches (at start, then of new veths,
