@@ -49,7 +49,7 @@ pub enum AttachMode {
     /// tcx where the kernel has it (>= 6.6), else netlink.
     Auto,
     /// tcx links (kernel >= 6.6): first in the chain, gone when the agent exits; about 30 ms a
-    /// veth (two RCU grace periods under rtnl).
+    /// veth (two RCU grace periods under rtnl), so veths that carry traffic are attached first.
     Tcx,
     /// A clsact qdisc and cls_bpf filters over netlink (older kernels). Adding and removing the
     /// qdisc can drop packets in flight on a busy veth (the kernel deactivates it meanwhile).

@@ -171,6 +171,8 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
     // Goals are only judged on a full run.
     let g = |goal| if s.quick { None } else { Some(goal) };
     let n = b.veths;
+    // A figure of the scale part taken once, none when that part did not run (`--only`).
+    let once = |v: f64| if n > 0 { vec![v] } else { vec![] };
     let row = |key, label: String, samples: Vec<f64>, stat, goal, unit| Row {
         key,
         label,
@@ -209,6 +211,14 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
             "empty_tcx_udp_pps_ratio",
             "UDP pps, an empty tcx program on both veths / nothing".into(),
             ratio(&t.udp_pps, Config::EmptyTcx),
+            Stat::Median,
+            None,
+            "",
+        ),
+        row(
+            "empty_tcx_tcp_ratio",
+            "TCP bulk, an empty tcx program on both veths / nothing".into(),
+            ratio(&t.tcp_bps, Config::EmptyTcx),
             Stat::Median,
             None,
             "",
@@ -304,7 +314,7 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
         row(
             "startup_1000_s",
             format!("agent start -> all hooks attached, {n} veths (default: tcx)"),
-            vec![b.startup_s],
+            once(b.startup_s),
             Stat::Median,
             g(Goal::AtMost(5.0)),
             "s",
@@ -355,7 +365,7 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
         row(
             "metrics_1000_bytes",
             format!("/metrics size, {n} veths"),
-            vec![b.metrics_bytes as f64],
+            once(b.metrics_bytes as f64),
             Stat::Median,
             None,
             "B",
@@ -363,7 +373,7 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
         row(
             "rss_1000_mib",
             format!("agent RSS, {n} veths"),
-            vec![b.rss_mib],
+            once(b.rss_mib),
             Stat::Median,
             g(Goal::AtMost(64.0)),
             "MiB",
@@ -371,7 +381,7 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
         row(
             "idle_cpu_pct",
             format!("agent CPU idle, {n} veths"),
-            vec![b.idle_cpu_pct],
+            once(b.idle_cpu_pct),
             Stat::Median,
             g(Goal::AtMost(1.0)),
             "% core",
@@ -400,4 +410,29 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
 pub fn smoke() -> Result<()> {
     step("bench --quick (smoke: the harness runs end to end; no thresholds)");
     run(true, None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_not_run_are_not_measured_rather_than_zero() {
+        let s = Settings::new(false, None);
+        let rows = rows(
+            &s,
+            &prog::Results::default(),
+            &traffic::Results::default(),
+            &scale::Results::default(),
+        );
+        for r in &rows {
+            assert!(r.samples.is_empty(), "{}: {:?}", r.key, r.samples);
+        }
+        let t = report::table(&rows);
+        assert!(
+            !t.contains("| ok |") && !t.contains("MISSED") && !t.contains("NaN"),
+            "{t}"
+        );
+        assert!(t.contains("not measured"), "{t}");
+    }
 }

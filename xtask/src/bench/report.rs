@@ -36,9 +36,17 @@ impl Goal {
     }
 
     fn text(self) -> String {
+        // A goal relative to a figure that was not measured (2 x the empty program).
+        let v = |g: f64| {
+            if g.is_finite() {
+                g.to_string()
+            } else {
+                "n/a".into()
+            }
+        };
         match self {
-            Goal::AtLeast(g) => format!(">= {g}"),
-            Goal::AtMost(g) => format!("<= {g}"),
+            Goal::AtLeast(g) => format!(">= {}", v(g)),
+            Goal::AtMost(g) => format!("<= {}", v(g)),
         }
     }
 }

@@ -55,9 +55,10 @@ impl Config {
         }
     }
 
-    /// TCP only where the goal asks for it, to keep the run short.
+    /// TCP only where the goal asks for it, and for the empty program, which shows how far
+    /// one round's TCP figure moves by itself; the others are left out to keep the run short.
     fn runs_tcp(self) -> bool {
-        matches!(self, Config::Baseline | Config::Agent)
+        matches!(self, Config::Baseline | Config::Agent | Config::EmptyTcx)
     }
 }
 
