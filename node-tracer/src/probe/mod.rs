@@ -15,6 +15,7 @@
 //! ([`Probe::next_upgrade`]), the two program sets handing over without losing or
 //! double-counting a packet (`observe` in the programs).
 
+mod batch;
 mod qdisc;
 pub mod rcu;
 
@@ -26,7 +27,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
@@ -626,12 +627,27 @@ impl Probe {
             name: "PORT_COUNTERS",
             source,
         })?;
-        for (&ifindex, &slot) in &self.slots.of {
-            let per_cpu = counters.get(&slot, 0).map_err(|source| Error::Map {
-                name: "PORT_COUNTERS",
-                source,
-            })?;
-            ports.push((ifindex, per_cpu));
+        // The slots in use lie below the highest one: one batch call reads them all.
+        let used = self.slots.of.values().max().map_or(0, |m| m + 1);
+        match batch_of::<u32, PortStats>(counters.map(), used) {
+            Ok(all) => {
+                let by_slot: HashMap<u32, Vec<PortStats>> = all.into_iter().collect();
+                for (&ifindex, slot) in &self.slots.of {
+                    if let Some(per_cpu) = by_slot.get(slot) {
+                        ports.push((ifindex, per_cpu_values(per_cpu.clone())?));
+                    }
+                }
+            }
+            Err(e) => {
+                log::debug!("PORT_COUNTERS: no batch lookup ({e}); one slot at a time");
+                for (&ifindex, &slot) in &self.slots.of {
+                    let per_cpu = counters.get(&slot, 0).map_err(|source| Error::Map {
+                        name: "PORT_COUNTERS",
+                        source,
+                    })?;
+                    ports.push((ifindex, per_cpu));
+                }
+            }
         }
         for entry in &self.port_stats()? {
             ports.push(entry.map_err(|source| Error::Map {
@@ -667,7 +683,15 @@ impl Probe {
                 name: "ICMP_STATS",
                 source,
             })?;
-        for (k, per_cpu) in icmp.iter().filter_map(Result::ok) {
+        let icmp: Vec<(IcmpKey, Vec<u64>)> = match batch_of(icmp.map(), u32::MAX) {
+            Ok(all) => all,
+            Err(_) => icmp
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k, v.iter().copied().collect()))
+                .collect(),
+        };
+        for (k, per_cpu) in icmp {
             if let Some(r) = out.get_mut(&k.ifindex) {
                 r.counters.icmp.push(IcmpCount {
                     direction: pod_direction(k.dir),
@@ -687,12 +711,20 @@ impl Probe {
                 name: "MAC_SEEN",
                 source,
             })?;
-        for (k, per_cpu) in seen.iter().filter_map(Result::ok) {
+        let seen: Vec<(MacKey, Vec<MacStats>)> = match batch_of(seen.map(), u32::MAX) {
+            Ok(all) => all,
+            Err(_) => seen
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k, v.iter().copied().collect()))
+                .collect(),
+        };
+        for (k, per_cpu) in seen {
             if !out.contains_key(&k.ifindex) {
                 continue;
             }
             let t = macs.entry((k.ifindex, k.mac, k.dir)).or_default();
-            for v in per_cpu.iter() {
+            for v in &per_cpu {
                 t.add(v.packets, v.bytes, v.first_ns, v.last_ns);
             }
         }
@@ -852,7 +884,9 @@ impl Probe {
         if let Some(map) = self.ebpf.map("ICMP_STATS")
             && let Ok(m) = PerCpuHashMap::<_, IcmpKey, u64>::try_from(map)
         {
-            out.push(("ICMP_STATS", m.keys().count()));
+            let n = batch_of::<IcmpKey, u64>(m.map(), u32::MAX)
+                .map_or_else(|_| m.keys().count(), |all| all.len());
+            out.push(("ICMP_STATS", n));
         }
         out
     }
@@ -986,6 +1020,23 @@ unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c
         return Err(std::io::Error::last_os_error());
     }
     Ok(rc)
+}
+
+/// Up to `limit` entries of a per-CPU map in a few calls (see [`batch`]).
+fn batch_of<K: aya::Pod, V: aya::Pod>(
+    map: &aya::maps::MapData,
+    limit: u32,
+) -> std::io::Result<Vec<(K, Vec<V>)>> {
+    let max_entries = map
+        .info()
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .max_entries();
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    batch::per_cpu_entries(map.fd().as_fd(), max_entries, cpus, limit)
+}
+
+fn per_cpu_values(v: Vec<PortStats>) -> Result<aya::maps::PerCpuValues<PortStats>> {
+    aya::maps::PerCpuValues::try_from(v).map_err(|e| Error::io("per-CPU values", e))
 }
 
 fn zeroed_per_cpu() -> Result<aya::maps::PerCpuValues<PortStats>> {
