@@ -1,5 +1,6 @@
 //! `node-tracer run`: the agent. Attaches to every veth (see [`crate::node`]) and serves
-//! `/metrics`, `/snapshot` (JSON) and `/healthz`.
+//! `/metrics`, `/snapshot` (JSON), `/healthz`, and `/trace/icmp` (the stream
+//! `trace icmp --connect` reads, see [`crate::trace::wire`]).
 
 use std::{
     convert::Infallible,
@@ -9,8 +10,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Frame, Incoming},
+    service::service_fn,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
@@ -18,7 +23,10 @@ use crate::{
     error::{Error, Result},
     metrics,
     node::{Node, NodeOptions, State, lock},
+    trace::{self, Hub},
 };
+
+type Body = BoxBody<Bytes, Infallible>;
 
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
@@ -43,7 +51,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             opts.listen
         );
     }
-    let server = tokio::spawn(serve(listener, node.state.clone()));
+    // One reader of the programs' event ring for every `trace icmp --connect`.
+    let ring = lock(&node.state).probe.take_events()?;
+    let hub = Arc::new(Hub::default());
+    let tracing = tokio::spawn(hub.clone().run(
+        trace::RingBufSource::new(ring, Box::new(|| 0))?,
+        node.state.clone(),
+    ));
+    let server = tokio::spawn(serve(listener, node.state.clone(), hub));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())
         .map_err(|e| Error::io("install SIGTERM handler", e))?;
     tokio::select! {
@@ -51,6 +66,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         _ = term.recv() => log::info!("SIGTERM: detaching"),
     }
     server.abort();
+    tracing.abort();
+    // Per-packet events exist only while someone traces.
+    let _ = lock(&node.state).probe.set_tracing(false);
     node.stop();
     Ok(())
 }
@@ -58,7 +76,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 /// Largest request head we accept; anything bigger is refused by hyper with 431.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
-async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
+async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, hub: Arc<Hub>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -68,9 +86,9 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
                 continue;
             }
         };
-        let state = state.clone();
+        let (state, hub) = (state.clone(), hub.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, state.clone()));
+            let svc = service_fn(move |req| handle(req, state.clone(), hub.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 // Slow clients cannot hold a connection open forever.
@@ -87,7 +105,8 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
-) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    hub: Arc<Hub>,
+) -> std::result::Result<Response<Body>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -96,14 +115,18 @@ async fn handle(
         ));
     }
     let path = req.uri().path().to_string();
+    if path == "/trace/icmp" {
+        return Ok(trace_stream(&hub));
+    }
     // Reading maps is a few syscalls per port: do it off the async workers.
     let res = tokio::task::spawn_blocking(move || match path.as_str() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/metrics" => {
             let mut s = lock(&state);
             let snap = s.snapshot();
-            let health = s.health();
+            let mut health = s.health();
             drop(s);
+            health.trace_streams = hub.streams() as u64;
             reply(
                 StatusCode::OK,
                 prometheus::TEXT_FORMAT,
@@ -124,7 +147,8 @@ async fn handle(
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "node-tracer: /metrics (Prometheus), /snapshot (JSON), /healthz\n",
+            "node-tracer: /metrics (Prometheus), /snapshot (JSON), /healthz, /trace/icmp \
+             (read by `node-tracer trace icmp --connect`)\n",
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     })
@@ -139,8 +163,34 @@ async fn handle(
     Ok(res)
 }
 
-fn reply(status: StatusCode, ty: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+/// `GET /trace/icmp`: every traced packet from now on, one line each, with a heartbeat line
+/// every second (so a client that went away is noticed even while nothing is traced). The
+/// stream lasts until the client closes it.
+fn trace_stream(hub: &Arc<Hub>) -> Response<Body> {
+    let sub = hub.subscribe();
+    let lines = futures::stream::unfold(
+        (sub, tokio::time::interval(trace::TICK)),
+        |(mut sub, mut tick)| async move {
+            let line = tokio::select! {
+                ev = sub.recv() => trace::wire::event_line(&ev?, sub.lost()),
+                _ = tick.tick() => trace::wire::heartbeat_line(sub.lost()),
+            };
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                (sub, tick),
+            ))
+        },
+    );
+    let mut r = Response::new(StreamBody::new(lines).boxed());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+fn reply(status: StatusCode, ty: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     if let Ok(v) = ty.parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

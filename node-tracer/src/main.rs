@@ -167,6 +167,11 @@ enum TraceWhat {
 
 #[derive(Args, Clone)]
 struct TraceArgs {
+    /// Trace through a running agent (e.g. http://127.0.0.1:9465): its programs write the events
+    /// and it streams them, so nothing more is attached. Starts at once and costs the node's
+    /// other traffic nothing; without it, the trace attaches programs of its own to every veth.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
     /// One JSON object per line (and a last one with "summary": true).
     #[arg(long)]
     json: bool,
@@ -464,6 +469,90 @@ async fn trace_icmp(
     result
 }
 
+/// `trace icmp --connect URL`: the events of a running agent's programs, labelled with its
+/// snapshots: re-read as soon as a packet shows up on a veth the last one did not have (a new
+/// pod), at most once a second, and every half minute anyway. A snapshot of a big node is a few
+/// MB, so it is not re-read all the time.
+async fn trace_icmp_remote(
+    url: &str,
+    opts: &trace::TraceOptions,
+) -> anyhow::Result<trace::TraceStats> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use top::SnapshotSource as _;
+
+    let mut agent = top::HttpSource::new(url)?;
+    let ports = |snap: node_tracer::model::Snapshot| -> HashMap<u32, node_tracer::model::Port> {
+        snap.ports.into_iter().map(|p| (p.ifindex, p)).collect()
+    };
+    let first = agent
+        .next()
+        .await
+        .with_context(|| format!("reading the agent's snapshot at {}", agent.url()))?;
+    let attached = first.ports.iter().filter(|p| p.attached).count();
+    let known = Arc::new(Mutex::new(ports(first)));
+    let unknown = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stream, body) = agent.open_stream("/trace/icmp").await?;
+    let mut events = trace::RemoteEvents::new(stream, body);
+    let refresh = {
+        let (known, unknown) = (known.clone(), unknown.clone());
+        let mut agent = agent.clone();
+        tokio::spawn(async move {
+            let mut last = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if !unknown.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    && last.elapsed() < Duration::from_secs(30)
+                {
+                    continue;
+                }
+                last = tokio::time::Instant::now();
+                match agent.next().await {
+                    Ok(snap) => {
+                        *known
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = ports(snap);
+                    }
+                    Err(e) => log::debug!("re-reading the agent's snapshot: {e}"),
+                }
+            }
+        })
+    };
+    log::info!("tracing ICMP on {attached} veths through the agent at {url}; Ctrl-C to stop");
+    let lookup = move |ifindex: u32| {
+        let port = known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&ifindex)
+            .cloned();
+        if port.is_none() {
+            unknown.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        port
+    };
+    let mut stdout = std::io::stdout().lock();
+    // The agent sends wall-clock timestamps: its monotonic clock may not be ours.
+    let mut tracer = trace::Tracer::new(opts, &events)?
+        .with_clock(|ns| std::time::SystemTime::UNIX_EPOCH + Duration::from_nanos(ns));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    let ended = tokio::select! {
+        r = tracer.pump(&mut events, &lookup, &mut stdout) => r? == trace::Stop::SourceEnded,
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+    };
+    tracer.drain(&mut events, &lookup, &mut stdout)?;
+    let stats = tracer.finish(&events, &mut stdout)?;
+    refresh.abort();
+    if ended {
+        anyhow::bail!(
+            "the agent at {url} ended the trace stream{}",
+            events.error().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
+    Ok(stats)
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -652,6 +741,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 write: args.write.clone(),
                 summary: !args.no_summary,
             };
+            if let Some(url) = &args.connect {
+                let stats = rt.block_on(trace_icmp_remote(url, &opts))?;
+                if stats.lost > 0 {
+                    log::warn!("{} events were lost", stats.lost);
+                }
+                return Ok(());
+            }
             // Attach only where the filter could match anything, when it names veths exactly.
             let exact: Vec<String> = args
                 .veth

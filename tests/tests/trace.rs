@@ -297,6 +297,71 @@ fn preconditions() {
 fn trace_lists_exactly_what_tcpdump_sees_on_every_veth() {
     preconditions();
     let lab = Lab::new();
+    trace_matches_tcpdump(&lab, || Trace::start(&lab.veth_args(), 4));
+}
+
+/// Programs (tcx) on one hook of `veth`.
+fn programs_on(veth: &str, ty: aya::programs::TcAttachType) -> usize {
+    aya::programs::SchedClassifier::query_tcx(veth, ty)
+        .expect("query tcx")
+        .1
+        .len()
+}
+
+/// `trace icmp --connect`: the same packets, from the agent's own programs. The tracer adds no
+/// program anywhere, and once it is gone the agent's programs stop writing events.
+#[test]
+fn trace_through_the_agent_sees_the_same_and_attaches_nothing() {
+    use aya::programs::TcAttachType::{Egress, Ingress};
+    preconditions();
+    let lab = Lab::new();
+    let veths = lab.veths();
+    let mut args = vec![];
+    for v in veths {
+        args.extend(["-i", v]);
+    }
+    let agent = Agent::start(&args);
+    let url = format!("http://{}", agent.addr);
+    let streams = |agent: &Agent| metric(&agent.metrics(), "node_tracer_trace_streams", &[]);
+    assert_eq!(streams(&agent), Some(0.0));
+    trace_matches_tcpdump(&lab, || {
+        let mut args = vec!["--connect", url.as_str()];
+        args.extend(lab.veth_args());
+        let trace = Trace::start(&args, 4);
+        for v in veths {
+            assert_eq!(
+                (programs_on(v, Ingress), programs_on(v, Egress)),
+                (1, 1),
+                "{v}: only the agent's programs"
+            );
+        }
+        assert_eq!(streams(&agent), Some(1.0));
+        trace
+    });
+    // The tracer has gone: within the hub's next tick or two, nobody streams, and pings no
+    // longer make events.
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        streams(&agent) == Some(0.0)
+    });
+    assert!(gone, "the agent still counts a trace stream");
+    let sent = |agent: &Agent| metric(&agent.metrics(), "node_tracer_events_sent_total", &[]);
+    let before = sent(&agent).expect("events_sent metric");
+    assert!(before > 0.0, "the agent's programs wrote the traced events");
+    lab.a
+        .ns
+        .exec(&format!("ping -c 5 -i 0.05 -W 5 -q {}", lab.b.ip));
+    assert_eq!(sent(&agent), Some(before), "events written with no tracer");
+
+    // An agent that is not there: one line, non-zero.
+    drop(agent);
+    let out = node_tracer(&["trace", "icmp", "--connect", &url]);
+    assert_one_line_error(&out, "--connect to no agent");
+}
+
+/// Runs `start`ed trace while the lab sends every flow, and compares its lines with tcpdump on
+/// both directions of every veth.
+fn trace_matches_tcpdump(lab: &Lab, start: impl FnOnce() -> Trace) {
     let tmp = TempDir::new("trc");
     let veths = lab.veths();
     // tcpdump -Q in on the host veth sees what the pod transmits.
@@ -305,7 +370,7 @@ fn trace_lists_exactly_what_tcpdump_sees_on_every_veth() {
         .flat_map(|v| [(*v, "in", "transmit"), (*v, "out", "receive")])
         .map(|(v, q, dir)| (v, dir, Capture::start(v, q, &tmp.0)))
         .collect();
-    let trace = Trace::start(&lab.veth_args(), veths.len());
+    let trace = start();
     lab.send();
     std::thread::sleep(Duration::from_secs(1));
     let (status, stdout, stderr) = trace.stop();

@@ -25,6 +25,8 @@ pub struct Health {
     pub link_events: u64,
     /// Peer namespaces entered to read veth peers (see `topology::Scanner`).
     pub netns_visits: u64,
+    /// `trace icmp --connect` clients streaming from this agent now.
+    pub trace_streams: u64,
     /// Per program: (name, kernel program id, total run time, run count); times and counts are
     /// zero unless `kernel.bpf_stats_enabled`.
     pub program_runs: Vec<(&'static str, u32, std::time::Duration, u64)>,
@@ -265,6 +267,12 @@ fn health_families(out: &mut Exposition, h: &Health) {
         Counter,
     )
     .sample(&[], h.netns_visits);
+    out.family(
+        "node_tracer_trace_streams",
+        "trace icmp --connect clients streaming from this agent; the programs write events only while there is one.",
+        Gauge,
+    )
+    .sample(&[], h.trace_streams);
     // The id label matches `bpftool prog show`, so an operator can find our programs there.
     let ids: Vec<String> = h.program_runs.iter().map(|r| r.1.to_string()).collect();
     let mut f = out.family(

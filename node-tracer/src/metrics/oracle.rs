@@ -278,6 +278,12 @@ fn health_families(h: &Health) -> Vec<Family> {
         COUNTER,
     );
     visits.push(&[], h.netns_visits as f64);
+    let mut streams = Family::new(
+        "node_tracer_trace_streams",
+        "trace icmp --connect clients streaming from this agent; the programs write events only while there is one.",
+        GAUGE,
+    );
+    streams.push(&[], h.trace_streams as f64);
     let mut run_s = Family::new(
         "node_tracer_program_run_seconds_total",
         "Time spent in each program (needs sysctl kernel.bpf_stats_enabled=1).",
@@ -304,7 +310,7 @@ fn health_families(h: &Health) -> Vec<Family> {
         entries.push(&[("map", name)], *n as f64);
     }
     vec![
-        attached, errors, map_errors, mac_new, lost, sent, resyncs, events, visits, run_s, runs,
-        entries,
+        attached, errors, map_errors, mac_new, lost, sent, resyncs, events, visits, streams, run_s,
+        runs, entries,
     ]
 }

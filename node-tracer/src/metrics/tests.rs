@@ -182,6 +182,7 @@ fn hostile_fixture() -> (Snapshot, Health) {
         netlink_resyncs: 1,
         link_events: 17,
         netns_visits: 1003,
+        trace_streams: 2,
         program_runs: vec![
             (
                 "nt_ingress",

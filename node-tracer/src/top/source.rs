@@ -55,6 +55,8 @@ pub struct HttpSource {
     host: String,
     /// Path of the snapshot, e.g. `/snapshot` or `/base/snapshot`.
     path: String,
+    /// The URL's path, e.g. `` or `/base`: other endpoints go under it.
+    base: String,
     url: String,
     pub timeout: Duration,
 }
@@ -84,14 +86,78 @@ impl HttpSource {
         } else {
             format!("{authority}:80")
         };
-        let path = format!("{}/snapshot", base.trim_end_matches('/'));
+        let base = base.trim_end_matches('/').to_owned();
+        let path = format!("{base}/snapshot");
         Ok(HttpSource {
             addr,
             host: authority.to_owned(),
             url: format!("http://{authority}{path}"),
             path,
+            base,
             timeout: Duration::from_secs(5),
         })
+    }
+
+    /// Opens a streamed endpoint under the URL (`/trace/icmp`): connects, sends the request and
+    /// reads the response head. Returns the connection and whatever of the body came with the
+    /// head. HTTP/1.0, so the agent sends the body as is until it closes the connection, rather
+    /// than in chunks.
+    pub async fn open_stream(&self, endpoint: &str) -> Result<(TcpStream, Vec<u8>), SourceError> {
+        let url = format!("http://{}{}{endpoint}", self.host, self.base);
+        let io = |source| SourceError::Io {
+            addr: self.addr.clone(),
+            source,
+        };
+        let mut s = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr.as_str()))
+            .await
+            .map_err(|_| SourceError::Timeout {
+                addr: self.addr.clone(),
+                after: self.timeout,
+            })?
+            .map_err(|source| SourceError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let req = format!(
+            "GET {}{endpoint} HTTP/1.0\r\nHost: {}\r\nUser-Agent: node-tracer\r\n\r\n",
+            self.base, self.host
+        );
+        s.write_all(req.as_bytes()).await.map_err(io)?;
+        let mut head = Vec::new();
+        let end = loop {
+            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if head.len() > 64 << 10 {
+                return Err(SourceError::Http {
+                    addr: self.addr.clone(),
+                    why: "response head too large",
+                });
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(self.timeout, s.read(&mut chunk))
+                .await
+                .map_err(|_| SourceError::Timeout {
+                    addr: self.addr.clone(),
+                    after: self.timeout,
+                })?
+                .map_err(io)?;
+            if n == 0 {
+                return Err(SourceError::Http {
+                    addr: self.addr.clone(),
+                    why: "connection closed before the response head",
+                });
+            }
+            head.extend_from_slice(&chunk[..n]);
+        };
+        let (status, _) = parse_response(&head[..end]).map_err(|why| SourceError::Http {
+            addr: self.addr.clone(),
+            why,
+        })?;
+        if status != 200 {
+            return Err(SourceError::Status { url, status });
+        }
+        Ok((s, head[end..].to_vec()))
     }
 
     /// The full URL fetched, for messages.

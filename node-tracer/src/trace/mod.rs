@@ -1,15 +1,21 @@
 //! `node-tracer trace icmp`: one line per ICMP/ICMPv6 packet per veth and direction — which veth
 //! sees my ping — from the events the tc programs write while a tracer runs.
 //!
-//! Everything here is pure: events come in through [`EventSource`], veths are looked up through
-//! a function, output goes to a writer. The caller owns the ring buffer, the model and Ctrl-C.
+//! The tracing itself is pure: events come in through [`EventSource`], veths are looked up
+//! through a function, output goes to a writer. The caller owns the event source, the model and
+//! Ctrl-C. Two sources are real: the programs' ring buffer ([`RingBufSource`], a standalone
+//! trace) and a running agent's stream ([`RemoteEvents`], `--connect`), which the agent serves
+//! from its own ring through a [`Hub`].
 
 mod decode;
 mod filter;
 mod format;
+mod hub;
 mod pcapng;
+mod remote;
 mod ringbuf;
 mod summary;
+pub mod wire;
 
 use std::fs::File;
 use std::future::Future;
@@ -25,7 +31,9 @@ pub use crate::icmp::{icmp_code_name, icmp_type_name};
 pub use decode::{Packet, decode};
 pub use filter::{AddressMatch, Filter, FilterError, TypeMatch};
 pub use format::{format_line, rfc3339_micros, to_json};
+pub use hub::{Hub, Subscription, TICK};
 pub use pcapng::PcapngWriter;
+pub use remote::RemoteEvents;
 pub use ringbuf::RingBufSource;
 pub use summary::Summary;
 

@@ -94,6 +94,18 @@ impl Agent {
     }
 }
 
+/// `node_tracer_trace_streams` of the agent listening in `netns`: tracers connected to it.
+pub fn trace_streams(netns: &str) -> Result<u64> {
+    let addr = addr()?;
+    let (status, body, _) = sys::in_netns(netns, || sys::http_fetch(addr, "/metrics"))?;
+    anyhow::ensure!(status == 200, "GET /metrics: HTTP {status}");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("node_tracer_trace_streams "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no node_tracer_trace_streams in /metrics")
+}
+
 fn addr() -> Result<SocketAddr> {
     LISTEN.parse().context("listen address")
 }

@@ -225,7 +225,7 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
         ),
         row(
             "trace_udp_pps_ratio",
-            "UDP pps, node-tracer + trace icmp / nothing".into(),
+            "UDP pps, node-tracer + trace icmp --connect / nothing".into(),
             ratio(&t.udp_pps, Config::Trace),
             Stat::Median,
             g(Goal::AtLeast(0.95)),

@@ -192,6 +192,12 @@ pub fn wait_for(
 /// One HTTP/1.1 GET: (status, body length, time to the last byte). Call from inside the
 /// agent's namespace.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, usize, Duration)> {
+    let (status, body, took) = http_fetch(addr, path)?;
+    Ok((status, body.len(), took))
+}
+
+/// GET `path`: (status, body, time).
+pub fn http_fetch(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>, Duration)> {
     let start = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -212,7 +218,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, usize, Duration)> 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("bad HTTP response: {head}"))?;
-    Ok((status, buf.len() - head_end - 4, took))
+    Ok((status, buf.split_off(head_end + 4), took))
 }
 
 /// utime + stime of a process, in seconds.

@@ -5,7 +5,7 @@
 use std::{
     io::Read as _,
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -29,7 +29,7 @@ pub enum Config {
     Agent,
     /// tcpdump on both veths (what people do today).
     Tcpdump,
-    /// `node-tracer run` plus `node-tracer trace icmp`.
+    /// `node-tracer run` plus `node-tracer trace icmp --connect` to it.
     Trace,
     /// An empty tcx program (`return TCX_NEXT`) on both hooks of both veths: what any tc
     /// observer pays before doing anything.
@@ -169,14 +169,36 @@ impl Observers {
                 o.agent = Some(Agent::start(&node, &[], &log)?);
                 agent::wait_attached(&node, &veths, 1)?;
                 if config == Config::Trace {
+                    // Through the agent, as on a node with the DaemonSet: the agent's programs
+                    // write the events, nothing more is attached.
                     let log = s.out_dir.join(format!("trace-{round}.log"));
-                    o.others.push(agent::spawn(
+                    let url = format!("http://{}", agent::LISTEN);
+                    let mut trace = agent::spawn(
                         &node,
-                        &["trace", "icmp", "--json", "--timeout", "3600"],
+                        &[
+                            "trace",
+                            "icmp",
+                            "--connect",
+                            &url,
+                            "--json",
+                            "--timeout",
+                            "3600",
+                        ],
                         &log,
-                        "node-tracer trace icmp",
-                    )?);
-                    agent::wait_attached(&node, &veths, 2)?;
+                        "node-tracer trace icmp --connect",
+                    )?;
+                    sys::wait_for(
+                        "trace icmp to connect to the agent",
+                        Duration::from_secs(30),
+                        Duration::from_millis(20),
+                        || {
+                            trace.check_running()?;
+                            agent::trace_streams(&node).map(|n| n >= 1)
+                        },
+                    )?;
+                    o.others.push(trace);
+                    // Still only the agent's programs.
+                    agent::wait_attached(&node, &veths, 1)?;
                 }
             }
             Config::EmptyTcx => {

@@ -1,0 +1,182 @@
+//! `trace icmp --connect URL`: the [`EventSource`] of a running agent, its events streamed over
+//! HTTP (`GET /trace/icmp`, lines as in [`wire`]).
+
+use std::{future::Future, pin::Pin};
+
+use node_tracer_common::IcmpEvent;
+use tokio::{io::AsyncReadExt as _, net::TcpStream};
+
+use super::{
+    EventSource,
+    wire::{self, Line},
+};
+
+/// Longest line accepted: an event line is under 400 bytes, so anything longer is not ours.
+const MAX_LINE: usize = 64 << 10;
+
+pub struct RemoteEvents {
+    stream: TcpStream,
+    /// Bytes received and not yet parsed.
+    buf: Vec<u8>,
+    lost: u64,
+    closed: bool,
+    /// Why the stream cannot be read on (set when it ends for a reason other than the agent
+    /// closing it cleanly).
+    error: Option<String>,
+}
+
+impl RemoteEvents {
+    /// `stream` after the response head, `body` what of the body came with it.
+    pub fn new(stream: TcpStream, body: Vec<u8>) -> Self {
+        Self {
+            stream,
+            buf: body,
+            lost: 0,
+            closed: false,
+            error: None,
+        }
+    }
+
+    /// Why the stream ended early, if it did not just close.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// The next whole line's event, from what is buffered; heartbeats only update the loss.
+    fn parse_buffered(&mut self) -> Option<IcmpEvent> {
+        while self.error.is_none() {
+            let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
+                if self.buf.len() > MAX_LINE {
+                    self.error = Some("a line too long: is this a node-tracer agent?".into());
+                }
+                return None;
+            };
+            let line: Vec<u8> = self.buf.drain(..=end).collect();
+            let parsed = std::str::from_utf8(&line[..end])
+                .map_err(|_| "a line that is not UTF-8")
+                .and_then(wire::parse_line);
+            match parsed {
+                Ok(l) => {
+                    self.lost = l.lost();
+                    if let Line::Event(ev, _) = l {
+                        return Some(*ev);
+                    }
+                }
+                Err(why) => self.error = Some(why.into()),
+            }
+        }
+        None
+    }
+}
+
+impl EventSource for RemoteEvents {
+    fn next_event(&mut self) -> Pin<Box<dyn Future<Output = Option<IcmpEvent>> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                if let Some(ev) = self.parse_buffered() {
+                    return Some(ev);
+                }
+                if self.closed || self.error.is_some() {
+                    return None;
+                }
+                // Cancel-safe: a read dropped before it completes has taken no bytes.
+                let mut chunk = [0u8; 16 << 10];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) => self.closed = true,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) => self.error = Some(format!("reading the trace stream: {e}")),
+                }
+            }
+        })
+    }
+
+    fn try_next(&mut self) -> Option<IcmpEvent> {
+        self.parse_buffered()
+    }
+
+    fn lost(&self) -> u64 {
+        self.lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use node_tracer_common::SNAP_LEN;
+    use tokio::{io::AsyncWriteExt as _, net::TcpListener};
+
+    use super::*;
+
+    fn event(seq: u8) -> IcmpEvent {
+        IcmpEvent {
+            ts_ns: 1_000_000_000 * u64::from(seq),
+            ifindex: 7,
+            len: 98,
+            dir: 0,
+            family: 4,
+            icmp_type: 8,
+            icmp_code: 0,
+            cap_len: 42,
+            l4_off: 34,
+            data: [seq; SNAP_LEN],
+        }
+    }
+
+    /// A source reading what `send` writes, in pieces, over a real loopback connection.
+    async fn source(send: Vec<Vec<u8>>) -> RemoteEvents {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            for piece in send {
+                s.write_all(&piece).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        RemoteEvents::new(TcpStream::connect(addr).await.unwrap(), Vec::new())
+    }
+
+    #[tokio::test]
+    async fn events_split_across_reads_heartbeats_and_the_end() {
+        let one = wire::event_line(&event(1), 0).into_bytes();
+        let (head, tail) = one.split_at(100);
+        let two = wire::event_line(&event(2), 3);
+        let mut src = source(vec![
+            wire::heartbeat_line(0).into_bytes(),
+            head.to_vec(),
+            tail.to_vec(),
+            format!("{}{two}", wire::heartbeat_line(2)).into_bytes(),
+        ])
+        .await;
+        assert_eq!(src.next_event().await, Some(event(1)));
+        assert_eq!(src.lost(), 0);
+        assert_eq!(src.next_event().await, Some(event(2)));
+        assert_eq!(src.lost(), 3);
+        // The agent closed the connection: the end, and no error.
+        assert_eq!(src.next_event().await, None);
+        assert_eq!(src.error(), None);
+    }
+
+    #[tokio::test]
+    async fn a_line_that_is_not_ours_ends_the_stream_with_a_reason() {
+        let mut src = source(vec![b"<html>not an agent</html>\n".to_vec()]).await;
+        assert_eq!(src.next_event().await, None);
+        assert!(
+            src.error()
+                .is_some_and(|e| e.contains("not a trace stream line"))
+        );
+        let mut src = source(vec![vec![b'x'; MAX_LINE + 10]]).await;
+        assert_eq!(src.next_event().await, None);
+        assert!(src.error().is_some_and(|e| e.contains("too long")));
+    }
+
+    #[tokio::test]
+    async fn try_next_takes_only_whole_buffered_lines() {
+        let line = wire::event_line(&event(5), 0);
+        let (head, _) = line.split_at(50);
+        let mut src = source(Vec::new()).await;
+        src.buf = format!("{line}{head}").into_bytes();
+        assert_eq!(src.try_next(), Some(event(5)));
+        assert_eq!(src.try_next(), None);
+    }
+}
