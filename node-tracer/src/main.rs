@@ -470,66 +470,19 @@ async fn trace_icmp(
 }
 
 /// `trace icmp --connect URL`: the events of a running agent's programs, labelled with its
-/// snapshots: re-read as soon as a packet shows up on a veth the last one did not have (a new
-/// pod), at most once a second, and every half minute anyway. A snapshot of a big node is a few
-/// MB, so it is not re-read all the time.
+/// snapshot (see [`trace::AgentTrace`]).
 async fn trace_icmp_remote(
     url: &str,
     opts: &trace::TraceOptions,
 ) -> anyhow::Result<trace::TraceStats> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-    use top::SnapshotSource as _;
-
-    let mut agent = top::HttpSource::new(url)?;
-    let ports = |snap: node_tracer::model::Snapshot| -> HashMap<u32, node_tracer::model::Port> {
-        snap.ports.into_iter().map(|p| (p.ifindex, p)).collect()
-    };
-    let first = agent
-        .next()
+    let mut events = trace::AgentTrace::connect(url)
         .await
-        .with_context(|| format!("reading the agent's snapshot at {}", agent.url()))?;
-    let attached = first.ports.iter().filter(|p| p.attached).count();
-    let known = Arc::new(Mutex::new(ports(first)));
-    let unknown = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (stream, body) = agent.open_stream("/trace/icmp").await?;
-    let mut events = trace::RemoteEvents::new(stream, body);
-    let refresh = {
-        let (known, unknown) = (known.clone(), unknown.clone());
-        let mut agent = agent.clone();
-        tokio::spawn(async move {
-            let mut last = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if !unknown.swap(false, std::sync::atomic::Ordering::Relaxed)
-                    && last.elapsed() < Duration::from_secs(30)
-                {
-                    continue;
-                }
-                last = tokio::time::Instant::now();
-                match agent.next().await {
-                    Ok(snap) => {
-                        *known
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = ports(snap);
-                    }
-                    Err(e) => log::debug!("re-reading the agent's snapshot: {e}"),
-                }
-            }
-        })
-    };
-    log::info!("tracing ICMP on {attached} veths through the agent at {url}; Ctrl-C to stop");
-    let lookup = move |ifindex: u32| {
-        let port = known
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&ifindex)
-            .cloned();
-        if port.is_none() {
-            unknown.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        port
-    };
+        .with_context(|| format!("connecting to the agent at {url}"))?;
+    let ports = events.ports();
+    log::info!(
+        "tracing ICMP on {} veths through the agent at {url}; Ctrl-C to stop",
+        events.attached
+    );
     let mut stdout = std::io::stdout().lock();
     // The agent sends wall-clock timestamps: its monotonic clock may not be ours.
     let mut tracer = trace::Tracer::new(opts, &events)?
@@ -537,13 +490,12 @@ async fn trace_icmp_remote(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install SIGTERM handler")?;
     let ended = tokio::select! {
-        r = tracer.pump(&mut events, &lookup, &mut stdout) => r? == trace::Stop::SourceEnded,
+        r = tracer.pump(&mut events, &ports, &mut stdout) => r? == trace::Stop::SourceEnded,
         _ = tokio::signal::ctrl_c() => false,
         _ = term.recv() => false,
     };
-    tracer.drain(&mut events, &lookup, &mut stdout)?;
+    tracer.drain(&mut events, &ports, &mut stdout)?;
     let stats = tracer.finish(&events, &mut stdout)?;
-    refresh.abort();
     if ended {
         anyhow::bail!(
             "the agent at {url} ended the trace stream{}",

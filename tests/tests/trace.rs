@@ -18,8 +18,8 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Capture, Link, Pod, TempDir, binary, metric, node_tracer, require_root, require_tool,
-    sh, unique_net,
+    Agent, Capture, Link, Netns, Pod, TempDir, binary, metric, node_tracer, require_root,
+    require_tool, sh, unique_net,
 };
 use serde_json::Value;
 
@@ -357,6 +357,147 @@ fn trace_through_the_agent_sees_the_same_and_attaches_nothing() {
     drop(agent);
     let out = node_tracer(&["trace", "icmp", "--connect", &url]);
     assert_one_line_error(&out, "--connect to no agent");
+}
+
+/// A process ended with SIGTERM by its PID (then killed) when the test ends, also on failure.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: signalling our own child by its PID.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            for _ in 0..200 {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Through the agent, a pod that appears while the trace runs is named on its packets: the
+/// tracer reads the agent's snapshot again before it prints a packet of a veth whose pod it
+/// does not know yet. (The agent runs in a namespace of its own, so it may follow every veth
+/// there, and the pod is named after its network namespace.)
+#[test]
+fn trace_through_the_agent_names_a_pod_that_appears_during_the_trace() {
+    preconditions();
+    let node = Netns::new("tn");
+    let addr: std::net::SocketAddr = "127.0.0.1:9465".parse().unwrap();
+    let in_node = |path: &str| node.in_thread(|| node_tracer_tests::http_get(addr, path));
+    let _agent = Stopped(
+        Command::new("ip")
+            .args(["netns", "exec", &node.name])
+            .arg(binary())
+            .args(["run", "--listen", &addr.to_string()])
+            .args(["--cri-socket", "/run/ntt-none.sock"])
+            .args(["--cni-results-dir", "/run/ntt-none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn node-tracer run"),
+    );
+    let ok = |path: &str| matches!(in_node(path), Ok((200, _)));
+    assert!(
+        (0..400).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            ok("/healthz")
+        }),
+        "the agent did not start"
+    );
+    let trace = Stopped(
+        Command::new("ip")
+            .args(["netns", "exec", &node.name])
+            .arg(binary())
+            .args([
+                "trace",
+                "icmp",
+                "--connect",
+                &format!("http://{addr}"),
+                "--json",
+            ])
+            .args(["--type", "echo-request", "--type", "echo-reply"])
+            .args(["--count", "6", "--timeout", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trace icmp --connect"),
+    );
+    let streams = || {
+        in_node("/metrics")
+            .ok()
+            .and_then(|(_, m)| metric(&m, "node_tracer_trace_streams", &[]))
+    };
+    assert!(
+        (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            streams() == Some(1.0)
+        }),
+        "the trace did not connect"
+    );
+
+    // Now the pod: a veth whose peer is in a namespace of its own, with an address.
+    let pod = Netns::new("tp");
+    let net = unique_net();
+    let veth = node_tracer_tests::unique("tv");
+    node.exec(&format!(
+        "ip link add {veth} type veth peer name eth0 netns {p} && \
+         ip addr add {net}.1/24 dev {veth} && ip link set {veth} up",
+        p = pod.name
+    ));
+    pod.exec(&format!(
+        "ip addr add {net}.2/24 dev eth0 && ip link set eth0 up"
+    ));
+    // The agent names it a moment after the veth appears.
+    let named = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        in_node("/snapshot").is_ok_and(|(_, body)| {
+            serde_json::from_str::<Value>(&body).is_ok_and(|v| {
+                v["ports"].as_array().is_some_and(|ports| {
+                    ports.iter().any(|p| {
+                        p["name"] == veth.as_str() && p["pod"]["name"] == pod.name.as_str()
+                    })
+                })
+            })
+        })
+    });
+    assert!(named, "the agent never named {veth}'s pod");
+    // Past the tracer's once-a-second limit on re-reading, whatever the pod's link-up chatter
+    // made it read before the agent had the name.
+    std::thread::sleep(Duration::from_millis(1200));
+    pod.exec(&format!("ping -c 3 -i 0.2 -W 5 -q {net}.1"));
+
+    let mut trace = trace;
+    let status = trace.0.wait().expect("wait trace");
+    let mut out = String::new();
+    trace
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    trace
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    let (pkts, _) = packets(&out);
+    assert_eq!(pkts.len(), 6, "{out}");
+    for p in &pkts {
+        assert_eq!(p["interface"], veth.as_str(), "{p}");
+        assert_eq!(p["pod"], pod.name.as_str(), "{p}");
+    }
 }
 
 /// Runs `start`ed trace while the lab sends every flow, and compares its lines with tcpdump on

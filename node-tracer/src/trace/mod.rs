@@ -33,7 +33,7 @@ pub use filter::{AddressMatch, Filter, FilterError, TypeMatch};
 pub use format::{format_line, rfc3339_micros, to_json};
 pub use hub::{Hub, Subscription, TICK};
 pub use pcapng::PcapngWriter;
-pub use remote::RemoteEvents;
+pub use remote::{AgentTrace, RemoteEvents};
 pub use ringbuf::RingBufSource;
 pub use summary::Summary;
 

@@ -1,15 +1,119 @@
 //! `trace icmp --connect URL`: the [`EventSource`] of a running agent, its events streamed over
-//! HTTP (`GET /trace/icmp`, lines as in [`wire`]).
+//! HTTP (`GET /trace/icmp`, lines as in [`wire`]), and the agent's snapshot to name their pods.
 
-use std::{future::Future, pin::Pin};
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use node_tracer_common::IcmpEvent;
-use tokio::{io::AsyncReadExt as _, net::TcpStream};
+use tokio::{io::AsyncReadExt as _, net::TcpStream, time::Instant};
 
 use super::{
     EventSource,
     wire::{self, Line},
 };
+use crate::model::{Port, Snapshot};
+use crate::top::{HttpSource, SnapshotSource as _, SourceError};
+
+/// Veths by ifindex, as the agent's last snapshot had them.
+type Ports = Arc<Mutex<HashMap<u32, Port>>>;
+
+/// A trace through a running agent: its event stream, and its snapshot to label the events. The
+/// snapshot (a few MB on a big node) is read again only when an event comes from a veth whose
+/// pod the last one did not name (a new pod), at most once a second, or when it is half a minute
+/// old. It is read before that event is handed on, so a new pod's first packets carry its name.
+pub struct AgentTrace {
+    events: RemoteEvents,
+    agent: HttpSource,
+    ports: Ports,
+    read_at: Instant,
+    /// An event held while the snapshot is read for it: kept here, the read can be cancelled
+    /// without losing it.
+    pending: Option<IcmpEvent>,
+    /// Veths the agent has attached, as of the first snapshot.
+    pub attached: usize,
+}
+
+impl AgentTrace {
+    pub async fn connect(url: &str) -> Result<Self, SourceError> {
+        let mut agent = HttpSource::new(url)?;
+        let snap = agent.next().await?;
+        let attached = snap.ports.iter().filter(|p| p.attached).count();
+        let (stream, body) = agent.open_stream("/trace/icmp").await?;
+        Ok(Self {
+            events: RemoteEvents::new(stream, body),
+            agent,
+            ports: Arc::new(Mutex::new(by_ifindex(snap))),
+            read_at: Instant::now(),
+            pending: None,
+            attached,
+        })
+    }
+
+    /// The pod lookup for [`super::Tracer`]: from the latest snapshot.
+    pub fn ports(&self) -> impl Fn(u32) -> Option<Port> + use<> {
+        let ports = self.ports.clone();
+        move |ifindex| lock(&ports).get(&ifindex).cloned()
+    }
+
+    /// Why the stream ended early, if it did not just close.
+    pub fn error(&self) -> Option<&str> {
+        self.events.error()
+    }
+
+    /// Whether to read the snapshot again before handing on `ev`: its veth is new to us, or
+    /// its pod is not known yet (the agent names it a moment after the veth appears).
+    fn stale_for(&self, ev: &IcmpEvent) -> bool {
+        let age = self.read_at.elapsed();
+        age >= Duration::from_secs(30)
+            || (age >= Duration::from_secs(1)
+                && lock(&self.ports)
+                    .get(&ev.ifindex)
+                    .is_none_or(|p| p.pod.is_none()))
+    }
+}
+
+fn by_ifindex(snap: Snapshot) -> HashMap<u32, Port> {
+    snap.ports.into_iter().map(|p| (p.ifindex, p)).collect()
+}
+
+fn lock(ports: &Ports) -> std::sync::MutexGuard<'_, HashMap<u32, Port>> {
+    ports
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl EventSource for AgentTrace {
+    fn next_event(&mut self) -> Pin<Box<dyn Future<Output = Option<IcmpEvent>> + Send + '_>> {
+        Box::pin(async move {
+            if self.pending.is_none() {
+                self.pending = Some(self.events.next_event().await?);
+            }
+            if let Some(ev) = self.pending
+                && self.stale_for(&ev)
+            {
+                self.read_at = Instant::now();
+                match self.agent.next().await {
+                    Ok(snap) => *lock(&self.ports) = by_ifindex(snap),
+                    Err(e) => log::debug!("re-reading the agent's snapshot: {e}"),
+                }
+            }
+            self.pending.take()
+        })
+    }
+
+    fn try_next(&mut self) -> Option<IcmpEvent> {
+        self.pending.take().or_else(|| self.events.try_next())
+    }
+
+    fn lost(&self) -> u64 {
+        self.events.lost()
+    }
+}
 
 /// Longest line accepted: an event line is under 400 bytes, so anything longer is not ours.
 const MAX_LINE: usize = 64 << 10;
