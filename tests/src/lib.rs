@@ -320,6 +320,22 @@ pub fn binary() -> PathBuf {
     p
 }
 
+/// `ip netns exec NS node-tracer ARGS`, with no pod source but the named namespaces (no CRI
+/// socket, no CNI cache): an agent or tracer in a test's own node namespace. Stdin and stdout
+/// closed, stderr piped (callers may change any of them before spawning).
+pub fn node_tracer_in(ns: &Netns, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(binary())
+        .args(args)
+        .args(["--cri-socket", "/run/ntt-none.sock"])
+        .args(["--cni-results-dir", "/run/ntt-none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Runs `node-tracer ARGS` to completion.
 pub fn node_tracer(args: &[&str]) -> Output {
     Command::new(binary())

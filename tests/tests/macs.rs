@@ -462,8 +462,12 @@ fn unix_ms() -> u64 {
 fn first_and_last_seen_follow_a_steady_stream() {
     setup();
     let (_br, pods) = bridge_with(2);
-    let agent = agent_on(&pods);
     let (a, b) = (&pods[0], &pods[1]);
+    // No IPv6 from the pod: its link-up chatter (MLD reports repeated a second later, router
+    // solicitations every 4 s) could cross the veth after the agent attaches and before t0,
+    // and "first seen" would rightly be earlier than the pings.
+    a.ns.exec("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1");
+    let agent = agent_on(&pods);
     let mac = a.mac();
     let t0 = unix_ms();
     // One CPU (the pod's transmit runs where ping runs), so one per-CPU entry sees the whole

@@ -18,8 +18,8 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Capture, Link, Netns, Pod, TempDir, binary, metric, node_tracer, require_root,
-    require_tool, sh, unique_net,
+    Agent, Capture, Link, Netns, Pod, TempDir, binary, metric, node_tracer, node_tracer_in,
+    require_root, require_tool, sh, unique_net,
 };
 use serde_json::Value;
 
@@ -390,14 +390,7 @@ fn trace_through_the_agent_names_a_pod_that_appears_during_the_trace() {
     let addr: std::net::SocketAddr = "127.0.0.1:9465".parse().unwrap();
     let in_node = |path: &str| node.in_thread(|| node_tracer_tests::http_get(addr, path));
     let _agent = Stopped(
-        Command::new("ip")
-            .args(["netns", "exec", &node.name])
-            .arg(binary())
-            .args(["run", "--listen", &addr.to_string()])
-            .args(["--cri-socket", "/run/ntt-none.sock"])
-            .args(["--cni-results-dir", "/run/ntt-none"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        node_tracer_in(&node, &["run", "--listen", &addr.to_string()])
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn node-tracer run"),
@@ -411,23 +404,15 @@ fn trace_through_the_agent_names_a_pod_that_appears_during_the_trace() {
         "the agent did not start"
     );
     let trace = Stopped(
-        Command::new("ip")
-            .args(["netns", "exec", &node.name])
-            .arg(binary())
-            .args([
-                "trace",
-                "icmp",
-                "--connect",
-                &format!("http://{addr}"),
-                "--json",
-            ])
-            .args(["--type", "echo-request", "--type", "echo-reply"])
-            .args(["--count", "6", "--timeout", "60"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn trace icmp --connect"),
+        node_tracer_in(
+            &node,
+            &["trace", "icmp", "--connect", &format!("http://{addr}")],
+        )
+        .args(["--json", "--type", "echo-request", "--type", "echo-reply"])
+        .args(["--count", "6", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn trace icmp --connect"),
     );
     let streams = || {
         in_node("/metrics")

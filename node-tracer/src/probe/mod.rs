@@ -683,15 +683,7 @@ impl Probe {
                 name: "ICMP_STATS",
                 source,
             })?;
-        let icmp: Vec<(IcmpKey, Vec<u64>)> = match batch_of(icmp.map(), u32::MAX) {
-            Ok(all) => all,
-            Err(_) => icmp
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| (k, v.iter().copied().collect()))
-                .collect(),
-        };
-        for (k, per_cpu) in icmp {
+        for (k, per_cpu) in hash_entries(&icmp) {
             if let Some(r) = out.get_mut(&k.ifindex) {
                 r.counters.icmp.push(IcmpCount {
                     direction: pod_direction(k.dir),
@@ -711,15 +703,7 @@ impl Probe {
                 name: "MAC_SEEN",
                 source,
             })?;
-        let seen: Vec<(MacKey, Vec<MacStats>)> = match batch_of(seen.map(), u32::MAX) {
-            Ok(all) => all,
-            Err(_) => seen
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| (k, v.iter().copied().collect()))
-                .collect(),
-        };
-        for (k, per_cpu) in seen {
+        for (k, per_cpu) in hash_entries(&seen) {
             if !out.contains_key(&k.ifindex) {
                 continue;
             }
@@ -884,9 +868,7 @@ impl Probe {
         if let Some(map) = self.ebpf.map("ICMP_STATS")
             && let Ok(m) = PerCpuHashMap::<_, IcmpKey, u64>::try_from(map)
         {
-            let n = batch_of::<IcmpKey, u64>(m.map(), u32::MAX)
-                .map_or_else(|_| m.keys().count(), |all| all.len());
-            out.push(("ICMP_STATS", n));
+            out.push(("ICMP_STATS", hash_entries(&m).len()));
         }
         out
     }
@@ -1033,6 +1015,17 @@ fn batch_of<K: aya::Pod, V: aya::Pod>(
         .max_entries();
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     batch::per_cpu_entries(map.fd().as_fd(), max_entries, cpus, limit)
+}
+
+/// Every entry of a per-CPU hash map: in a few batch calls, or walked one entry at a time where
+/// the kernel cannot batch.
+fn hash_entries<K: aya::Pod, V: aya::Pod>(map: &PerCpuHashMap<&MapData, K, V>) -> Vec<(K, Vec<V>)> {
+    batch_of(map.map(), u32::MAX).unwrap_or_else(|_| {
+        map.iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, v.iter().copied().collect()))
+            .collect()
+    })
 }
 
 fn per_cpu_values(v: Vec<PortStats>) -> Result<aya::maps::PerCpuValues<PortStats>> {
