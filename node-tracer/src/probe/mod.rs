@@ -631,10 +631,10 @@ impl Probe {
         let used = self.slots.of.values().max().map_or(0, |m| m + 1);
         match batch_of::<u32, PortStats>(counters.map(), used) {
             Ok(all) => {
-                let by_slot: HashMap<u32, Vec<PortStats>> = all.into_iter().collect();
+                let mut by_slot: HashMap<u32, Vec<PortStats>> = all.into_iter().collect();
                 for (&ifindex, slot) in &self.slots.of {
-                    if let Some(per_cpu) = by_slot.get(slot) {
-                        ports.push((ifindex, per_cpu_values(per_cpu.clone())?));
+                    if let Some(per_cpu) = by_slot.remove(slot) {
+                        ports.push((ifindex, per_cpu_values(per_cpu)?));
                     }
                 }
             }
@@ -855,8 +855,8 @@ impl Probe {
         Ok((attr.retval, attr.duration))
     }
 
-    /// Ports with a `PORT_COUNTERS` slot, and entries in `PORT_STATS` and `ICMP_STATS` (small
-    /// maps: counting keys is cheap).
+    /// Ports with a `PORT_COUNTERS` slot, and entries in `PORT_STATS` and `ICMP_STATS` (`PORT_STATS`
+    /// is rarely more than empty; `ICMP_STATS` is counted in one batch read).
     pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
         let mut out = vec![
             ("PORT_COUNTERS", self.slots.of.len()),

@@ -103,61 +103,66 @@ impl HttpSource {
     /// head. HTTP/1.0, so the agent sends the body as is until it closes the connection, rather
     /// than in chunks.
     pub async fn open_stream(&self, endpoint: &str) -> Result<(TcpStream, Vec<u8>), SourceError> {
-        let url = format!("http://{}{}{endpoint}", self.host, self.base);
-        let io = |source| SourceError::Io {
-            addr: self.addr.clone(),
-            source,
-        };
-        let mut s = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr.as_str()))
-            .await
-            .map_err(|_| SourceError::Timeout {
-                addr: self.addr.clone(),
-                after: self.timeout,
-            })?
-            .map_err(|source| SourceError::Connect {
-                addr: self.addr.clone(),
-                source,
-            })?;
         let req = format!(
             "GET {}{endpoint} HTTP/1.0\r\nHost: {}\r\nUser-Agent: node-tracer\r\n\r\n",
             self.base, self.host
         );
-        s.write_all(req.as_bytes()).await.map_err(io)?;
-        let mut head = Vec::new();
-        let end = loop {
-            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
+        let opened = async {
+            let mut s = self.send(&req).await?;
+            let mut head = Vec::new();
+            loop {
+                if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    return Ok((s, head, i + 4));
+                }
+                if head.len() > 64 << 10 {
+                    return Err(self.http("response head too large"));
+                }
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.map_err(|e| self.io(e))?;
+                if n == 0 {
+                    return Err(self.http("connection closed before the response head"));
+                }
+                head.extend_from_slice(&chunk[..n]);
             }
-            if head.len() > 64 << 10 {
-                return Err(SourceError::Http {
-                    addr: self.addr.clone(),
-                    why: "response head too large",
-                });
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(self.timeout, s.read(&mut chunk))
-                .await
-                .map_err(|_| SourceError::Timeout {
-                    addr: self.addr.clone(),
-                    after: self.timeout,
-                })?
-                .map_err(io)?;
-            if n == 0 {
-                return Err(SourceError::Http {
-                    addr: self.addr.clone(),
-                    why: "connection closed before the response head",
-                });
-            }
-            head.extend_from_slice(&chunk[..n]);
         };
-        let (status, _) = parse_response(&head[..end]).map_err(|why| SourceError::Http {
-            addr: self.addr.clone(),
-            why,
-        })?;
+        let (s, head, end) = tokio::time::timeout(self.timeout, opened)
+            .await
+            .map_err(|_| SourceError::Timeout {
+                addr: self.addr.clone(),
+                after: self.timeout,
+            })??;
+        let (status, _) = parse_response(&head[..end]).map_err(|why| self.http(why))?;
         if status != 200 {
+            let url = format!("http://{}{}{endpoint}", self.host, self.base);
             return Err(SourceError::Status { url, status });
         }
         Ok((s, head[end..].to_vec()))
+    }
+
+    /// Connects and sends the request `req`.
+    async fn send(&self, req: &str) -> Result<TcpStream, SourceError> {
+        let mut s = TcpStream::connect(self.addr.as_str())
+            .await
+            .map_err(|source| SourceError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        s.write_all(req.as_bytes()).await.map_err(|e| self.io(e))?;
+        Ok(s)
+    }
+
+    fn io(&self, source: std::io::Error) -> SourceError {
+        SourceError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    fn http(&self, why: &'static str) -> SourceError {
+        SourceError::Http {
+            addr: self.addr.clone(),
+            why,
+        }
     }
 
     /// The full URL fetched, for messages.
@@ -166,38 +171,22 @@ impl HttpSource {
     }
 
     async fn fetch(&self) -> Result<Vec<u8>, SourceError> {
-        let io = |source| SourceError::Io {
-            addr: self.addr.clone(),
-            source,
-        };
-        let mut s = TcpStream::connect(self.addr.as_str())
-            .await
-            .map_err(|source| SourceError::Connect {
-                addr: self.addr.clone(),
-                source,
-            })?;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: node-tracer-top\r\nConnection: close\r\n\r\n",
             self.path, self.host
         );
-        s.write_all(req.as_bytes()).await.map_err(io)?;
+        let mut s = self.send(&req).await?;
         let mut buf = Vec::new();
         (&mut s)
             .take(MAX_RESPONSE as u64 + 1)
             .read_to_end(&mut buf)
             .await
-            .map_err(io)?;
+            .map_err(|e| self.io(e))?;
         if buf.len() > MAX_RESPONSE {
-            return Err(SourceError::Http {
-                addr: self.addr.clone(),
-                why: "response too large",
-            });
+            return Err(self.http("response too large"));
         }
         parse_response(&buf)
-            .map_err(|why| SourceError::Http {
-                addr: self.addr.clone(),
-                why,
-            })
+            .map_err(|why| self.http(why))
             .and_then(|(status, body)| {
                 if status == 200 {
                     Ok(body)
