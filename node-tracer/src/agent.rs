@@ -17,12 +17,13 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, signal::unix::SignalKind};
+use tokio::net::TcpListener;
 
 use crate::{
     error::{Error, Result},
     metrics,
     node::{Node, NodeOptions, State, lock},
+    shutdown,
     trace::{self, Hub},
 };
 
@@ -41,6 +42,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|e| Error::io(format!("listen on {}", opts.listen), e))?;
+    // The port the kernel picked, for `--listen host:0`.
+    let listening = listener.local_addr().unwrap_or(opts.listen);
     let node = Node::start(&opts.node).await?;
     {
         let s = lock(&node.state);
@@ -48,7 +51,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             "attached to {} interfaces ({} mode); serving http://{}/metrics",
             s.probe.attached().count(),
             s.probe.mode().as_str(),
-            opts.listen
+            listening
         );
     }
     // One reader of the programs' event ring for every `trace icmp --connect`.
@@ -59,12 +62,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         node.state.clone(),
     ));
     let server = tokio::spawn(serve(listener, node.state.clone(), hub));
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
-        .map_err(|e| Error::io("install SIGTERM handler", e))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: detaching"),
-        _ = term.recv() => log::info!("SIGTERM: detaching"),
-    }
+    let signal = shutdown::wait()
+        .await
+        .map_err(|e| Error::io("wait for a stop signal", e))?;
+    log::info!("{signal}: detaching");
     server.abort();
     tracing.abort();
     // Per-packet events exist only while someone traces.

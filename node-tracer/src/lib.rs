@@ -16,6 +16,7 @@ pub mod node;
 pub mod peers;
 pub mod pods;
 pub mod probe;
+pub mod shutdown;
 pub mod snapshot;
 pub mod top;
 pub mod topology;

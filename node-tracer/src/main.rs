@@ -11,7 +11,7 @@ use node_tracer::{
     peers,
     pods::{self, PodConfig},
     probe::{AttachMode, ProbeOptions},
-    snapshot, top,
+    shutdown, snapshot, top,
     topology::{self, ScanOptions},
     trace,
 };
@@ -447,13 +447,10 @@ async fn trace_icmp(
         let ports = move |ifindex: u32| lock(&state).port(ifindex);
         let mut stdout = std::io::stdout().lock();
         let mut tracer = trace::Tracer::new(opts, &events)?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("install SIGTERM handler")?;
         // Ctrl-C or SIGTERM end the trace the same way: summary written, pcapng complete.
         tokio::select! {
             r = tracer.pump(&mut events, &ports, &mut stdout) => { r?; }
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            r = shutdown::wait() => { r.context("waiting for a stop signal")?; }
         }
         // Stop the programs writing, then report what they wrote before the stop and the pump
         // had not read yet (Ctrl-C or --timeout can come while the ring holds events).
@@ -487,12 +484,9 @@ async fn trace_icmp_remote(
     // The agent sends wall-clock timestamps: its monotonic clock may not be ours.
     let mut tracer = trace::Tracer::new(opts, &events)?
         .with_clock(|ns| std::time::SystemTime::UNIX_EPOCH + Duration::from_nanos(ns));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install SIGTERM handler")?;
     let ended = tokio::select! {
         r = tracer.pump(&mut events, &ports, &mut stdout) => r? == trace::Stop::SourceEnded,
-        _ = tokio::signal::ctrl_c() => false,
-        _ = term.recv() => false,
+        r = shutdown::wait() => { r.context("waiting for a stop signal")?; false }
     };
     tracer.drain(&mut events, &ports, &mut stdout)?;
     let stats = tracer.finish(&events, &mut stdout)?;
@@ -506,6 +500,20 @@ async fn trace_icmp_remote(
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
+    // Commands that attach programs or build a lab undo it on a stop signal, whenever it comes.
+    // `lab up` and the one-shot reads keep the default: they have nothing to undo, or cannot
+    // stop half-way.
+    let owns_cleanup = match &cli.command {
+        Command::Run(_) | Command::Top(_) => true,
+        Command::Trace {
+            what: TraceWhat::Icmp(args),
+        } => args.connect.is_none(),
+        Command::Macs(args) => args.connect.is_none(),
+        Command::Peers { .. } | Command::Lab { .. } | Command::RestoreRcuExpedited { .. } => false,
+    };
+    if owns_cleanup {
+        shutdown::install().context("installing the stop-signal handlers")?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

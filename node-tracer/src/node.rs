@@ -16,7 +16,7 @@ use crate::{
     model::{Port, Snapshot},
     pods::{self, PodConfig, PodIndex},
     probe::{AttachMode, Probe, ProbeOptions, rcu},
-    snapshot,
+    shutdown, snapshot,
     topology::{self, LinkEvent, ScanOptions, Topology},
 };
 
@@ -355,7 +355,16 @@ impl crate::top::SnapshotSource for LocalSource {
 /// veths appear at once.
 pub fn reconcile(state: &Mutex<State>) {
     let todo = lock(state).plan();
-    for (ifindex, name) in todo {
+    let total = todo.len();
+    for (done, (ifindex, name)) in todo.into_iter().enumerate() {
+        // A first pass can take half a minute: a stop signal must not wait for its end.
+        if shutdown::requested() {
+            log::info!(
+                "stopping: {} of {total} veths left unattached",
+                total - done
+            );
+            return;
+        }
         lock(state).attach_one(ifindex, &name);
     }
 }

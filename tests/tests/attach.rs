@@ -718,3 +718,113 @@ impl Drop for Reaped {
         }
     }
 }
+
+/// Whether `pid` has an action for `sig` (its bit in /proc/PID/status `SigCgt`): what tells
+/// that a process's handler is in place, instead of a guessed sleep.
+fn catches(pid: u32, sig: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&mask, 16).ok()
+        })
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
+/// A stop signal at any moment of start-up ends it early and cleanly: the first pass stops
+/// where it is, what it attached is detached, and the agent exits 0 (a DaemonSet's rolling
+/// update, a Ctrl-C during a long first pass). Killed by the signal instead, netlink mode would
+/// leave its filters on every veth it had reached.
+#[test]
+fn a_stop_signal_during_start_up_stops_the_first_pass_and_leaves_nothing() {
+    require_root();
+    require_tool("tc");
+    let node = Netns::new("xs");
+    // Long enough a first pass (two RCU grace periods per tcx attach) to be caught inside.
+    let pairs = 40;
+    let mut batch = String::new();
+    for i in 0..pairs {
+        let _ = writeln!(batch, "link add xa{i:02} type veth peer name xb{i:02}");
+    }
+    let file = std::env::temp_dir().join(format!("{}.batch", node.name));
+    std::fs::write(&file, batch).unwrap();
+    sh(&format!("ip -n {} -batch {}", node.name, file.display()));
+    let _ = std::fs::remove_file(&file);
+    let veths: Vec<String> = (0..pairs)
+        .flat_map(|i| [format!("xa{i:02}"), format!("xb{i:02}")])
+        .collect();
+    let start = |mode: &str| {
+        Reaped(
+            node_tracer_in(
+                &node,
+                &["run", "--attach-mode", mode, "--listen", "127.0.0.1:0"],
+            )
+            .spawn()
+            .expect("spawn node-tracer run"),
+        )
+    };
+    let exits = |agent: &mut Reaped| {
+        let mut status = None;
+        eventually(Duration::from_secs(30), Duration::from_millis(10), || {
+            status = agent.0.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        let status = status.expect("still running 30 s after SIGTERM");
+        let mut err = String::new();
+        if let Some(mut e) = agent.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status, err)
+    };
+
+    // tcx, in the middle of the first pass.
+    let mut agent = start("tcx");
+    assert!(
+        eventually(Duration::from_secs(30), Duration::from_millis(2), || {
+            tcx_programs_in(&node, &veths) >= 2
+        }),
+        "nothing attached within 30 s"
+    );
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let (status, err) = exits(&mut agent);
+    assert!(status.success(), "{status}: {err}");
+    let left: usize = err
+        .lines()
+        .find_map(|l| {
+            l.split("stopping: ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no word of stopping early: {err}"));
+    assert!(
+        (1..veths.len()).contains(&left),
+        "{left} of {} veths left unattached",
+        veths.len()
+    );
+    assert!(err.contains("SIGTERM: detaching"), "{err}");
+    assert_eq!(tcx_programs_in(&node, &veths), 0);
+
+    // netlink, as soon as the handler is in place: loading, pod lookup, scan or first pass.
+    let mut agent = start("netlink");
+    let pid = agent.0.id();
+    assert!(
+        eventually(Duration::from_secs(10), Duration::from_micros(200), || {
+            catches(pid, libc::SIGTERM)
+        }),
+        "no SIGTERM handler within 10 s"
+    );
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let (status, err) = exits(&mut agent);
+    assert!(status.success(), "{status}: {err}");
+    let qdiscs = node.exec("tc qdisc show");
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+}

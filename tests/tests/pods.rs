@@ -16,7 +16,7 @@ use std::{
 use node_tracer::{
     lab::runtime::{PodHandle, Runtime, RuntimeOptions, Subnet},
     model::PodSource,
-    pods::{self, PodConfig},
+    pods::{self, PodConfig, cri::CriClient},
 };
 use node_tracer_tests::{Netns, require_root, require_tool, sh, unique};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -387,6 +387,117 @@ async fn crashed_runtime_cleans_up() {
     drop(rt);
     runtime_gone();
     assert_cleaned(&opts, &[a, b]);
+}
+
+/// The process that started a lab is SIGKILLed (an OOM kill, `kill -9` of `run --lab`): its
+/// containerd and pods live on with nobody to remove them. The next start under the same name
+/// finds the owner gone, removes all of it, and starts afresh; another lab running meanwhile is
+/// left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_whose_owner_was_killed_is_removed_by_the_next_start() {
+    init();
+    // Started first, so it records the host as it was and puts it back at the end, also what
+    // the killed owner changed (same kind of changes: ip_forward, shared dirs, cgroups).
+    let other_opts = lab_options("othr");
+    let other = start(&other_opts).await;
+    let opts = lab_options("lown");
+    // Whatever fails below, a later start under the name removes what is left (dropped after
+    // the owner is killed).
+    let _cleanup = Recover(opts.clone());
+    let mut owner = Killed(
+        Command::new(env!("CARGO_BIN_EXE_lab_owner"))
+            .args([&opts.name, &opts.bridge])
+            .args([opts.bridge_subnet.to_string(), opts.ptp_subnet.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn lab_owner"),
+    );
+    let mut out = String::new();
+    let mut stdout = std::io::BufReader::new(owner.0.stdout.take().expect("stdout"));
+    while !out.ends_with("ready\n") {
+        let n = std::io::BufRead::read_line(&mut stdout, &mut out).expect("read lab_owner");
+        assert!(n > 0, "lab_owner ended early: {out}");
+    }
+    let daemon: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("daemon ")?.parse().ok())
+        .expect("daemon pid");
+    let pods: Vec<PodHandle> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("pod "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            PodHandle {
+                id: f[0].into(),
+                uid: f[1].into(),
+                netns: f[2].into(),
+                pid: f[3].parse().ok(),
+                name: String::new(),
+                namespace: "ns".into(),
+                handler: String::new(),
+                netns_inode: 0,
+            }
+        })
+        .collect();
+    assert_eq!(pods.len(), 2, "{out}");
+    // SAFETY: our own child, by PID.
+    assert_eq!(unsafe { libc::kill(owner.0.id() as i32, libc::SIGKILL) }, 0);
+    let _ = owner.0.wait();
+    assert!(running(daemon), "containerd died with its owner");
+    for p in &pods {
+        assert!(p.netns.exists() && running(p.pid.unwrap()), "{p:?} died");
+    }
+
+    let rt = start(&opts).await;
+    assert!(!running(daemon), "the leftover containerd still runs");
+    for p in &pods {
+        assert!(!p.netns.exists(), "{} left", p.netns.display());
+        assert!(!running(p.pid.unwrap()), "pause {} left", p.pid.unwrap());
+    }
+    // The new lab works, and the other one still answers.
+    let pod = rt
+        .run_pod("c", "ns", &format!("{}-c", opts.name), "runc")
+        .await
+        .expect("a pod in the new lab");
+    assert!(pod.netns.exists());
+    let cri = CriClient::connect(other.socket(), Duration::from_secs(5))
+        .await
+        .expect("connect to the other lab");
+    cri.version().await.expect("the other lab answers");
+
+    rt.stop().await.expect("stop the new lab");
+    runtime_gone();
+    let mut all = pods;
+    all.push(pod);
+    assert_cleaned(&opts, &all);
+    other.stop().await.expect("stop the other lab");
+    runtime_gone();
+    assert_cleaned(&other_opts, &[]);
+}
+
+/// Starts and stops a runtime under the given options when dropped, if a containerd of theirs
+/// still runs: the start removes a killed owner's leftover (see the test above).
+struct Recover(RuntimeOptions);
+
+impl Drop for Recover {
+    fn drop(&mut self) {
+        if !containerd_running(&self.0.state_dir.join("config.toml")) {
+            return;
+        }
+        let opts = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async {
+                if let Ok(r) = Runtime::start(opts).await {
+                    let _ = r.stop().await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 #[tokio::test]

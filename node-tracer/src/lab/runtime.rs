@@ -101,11 +101,29 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RuntimeErr
 impl Runtime {
     pub async fn start(opts: RuntimeOptions) -> Result<Runtime, RuntimeError> {
         // Same name as a lab that is still up: starting would pull its state dir from under it.
+        // Unless the process that started it is gone (SIGKILL, OOM): then its containerd and
+        // pods are a leftover nobody else will remove, and we do.
         if opts.socket.exists()
             && let Ok(c) = CriClient::connect(&opts.socket, Duration::from_secs(2)).await
             && c.version().await.is_ok()
         {
-            return Err(RuntimeError::AlreadyRunning(opts.socket.clone()));
+            let Some(daemon) = teardown::leftover_daemon(&opts) else {
+                return Err(RuntimeError::AlreadyRunning(opts.socket.clone()));
+            };
+            log::warn!(
+                "lab {}: the process that started it is gone; removing its containerd \
+                 (PID {daemon}) and pods first",
+                opts.name
+            );
+            Teardown {
+                opts: opts.clone(),
+                child: None,
+                leftover: Some(daemon),
+                created: Vec::new(),
+                holds_host: false,
+            }
+            .run()
+            .await?;
         }
         opts.validate()?;
         host::acquire();
@@ -135,6 +153,8 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(d(dir)).map_err(io(d(dir).display()))?;
         }
+        // Before the daemon exists: a daemon without a live owner is always a leftover.
+        teardown::record_owner(&o.state_dir)?;
         let write =
             |path: PathBuf, text: String| std::fs::write(&path, text).map_err(io(path.display()));
         write(
@@ -366,6 +386,7 @@ impl Runtime {
         Teardown {
             opts: self.opts.clone(),
             child: self.child.take(),
+            leftover: None,
             created: std::mem::take(&mut *self.lock_created()),
             holds_host,
         }

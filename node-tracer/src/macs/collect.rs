@@ -41,13 +41,14 @@ pub async fn collect(source: Source) -> Result<Snapshot, MacsError> {
                 "watching source MACs for {:.1}s; Ctrl-C to stop early",
                 duration.as_secs_f64()
             );
-            tokio::select! {
-                () = tokio::time::sleep(duration) => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            let waited = tokio::select! {
+                () = tokio::time::sleep(duration) => Ok(()),
+                r = crate::shutdown::wait() => r.map(drop),
+            };
             // A few syscalls and one netlink dump: short enough to run on this thread.
             let snap = node.snapshot();
             node.stop();
+            waited.map_err(|e| crate::error::Error::io("wait for a stop signal", e))?;
             Ok(snap)
         }
     }

@@ -165,6 +165,10 @@ fn event_loop(
 ) -> Result<(), TopError> {
     let mut dirty = true;
     loop {
+        // SIGTERM or SIGHUP (a closed terminal) end the view like `q` does.
+        if crate::shutdown::requested() {
+            return Ok(());
+        }
         loop {
             match rx.try_recv() {
                 Ok(Ok(s)) => app.on_snapshot(s),

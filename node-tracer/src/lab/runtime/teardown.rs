@@ -17,6 +17,8 @@ use crate::pods::cri::CriClient;
 pub(super) struct Teardown {
     pub opts: RuntimeOptions,
     pub child: Option<Child>,
+    /// The containerd of a killed run (not our child): see [`leftover_daemon`].
+    pub leftover: Option<libc::pid_t>,
     pub created: Vec<Created>,
     pub holds_host: bool,
 }
@@ -33,15 +35,18 @@ impl Teardown {
         let daemon_alive = self
             .child
             .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        let mut ids: Vec<String> = self.created.iter().map(|c| c.id.clone()).collect();
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            || self.leftover.is_some_and(|pid| started_at(pid).is_some());
         if daemon_alive {
-            note(remove_all_pods(&self.opts, &mut ids).await);
+            note(remove_all_pods(&self.opts, &mut self.created).await);
         }
         if let Some(child) = self.child.take() {
             note(stop_child(child));
         }
-        self.sweep(&ids);
+        if let Some(pid) = self.leftover.take() {
+            note(stop_leftover(pid));
+        }
+        self.sweep();
         note(remove_state_dir(&self.opts.state_dir));
         if self.holds_host {
             host::release();
@@ -51,7 +56,7 @@ impl Teardown {
 
     /// What CRI should have removed, removed by hand in case it did not (daemon crashed, pod
     /// stuck). Each step is a no-op after a clean stop.
-    fn sweep(&self, ids: &[String]) {
+    fn sweep(&self) {
         let o = &self.opts;
         // Containers before shims: a live shim reaps its pause process; an orphaned one would
         // wait for PID 1 to reap it.
@@ -82,7 +87,7 @@ impl Teardown {
                 .status();
         }
         let cni = Path::new("/var/lib/cni");
-        for id in ids {
+        for id in self.created.iter().map(|c| &c.id) {
             // containerd sets up `lo` through CNI too, outside our networks.
             let _ = std::fs::remove_file(cni.join(format!("results/cni-loopback-{id}-lo")));
             // A shim killed above never removed its socket: containerd names it
@@ -104,22 +109,27 @@ impl Teardown {
         for c in &self.created {
             remove_pod_cgroups(&c.id, &c.uid);
         }
-        for id in ids {
-            remove_pod_cgroups(id, "");
-        }
     }
 }
 
-/// Stops and removes every sandbox of this daemon (it is ours alone), ready or not.
-async fn remove_all_pods(opts: &RuntimeOptions, ids: &mut Vec<String>) -> Result<(), RuntimeError> {
+/// Stops and removes every sandbox of this daemon (it is ours alone), ready or not; those not
+/// in `created` (a killed owner's) are added, so the sweep after also covers them.
+async fn remove_all_pods(
+    opts: &RuntimeOptions,
+    created: &mut Vec<Created>,
+) -> Result<(), RuntimeError> {
     let cri = CriClient::connect(&opts.socket, opts.cri_timeout).await?;
     for sandbox in cri.list_all_pod_sandboxes().await? {
-        if !ids.contains(&sandbox.id) {
-            ids.push(sandbox.id);
+        if !created.iter().any(|c| c.id == sandbox.id) {
+            created.push(Created {
+                uid: sandbox.metadata.map(|m| m.uid).unwrap_or_default(),
+                id: sandbox.id,
+                netns: None,
+            });
         }
     }
     let mut result = Ok(());
-    for id in ids.iter() {
+    for id in created.iter().map(|c| &c.id) {
         let r = async {
             cri.stop_pod_sandbox(id).await?;
             cri.remove_pod_sandbox(id).await
@@ -151,6 +161,94 @@ fn stop_child(mut child: Child) -> Result<(), RuntimeError> {
         .wait()
         .map_err(|e| RuntimeError::Io("wait containerd".into(), e))?;
     Ok(())
+}
+
+/// The file in a runtime's state dir that names the process that started it.
+const OWNER: &str = "owner";
+
+/// Records this process (PID and start time, which a reused PID does not share) as the owner of
+/// the runtime in `state_dir`.
+pub(super) fn record_owner(state_dir: &Path) -> Result<(), RuntimeError> {
+    let pid = std::process::id();
+    let since = started_at(pid as libc::pid_t).unwrap_or(0);
+    let path = state_dir.join(OWNER);
+    std::fs::write(&path, format!("{pid} {since}\n"))
+        .map_err(|e| RuntimeError::Io(path.display().to_string(), e))
+}
+
+/// The PID of the runtime's containerd when the process that started it no longer runs (killed
+/// before it could tear the lab down); None while the owner runs, or when no containerd of this
+/// state dir is found (then the socket belongs to someone else, who is left alone).
+pub(super) fn leftover_daemon(opts: &RuntimeOptions) -> Option<libc::pid_t> {
+    let owner_runs = std::fs::read_to_string(opts.state_dir.join(OWNER))
+        .ok()
+        .and_then(|text| {
+            let (pid, since) = text.trim().split_once(' ')?;
+            let (pid, since) = (pid.parse().ok()?, since.parse::<u64>().ok()?);
+            Some(started_at(pid) == Some(since))
+        })
+        // No owner file: a runtime of a version that wrote none, whose owner cannot be told.
+        .unwrap_or(false);
+    if owner_runs {
+        return None;
+    }
+    let config = opts.state_dir.join("config.toml");
+    let config = config.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid = p.file_name().to_str()?.parse::<libc::pid_t>().ok()?;
+        let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let ours = args.first().is_some_and(|a| a.ends_with(b"containerd"))
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"--config" && w[1] == config);
+        ours.then_some(pid)
+    })
+}
+
+/// When `pid` started (clock ticks since boot, `/proc/PID/stat` field 22); None when it does
+/// not run (a zombie included: it has exited, only its parent has not reaped it).
+fn started_at(pid: libc::pid_t) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// SIGTERM, then SIGKILL after 10 s, to the containerd of a killed run: not our child, so it is
+/// watched by PID and start time (a reused PID is left alone).
+fn stop_leftover(pid: libc::pid_t) -> Result<(), RuntimeError> {
+    let Some(since) = started_at(pid) else {
+        return Ok(());
+    };
+    let gone = |within: Duration| {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if started_at(pid) != Some(since) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    for (sig, within) in [
+        (libc::SIGTERM, Duration::from_secs(10)),
+        (libc::SIGKILL, Duration::from_secs(5)),
+    ] {
+        // SAFETY: kill has no memory-safety preconditions; the PID was found to be this
+        // runtime's containerd and has not been replaced since (same start time).
+        unsafe { libc::kill(pid, sig) };
+        if gone(within) {
+            return Ok(());
+        }
+    }
+    Err(RuntimeError::Command(
+        format!("stopping the leftover containerd {pid}"),
+        "it is still running after SIGKILL".into(),
+    ))
 }
 
 /// Shims outlive the daemon by design. Ours are the ones started with `-address <our socket>`;
