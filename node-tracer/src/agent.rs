@@ -45,6 +45,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // The port the kernel picked, for `--listen host:0`.
     let listening = listener.local_addr().unwrap_or(opts.listen);
     let node = Node::start(&opts.node).await?;
+    if let Some(signal) = shutdown::received() {
+        // Stopped during start-up: nothing to serve.
+        log::info!("{signal} during start-up: detaching");
+        node.stop();
+        return Ok(());
+    }
     {
         let s = lock(&node.state);
         log::info!(

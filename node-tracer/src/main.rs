@@ -501,8 +501,8 @@ async fn trace_icmp_remote(
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     // Commands that attach programs or build a lab undo it on a stop signal, whenever it comes.
-    // `lab up` and the one-shot reads keep the default: they have nothing to undo, or cannot
-    // stop half-way.
+    // The others keep the default action: reads have nothing to undo, `lab down` undoes a
+    // half-built `lab up`, and the `--connect` clients attach nothing.
     let owns_cleanup = match &cli.command {
         Command::Run(_) | Command::Top(_) => true,
         Command::Trace {

@@ -38,6 +38,11 @@ pub fn requested() -> bool {
     RECEIVED.load(Ordering::SeqCst) != 0
 }
 
+/// The stop signal that arrived since [`install`], if one did.
+pub fn received() -> Option<&'static str> {
+    requested().then(|| name(RECEIVED.load(Ordering::SeqCst)))
+}
+
 /// Waits for a stop signal, or returns at once when one came already; returns its name.
 pub async fn wait() -> io::Result<&'static str> {
     let mut streams = Vec::with_capacity(SIGNALS.len());

@@ -18,7 +18,11 @@ use node_tracer::{
     model::PodSource,
     pods::{self, PodConfig, cri::CriClient},
 };
-use node_tracer_tests::{Netns, require_root, require_tool, sh, unique};
+use node_tracer_tests::{
+    Netns, require_root, require_tool,
+    runtime::{LabOwner, Recover, assert_cleaned, running},
+    sh, unique,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn init() {
@@ -129,75 +133,6 @@ fn host_veth(rt: &Runtime, pod: &PodHandle) -> String {
         "{veth} is not eth0's peer"
     );
     veth
-}
-
-fn containerd_running(rt_config: &Path) -> bool {
-    let needle = rt_config.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
-        std::fs::read(p.path().join("cmdline"))
-            .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-    })
-}
-
-/// Whether `pid` runs (a zombie waiting for PID 1 to reap it does not), given a moment to die.
-fn running(pid: u32) -> bool {
-    let start = Instant::now();
-    loop {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        if text
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'))
-        {
-            return false;
-        }
-        if start.elapsed() > Duration::from_secs(2) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// What must be gone once a runtime is stopped or dropped.
-fn assert_cleaned(opts: &RuntimeOptions, pods: &[PodHandle]) {
-    assert!(
-        !containerd_running(&opts.state_dir.join("config.toml")),
-        "containerd still runs"
-    );
-    assert!(
-        !Path::new("/sys/class/net").join(&opts.bridge).exists(),
-        "bridge left"
-    );
-    assert!(!opts.state_dir.exists(), "state dir left");
-    for pod in pods {
-        assert!(!pod.netns.exists(), "{} left", pod.netns.display());
-        if let Some(pid) = pod.pid {
-            assert!(!running(pid), "pause {pid} left");
-        }
-        let shim_socket = sh(&format!(
-            "printf %s '{}/k8s.io/{}' | sha256sum",
-            opts.socket.display(),
-            pod.id
-        ));
-        let shim_socket = format!("/run/containerd/s/{}", &shim_socket[..64]);
-        assert!(!Path::new(&shim_socket).exists(), "{shim_socket} left");
-        let lo = format!("/var/lib/cni/results/cni-loopback-{}-lo", pod.id);
-        assert!(!Path::new(&lo).exists(), "{lo} left");
-        let cg = format!("/sys/fs/cgroup/memory/kubepods/besteffort/pod{}", pod.uid);
-        assert!(!Path::new(&cg).exists(), "{cg} left");
-    }
-    for net in [opts.bridge_network(), opts.ptp_network()] {
-        assert!(
-            !Path::new("/var/lib/cni/networks").join(&net).exists(),
-            "{net} IPAM left"
-        );
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(&*opts.state_dir.to_string_lossy()),
-        "mount under state dir left"
-    );
 }
 
 /// The wiring is what the kubelet + CNI would make: bridge ports on our bridge, routed veths with
@@ -404,45 +339,7 @@ async fn a_lab_whose_owner_was_killed_is_removed_by_the_next_start() {
     // Whatever fails below, a later start under the name removes what is left (dropped after
     // the owner is killed).
     let _cleanup = Recover(opts.clone());
-    let mut owner = Killed(
-        Command::new(env!("CARGO_BIN_EXE_lab_owner"))
-            .args([&opts.name, &opts.bridge])
-            .args([opts.bridge_subnet.to_string(), opts.ptp_subnet.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn lab_owner"),
-    );
-    let mut out = String::new();
-    let mut stdout = std::io::BufReader::new(owner.0.stdout.take().expect("stdout"));
-    while !out.ends_with("ready\n") {
-        let n = std::io::BufRead::read_line(&mut stdout, &mut out).expect("read lab_owner");
-        assert!(n > 0, "lab_owner ended early: {out}");
-    }
-    let daemon: u32 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("daemon ")?.parse().ok())
-        .expect("daemon pid");
-    let pods: Vec<PodHandle> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("pod "))
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            PodHandle {
-                id: f[0].into(),
-                uid: f[1].into(),
-                netns: f[2].into(),
-                pid: f[3].parse().ok(),
-                name: String::new(),
-                namespace: "ns".into(),
-                handler: String::new(),
-                netns_inode: 0,
-            }
-        })
-        .collect();
-    assert_eq!(pods.len(), 2, "{out}");
-    // SAFETY: our own child, by PID.
-    assert_eq!(unsafe { libc::kill(owner.0.id() as i32, libc::SIGKILL) }, 0);
-    let _ = owner.0.wait();
+    let (daemon, pods) = LabOwner::start(env!("CARGO_BIN_EXE_lab_owner"), &opts).kill();
     assert!(running(daemon), "containerd died with its owner");
     for p in &pods {
         assert!(p.netns.exists() && running(p.pid.unwrap()), "{p:?} died");
@@ -473,31 +370,6 @@ async fn a_lab_whose_owner_was_killed_is_removed_by_the_next_start() {
     other.stop().await.expect("stop the other lab");
     runtime_gone();
     assert_cleaned(&other_opts, &[]);
-}
-
-/// Starts and stops a runtime under the given options when dropped, if a containerd of theirs
-/// still runs: the start removes a killed owner's leftover (see the test above).
-struct Recover(RuntimeOptions);
-
-impl Drop for Recover {
-    fn drop(&mut self) {
-        if !containerd_running(&self.0.state_dir.join("config.toml")) {
-            return;
-        }
-        let opts = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(async {
-                if let Ok(r) = Runtime::start(opts).await {
-                    let _ = r.stop().await;
-                }
-            });
-        })
-        .join();
-    }
 }
 
 #[tokio::test]

@@ -33,6 +33,10 @@ use crate::pods::{
 /// Parent of every runtime's state dir and of the pause image cache.
 pub const LAB_ROOT: &str = "/run/node-tracer-lab";
 
+/// The file in a state dir that holds [`host::recorded`]: how the host was before this
+/// process's runtimes, for whoever removes them should the process be killed.
+const HOST_BEFORE: &str = "host-before";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("bad runtime options: {0}")]
@@ -115,6 +119,7 @@ impl Runtime {
                  (PID {daemon}) and pods first",
                 opts.name
             );
+            let host_before = std::fs::read_to_string(opts.state_dir.join(HOST_BEFORE)).ok();
             Teardown {
                 opts: opts.clone(),
                 child: None,
@@ -124,6 +129,10 @@ impl Runtime {
             }
             .run()
             .await?;
+            // What the killed process changed on the host is put back when this one stops.
+            if let Some(text) = host_before {
+                host::adopt(&text);
+            }
         }
         opts.validate()?;
         host::acquire();
@@ -157,6 +166,9 @@ impl Runtime {
         teardown::record_owner(&o.state_dir)?;
         let write =
             |path: PathBuf, text: String| std::fs::write(&path, text).map_err(io(path.display()));
+        if let Some(text) = host::recorded() {
+            write(d(HOST_BEFORE), text)?;
+        }
         write(
             d("cni/bridge/10-bridge.conflist"),
             config::bridge_conflist(&o.bridge_network(), &o.bridge, o.bridge_subnet),

@@ -1,6 +1,7 @@
 //! `lab_owner NAME BRIDGE BRIDGE_SUBNET PTP_SUBNET`: starts a lab runtime with one bridged and
-//! one routed pod, prints `daemon PID` and one `pod ID UID NETNS PAUSE_PID` line each, then
-//! waits to be killed. The owner that tests/pods.rs SIGKILLs, leaving its lab behind.
+//! one routed pod, prints `daemon PID`, one `pod ID UID NETNS PAUSE_PID` line each and `ready`.
+//! Then it stops the lab when its stdin closes, or leaves it behind when it is SIGKILLed: the
+//! owners of tests/lab_leftover.rs.
 
 use std::{fmt::Write as _, io::Write as _};
 
@@ -37,8 +38,10 @@ async fn main() {
     out += "ready\n";
     std::io::stdout().write_all(out.as_bytes()).expect("stdout");
     std::io::stdout().flush().expect("stdout");
-    // Killed here: the runtime's Drop, which would tear the lab down, never runs.
-    loop {
-        tokio::time::sleep(std::time::Duration::from_hours(1)).await;
-    }
+    // Killed here, the runtime's teardown never runs.
+    let _ = tokio::task::spawn_blocking(|| {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())
+    })
+    .await;
+    rt.stop().await.expect("stop the lab");
 }

@@ -7,6 +7,7 @@
 
 use std::{
     ffi::CString,
+    fmt::Write as _,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -65,6 +66,70 @@ pub fn acquire() {
         watched,
     };
     *host = Some((1, before));
+}
+
+/// The host as this process's first runtime found it, as text for a runtime's state dir.
+pub fn recorded() -> Option<String> {
+    let host = HOST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    host.as_ref().map(|(_, before)| before.to_text())
+}
+
+/// Takes over what a killed process had [`recorded`], when no runtime of this process holds the
+/// host yet: the last runtime to stop then puts the host back as it was before that process's
+/// runtimes, not as they left it.
+pub fn adopt(text: &str) {
+    let mut host = HOST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if host.is_none()
+        && let Some(before) = Before::from_text(text)
+    {
+        *host = Some((0, before));
+    }
+}
+
+impl Before {
+    /// One `key value` per line; paths hold no newline (they are ours or cgroupfs').
+    fn to_text(&self) -> String {
+        let mut out = String::new();
+        if let Some(v) = &self.ip_forward {
+            let _ = writeln!(out, "ip_forward {}", v.trim());
+        }
+        let _ = writeln!(out, "netns_dir {}", self.netns_dir);
+        let _ = writeln!(out, "netns_mounted {}", self.netns_mounted);
+        for p in &self.existing {
+            let _ = writeln!(out, "existing {}", p.display());
+        }
+        for p in &self.watched {
+            let _ = writeln!(out, "watched {}", p.display());
+        }
+        out
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        let mut b = Before {
+            ip_forward: None,
+            netns_dir: false,
+            netns_mounted: false,
+            existing: Vec::new(),
+            watched: Vec::new(),
+        };
+        for line in text.lines() {
+            let (key, value) = line.split_once(' ')?;
+            match key {
+                "ip_forward" => b.ip_forward = Some(format!("{value}\n")),
+                "netns_dir" => b.netns_dir = value.parse().ok()?,
+                "netns_mounted" => b.netns_mounted = value.parse().ok()?,
+                "existing" => b.existing.push(value.into()),
+                "watched" => b.watched.push(value.into()),
+                _ => return None,
+            }
+        }
+        // A record without the paths it watched is not one of ours.
+        (!b.watched.is_empty()).then_some(b)
+    }
 }
 
 /// Unregisters a runtime; the last puts the host back as it was.
@@ -184,6 +249,31 @@ pub fn umount_below(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_host_reads_back_the_same() {
+        let before = Before {
+            ip_forward: Some("0\n".into()),
+            netns_dir: true,
+            netns_mounted: false,
+            existing: vec!["/var/lib/cni".into()],
+            watched: vec![
+                "/run/containerd".into(),
+                "/var/lib/cni".into(),
+                "/sys/fs/cgroup/cpu/k8s.io".into(),
+            ],
+        };
+        let again = Before::from_text(&before.to_text()).expect("parses");
+        assert_eq!(again.to_text(), before.to_text());
+        assert_eq!(again.ip_forward.as_deref(), Some("0\n"));
+        assert!(again.netns_dir && !again.netns_mounted);
+        assert_eq!(again.existing, before.existing);
+        assert_eq!(again.watched, before.watched);
+        // Not a record of ours: refused, never half-read.
+        assert!(Before::from_text("").is_none());
+        assert!(Before::from_text("ip_forward 1\nwatched /x\nsurprise 1\n").is_none());
+        assert!(Before::from_text("netns_dir maybe\nwatched /x\n").is_none());
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {
