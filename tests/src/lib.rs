@@ -117,6 +117,27 @@ impl Netns {
         format!("/run/netns/{}", self.name)
     }
 
+    /// Runs `ip` commands (one per line, as `ip -batch` reads them) inside the namespace in one
+    /// process: hundreds of links in a fraction of a second.
+    pub fn ip_batch(&self, commands: &str) {
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ip -batch");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), commands.as_bytes())
+            .expect("write to ip -batch");
+        let out = child.wait_with_output().expect("wait ip -batch");
+        assert!(
+            out.status.success(),
+            "ip -n {} -batch: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `work` on a thread of its own that has entered this namespace (`setns` is per
     /// thread; the thread exits right after), for calls that act on the caller's namespace:
     /// netlink sockets, tcx queries by name.
@@ -290,19 +311,25 @@ impl KernelCounters {
     }
 }
 
-/// Reads the agent's metrics and the kernel's counters of `veth` at one instant: the metrics
-/// read is bracketed by two kernel reads and retried until no packet crossed the veth during
-/// it, so an exact comparison never races a stray packet (IPv6 chatter of a new pod).
+/// Reads the agent's metrics and the kernel's counters of `veth` at one instant (see [`quiet`]).
 pub fn quiet_read(agent: &Agent, veth: &str) -> (KernelCounters, String) {
+    quiet(veth, || agent.metrics())
+}
+
+/// Runs `read` (counters of agents, of a tc filter) and reads the kernel's counters of `veth` at
+/// one instant: `read` is bracketed by two kernel reads and retried until no packet crossed the
+/// veth during it, so an exact comparison never races a stray packet (the MLD reports and other
+/// IPv6 chatter of a pod that just came up).
+pub fn quiet<T>(veth: &str, mut read: impl FnMut() -> T) -> (KernelCounters, T) {
     for _ in 0..50 {
         let before = KernelCounters::read(veth);
-        let metrics = agent.metrics();
+        let value = read();
         if KernelCounters::read(veth) == before {
-            return (before, metrics);
+            return (before, value);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{veth} never went quiet for one metrics read");
+    panic!("{veth} never went quiet for one read");
 }
 
 /// Path of the `node-tracer` binary under test (`NODE_TRACER_BIN`, else the workspace's debug

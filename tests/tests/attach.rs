@@ -6,8 +6,8 @@ use std::{collections::HashSet, fmt::Write as _, process::Command, time::Duratio
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use node_tracer_tests::{
-    Agent, KernelCounters, Link, Netns, Pod, attached_in, binary, metric, node_tracer_in,
-    require_root, require_tool, sh,
+    Agent, Link, Netns, Pod, attached_in, binary, metric, node_tracer_in, quiet, require_root,
+    require_tool, sh,
 };
 use serde_json::Value;
 
@@ -63,16 +63,14 @@ fn tcx_first_in_chain_others_still_run_nothing_left_after_term_or_kill() {
         );
     }
     // The program after ours still sees every packet: both count what the kernel counts.
-    let (t_early, t_late, k0) = (
-        tx(&earlier, veth),
-        tx(&later, veth),
-        KernelCounters::read(veth),
-    );
+    let read = || (tx(&earlier, veth), tx(&later, veth));
+    let (k0, (t_early, t_late)) = quiet(veth, read);
     a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
-    let k = KernelCounters::read(veth).rx_packets - k0.rx_packets;
+    let (k1, (early, late)) = quiet(veth, read);
+    let k = k1.rx_packets - k0.rx_packets;
     assert!(k >= 25);
-    assert_eq!(tx(&later, veth) - t_late, k, "the first program");
-    assert_eq!(tx(&earlier, veth) - t_early, k, "the program after it");
+    assert_eq!(late - t_late, k, "the first program");
+    assert_eq!(early - t_early, k, "the program after it");
 
     // SIGTERM: the later agent's programs leave the chain, the other's stay.
     let (status, _) = later.stop_with(libc::SIGTERM);
@@ -154,15 +152,13 @@ fn fast_start_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step
         );
     }
     assert!(!sh(&format!("tc qdisc show dev {veth}")).contains("clsact"));
-    let (t_auto, t_other, k0) = (
-        tx(&auto, veth),
-        tx(&other, veth),
-        KernelCounters::read(veth),
-    );
+    let read = || (tx(&auto, veth), tx(&other, veth));
+    let (k0, (t_auto, t_other)) = quiet(veth, read);
     a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
-    let k = KernelCounters::read(veth).rx_packets - k0.rx_packets;
-    assert_eq!(tx(&auto, veth) - t_auto, k, "ours, first");
-    assert_eq!(tx(&other, veth) - t_other, k, "the program after ours");
+    let (k1, (t_auto1, t_other1)) = quiet(veth, read);
+    let k = k1.rx_packets - k0.rx_packets;
+    assert_eq!(t_auto1 - t_auto, k, "ours, first");
+    assert_eq!(t_other1 - t_other, k, "the program after ours");
 
     let _ = auto.stop_with(libc::SIGKILL);
     for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
@@ -246,19 +242,13 @@ fn netlink_mode_runs_first_keeps_other_filters_and_leaves_only_them() {
     );
 
     // Our program returns TC_ACT_UNSPEC: the next filter still runs for every packet.
-    let (hits0, k0, t0) = (
-        mirror_hits(veth),
-        KernelCounters::read(veth),
-        tx(&agent, veth),
-    );
+    let read = || (mirror_hits(veth), tx(&agent, veth));
+    let (k0, (hits0, t0)) = quiet(veth, read);
     a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
-    let k = KernelCounters::read(veth).rx_packets - k0.rx_packets;
-    assert_eq!(tx(&agent, veth) - t0, k, "ours counts every packet");
-    assert_eq!(
-        mirror_hits(veth) - hits0,
-        k,
-        "the filter after ours sees every packet"
-    );
+    let (k1, (hits1, t1)) = quiet(veth, read);
+    let k = k1.rx_packets - k0.rx_packets;
+    assert_eq!(t1 - t0, k, "ours counts every packet");
+    assert_eq!(hits1 - hits0, k, "the filter after ours sees every packet");
 
     // SIGTERM: our filters go; the other tool's filter and its clsact qdisc stay.
     let (status, _) = agent.stop_with(libc::SIGTERM);
@@ -350,10 +340,7 @@ fn expedite_rcu_is_held_only_while_attaching_and_put_back_even_after_sigkill() {
     for i in 0..pairs {
         let _ = writeln!(batch, "link add xa{i} type veth peer name xb{i}");
     }
-    let file = std::env::temp_dir().join(format!("{}.batch", node.name));
-    std::fs::write(&file, batch).unwrap();
-    sh(&format!("ip -n {} -batch {}", node.name, file.display()));
-    let _ = std::fs::remove_file(&file);
+    node.ip_batch(&batch);
     let veths: Vec<String> = (0..pairs)
         .flat_map(|i| [format!("xa{i}"), format!("xb{i}")])
         .collect();
@@ -556,10 +543,7 @@ fn veths_that_carry_traffic_are_attached_before_idle_ones() {
             "neigh add 10.77.{i}.2 lladdr 02:00:00:00:77:02 dev xb{i:02} nud permanent"
         );
     }
-    let file = std::env::temp_dir().join(format!("{}.batch", node.name));
-    std::fs::write(&file, batch).unwrap();
-    sh(&format!("ip -n {} -batch {}", node.name, file.display()));
-    let _ = std::fs::remove_file(&file);
+    node.ip_batch(&batch);
     let send = |i: usize, n: usize| {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
         for _ in 0..n {
@@ -761,10 +745,7 @@ fn a_stop_signal_during_start_up_stops_the_first_pass_and_leaves_nothing() {
     for i in 0..pairs {
         let _ = writeln!(batch, "link add xa{i:02} type veth peer name xb{i:02}");
     }
-    let file = std::env::temp_dir().join(format!("{}.batch", node.name));
-    std::fs::write(&file, batch).unwrap();
-    sh(&format!("ip -n {} -batch {}", node.name, file.display()));
-    let _ = std::fs::remove_file(&file);
+    node.ip_batch(&batch);
     let veths: Vec<String> = (0..pairs)
         .flat_map(|i| [format!("xa{i:02}"), format!("xb{i:02}")])
         .collect();

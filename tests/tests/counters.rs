@@ -29,7 +29,7 @@ struct Reading {
 }
 
 fn read(agent: &Agent, veth: &str) -> Reading {
-    let m = agent.metrics();
+    let (kernel, m) = quiet_read(agent, veth);
     let per = |name: &str| -> Vec<f64> {
         PROTOCOLS
             .iter()
@@ -37,7 +37,7 @@ fn read(agent: &Agent, veth: &str) -> Reading {
             .collect()
     };
     Reading {
-        kernel: KernelCounters::read(veth),
+        kernel,
         rx: per("node_tracer_receive_packets_total"),
         tx: per("node_tracer_transmit_packets_total"),
         rx_bytes: metric(

@@ -10,8 +10,8 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, KernelCounters, Link, Pod, TempDir, attached_in, http_get, metric, node_tracer,
-    require_root, require_tool, sh, unique, unique_net,
+    Agent, Link, Pod, TempDir, attached_in, http_get, metric, node_tracer, quiet, require_root,
+    require_tool, sh, unique, unique_net,
 };
 
 fn tx(agent: &Agent, veth: &str) -> u64 {
@@ -83,24 +83,19 @@ fn two_tcx_programs_and_a_clsact_filter_all_see_every_packet() {
     let second = Agent::start(&args);
 
     let round = |agents: &[&Agent]| {
-        let before: Vec<u64> = agents.iter().map(|a| tx(a, veth)).collect();
-        let k_before = KernelCounters::read(veth);
-        let m_before = mirror_hits(veth);
+        let read = || {
+            let counts: Vec<u64> = agents.iter().map(|a| tx(a, veth)).collect();
+            (counts, mirror_hits(veth))
+        };
+        let (k_before, (before, m_before)) = quiet(veth, read);
         pod.ns.exec(&format!("ping -c 40 -i 0.01 -q {gw}"));
-        let kernel = KernelCounters::read(veth).rx_packets - k_before.rx_packets;
+        let (k_after, (after, m_after)) = quiet(veth, read);
+        let kernel = k_after.rx_packets - k_before.rx_packets;
         assert!(kernel >= 40);
-        for (a, b) in agents.iter().zip(before) {
-            assert_eq!(
-                tx(a, veth) - b,
-                kernel,
-                "a tcx program missed or doubled packets"
-            );
+        for (a, b) in after.iter().zip(before) {
+            assert_eq!(a - b, kernel, "a tcx program missed or doubled packets");
         }
-        assert_eq!(
-            mirror_hits(veth) - m_before,
-            kernel,
-            "the clsact filter after us"
-        );
+        assert_eq!(m_after - m_before, kernel, "the clsact filter after us");
     };
     round(&[&first, &second]);
     // One leaves: the other and the clsact filter go on exactly.
@@ -196,14 +191,15 @@ fn the_bridge_deleted_under_its_ports_leaves_them_unattached_and_served() {
     );
     // Still attached and counting on the now bridgeless veths.
     // (No path to the other pod now: its ARP requests are what leaves.)
-    let before = tx(&agent, &b.veth.name);
-    let k_before = KernelCounters::read(&b.veth.name);
+    let read = || tx(&agent, &b.veth.name);
+    let (k_before, before) = quiet(&b.veth.name, read);
     b.ns.exec("ip neigh flush all; ping -c 2 -i 0.2 -W 1 -q 10.41.0.2 || true");
     // Let neighbour resolution give up (3 probes, 1 s apart) so nothing is in flight.
     std::thread::sleep(Duration::from_secs(5));
-    let kernel = KernelCounters::read(&b.veth.name).rx_packets - k_before.rx_packets;
+    let (k_after, after) = quiet(&b.veth.name, read);
+    let kernel = k_after.rx_packets - k_before.rx_packets;
     assert!(kernel > 0);
-    assert_eq!(tx(&agent, &b.veth.name) - before, kernel);
+    assert_eq!(after - before, kernel);
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use node_tracer_tests::{
-    Agent, KernelCounters, Link, Pod, binary, free_port, metric, require_root, require_tool, sh,
-    unique, unique_net,
+    Agent, Link, Pod, binary, free_port, metric, quiet, require_root, require_tool, sh, unique,
+    unique_net,
 };
 
 /// A child process (traffic, or an agent about to be killed) ended by its PID on drop.
@@ -148,11 +148,9 @@ fn exact_count(agent: &Agent, pod: &Pod, gw: &str, n: u32) {
         )
         .unwrap_or(0.0) as u64
     };
-    let before_k = KernelCounters::read(veth);
-    let before = total(&agent.metrics());
+    let (before_k, before) = quiet(veth, || total(&agent.metrics()));
     pod.ns.exec(&format!("ping -c {n} -i 0.01 -q {gw}"));
-    let after = total(&agent.metrics());
-    let after_k = KernelCounters::read(veth);
+    let (after_k, after) = quiet(veth, || total(&agent.metrics()));
     let kernel = after_k.rx_packets - before_k.rx_packets;
     assert!(kernel >= u64::from(n), "kernel saw {kernel}");
     assert_eq!(
