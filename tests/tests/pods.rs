@@ -336,8 +336,7 @@ async fn a_lab_whose_owner_was_killed_is_removed_by_the_next_start() {
     let other_opts = lab_options("othr");
     let other = start(&other_opts).await;
     let opts = lab_options("lown");
-    // Whatever fails below, a later start under the name removes what is left (dropped after
-    // the owner is killed).
+    // Whatever fails below, a later start under the name removes what is left.
     let _cleanup = Recover(opts.clone());
     let (daemon, pods) = LabOwner::start(env!("CARGO_BIN_EXE_lab_owner"), &opts).kill();
     assert!(running(daemon), "containerd died with its owner");
