@@ -44,39 +44,57 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .map_err(|e| Error::io(format!("listen on {}", opts.listen), e))?;
     // The port the kernel picked, for `--listen host:0`.
     let listening = listener.local_addr().unwrap_or(opts.listen);
-    let node = Node::start(&opts.node).await?;
+    // Serving starts before the first attach pass: a scrape during it (half a minute at 1,000
+    // veths) gets what is counted so far, and /healthz answers 503 with its progress.
+    let mut tasks = Vec::new();
+    let node = Node::start_with(&opts.node, |state| {
+        // One reader of the programs' event ring for every `trace icmp --connect`.
+        let ring = lock(state).probe.take_events()?;
+        let hub = Arc::new(Hub::default());
+        tasks.push(tokio::spawn(hub.clone().run(
+            trace::RingBufSource::new(ring, Box::new(|| 0))?,
+            state.clone(),
+        )));
+        tasks.push(tokio::spawn(serve(listener, state.clone(), hub)));
+        log::info!("serving http://{listening}/metrics; attaching");
+        Ok(())
+    })
+    .await;
+    let stop = |node: Option<Node>| {
+        for t in &tasks {
+            t.abort();
+        }
+        if let Some(node) = node {
+            // Per-packet events exist only while someone traces.
+            let _ = lock(&node.state).probe.set_tracing(false);
+            node.stop();
+        }
+    };
+    let node = match node {
+        Ok(n) => n,
+        Err(e) => {
+            stop(None);
+            return Err(e);
+        }
+    };
     if let Some(signal) = shutdown::received() {
-        // Stopped during start-up: nothing to serve.
         log::info!("{signal} during start-up: detaching");
-        node.stop();
+        stop(Some(node));
         return Ok(());
     }
     {
         let s = lock(&node.state);
         log::info!(
-            "attached to {} interfaces ({} mode); serving http://{}/metrics",
+            "attached to {} interfaces ({} mode)",
             s.probe.attached().count(),
             s.probe.mode().as_str(),
-            listening
         );
     }
-    // One reader of the programs' event ring for every `trace icmp --connect`.
-    let ring = lock(&node.state).probe.take_events()?;
-    let hub = Arc::new(Hub::default());
-    let tracing = tokio::spawn(hub.clone().run(
-        trace::RingBufSource::new(ring, Box::new(|| 0))?,
-        node.state.clone(),
-    ));
-    let server = tokio::spawn(serve(listener, node.state.clone(), hub));
     let signal = shutdown::wait()
         .await
         .map_err(|e| Error::io("wait for a stop signal", e))?;
     log::info!("{signal}: detaching");
-    server.abort();
-    tracing.abort();
-    // Per-packet events exist only while someone traces.
-    let _ = lock(&node.state).probe.set_tracing(false);
-    node.stop();
+    stop(Some(node));
     Ok(())
 }
 
@@ -127,7 +145,15 @@ async fn handle(
     }
     // Reading maps is a few syscalls per port: do it off the async workers.
     let res = tokio::task::spawn_blocking(move || match path.as_str() {
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/healthz" => match lock(&state).starting {
+            // Not ready (a readiness or startup probe waits), but alive and serving.
+            Some(p) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("starting: {} of {} veths attached\n", p.done, p.total),
+            ),
+            None => reply(StatusCode::OK, "text/plain", "ok\n"),
+        },
         "/metrics" => {
             let mut s = lock(&state);
             let snap = s.snapshot();

@@ -60,6 +60,15 @@ pub struct State {
     /// Packets each interface had carried when the agent started, for the order of the first
     /// attach pass (see [`State::plan`]); taken by it.
     packets_at_start: Option<HashMap<String, u64>>,
+    /// While the first attach pass runs: how far it is (`/healthz` answers 503 with it).
+    pub starting: Option<Progress>,
+}
+
+/// Veths the first attach pass has attached, of how many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
 }
 
 impl State {
@@ -248,6 +257,17 @@ pub struct Node {
 impl Node {
     /// Loads the programs, attaches to every veth (or to `interfaces`), and follows churn.
     pub async fn start(opts: &NodeOptions) -> Result<Self> {
+        Self::start_with(opts, |_| Ok(())).await
+    }
+
+    /// [`Node::start`], calling `before_attach` once the programs are loaded and the node
+    /// scanned, before the first attach pass: the agent starts serving there, so that a scrape
+    /// during a long first pass (half a minute at 1,000 veths) gets what is counted so far, and
+    /// `/healthz` the pass's progress ([`State::starting`]).
+    pub async fn start_with(
+        opts: &NodeOptions,
+        before_attach: impl FnOnce(&Arc<Mutex<State>>) -> Result<()>,
+    ) -> Result<Self> {
         for name in &opts.interfaces {
             if ifindex_of(name).is_none() {
                 return Err(Error::NoSuchInterface(name.clone()));
@@ -298,8 +318,11 @@ impl Node {
             rescan_all: false,
             expediter,
             packets_at_start,
+            starting: Some(Progress::default()),
         }));
+        before_attach(&state)?;
         reconcile(&state);
+        lock(&state).starting = None;
         let relabel = Arc::new(Notify::new());
         let mut tasks = vec![tokio::spawn(relabel_loop(
             state.clone(),
@@ -354,7 +377,14 @@ impl crate::top::SnapshotSource for LocalSource {
 /// taken per attach, so scrapes and snapshots are served between attaches even when hundreds of
 /// veths appear at once.
 pub fn reconcile(state: &Mutex<State>) {
-    let todo = lock(state).plan();
+    let todo = {
+        let mut s = lock(state);
+        let todo = s.plan();
+        if let Some(p) = &mut s.starting {
+            p.total = todo.len();
+        }
+        todo
+    };
     let total = todo.len();
     for (done, (ifindex, name)) in todo.into_iter().enumerate() {
         // A first pass can take half a minute: a stop signal must not wait for its end.
@@ -365,7 +395,11 @@ pub fn reconcile(state: &Mutex<State>) {
             );
             return;
         }
-        lock(state).attach_one(ifindex, &name);
+        let mut s = lock(state);
+        s.attach_one(ifindex, &name);
+        if let Some(p) = &mut s.starting {
+            p.done = done + 1;
+        }
     }
 }
 

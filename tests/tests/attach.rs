@@ -6,8 +6,8 @@ use std::{collections::HashSet, fmt::Write as _, process::Command, time::Duratio
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use node_tracer_tests::{
-    Agent, Link, Netns, Pod, attached_in, binary, metric, node_tracer_in, quiet, require_root,
-    require_tool, sh,
+    Agent, Link, Netns, Pod, attached_in, binary, free_port, http_get, metric, node_tracer_in,
+    quiet, require_root, require_tool, sh,
 };
 use serde_json::Value;
 
@@ -335,15 +335,7 @@ fn expedite_rcu_is_held_only_while_attaching_and_put_back_even_after_sigkill() {
     let _knob = PutBack;
     // Enough veths that the pass lasts a while even expedited (pairs with both ends here).
     let node = Netns::new("xr");
-    let pairs = 150;
-    let mut batch = String::new();
-    for i in 0..pairs {
-        let _ = writeln!(batch, "link add xa{i} type veth peer name xb{i}");
-    }
-    node.ip_batch(&batch);
-    let veths: Vec<String> = (0..pairs)
-        .flat_map(|i| [format!("xa{i}"), format!("xb{i}")])
-        .collect();
+    let veths = veth_pairs(&node, 150);
     let start = || {
         node_tracer_in(
             &node,
@@ -373,7 +365,7 @@ fn expedite_rcu_is_held_only_while_attaching_and_put_back_even_after_sigkill() {
         .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "mount --bind {f} {k} && mount -o remount,bind,ro {k} && \
-             exec timeout --preserve-status -s TERM 3 {bin} run --expedite-rcu -i xa0 -i xb0 \
+             exec timeout --preserve-status -s TERM 3 {bin} run --expedite-rcu -i xa00 -i xb00 \
              --listen 127.0.0.1:0 --attach-mode tcx --cri-socket /run/ntt-none.sock \
              --cni-results-dir /run/ntt-none",
             f = fake.display(),
@@ -412,7 +404,7 @@ fn expedite_rcu_is_held_only_while_attaching_and_put_back_even_after_sigkill() {
     );
     assert!(
         eventually(Duration::from_secs(30), Duration::from_millis(50), || {
-            tcx_programs_in(&node, &veths) == 4 * pairs
+            tcx_programs_in(&node, &veths) == 2 * veths.len()
         }),
         "not every veth attached: {} tcx programs",
         tcx_programs_in(&node, &veths)
@@ -740,15 +732,7 @@ fn a_stop_signal_during_start_up_stops_the_first_pass_and_leaves_nothing() {
     let _pace = rcu_pace();
     let node = Netns::new("xs");
     // Long enough a first pass (two RCU grace periods per tcx attach) to be caught inside.
-    let pairs = 40;
-    let mut batch = String::new();
-    for i in 0..pairs {
-        let _ = writeln!(batch, "link add xa{i:02} type veth peer name xb{i:02}");
-    }
-    node.ip_batch(&batch);
-    let veths: Vec<String> = (0..pairs)
-        .flat_map(|i| [format!("xa{i:02}"), format!("xb{i:02}")])
-        .collect();
+    let veths = veth_pairs(&node, 40);
     let start = |mode: &str| {
         Reaped(
             node_tracer_in(
@@ -819,4 +803,79 @@ fn a_stop_signal_during_start_up_stops_the_first_pass_and_leaves_nothing() {
     assert!(status.success(), "{status}: {err}");
     let qdiscs = node.exec("tc qdisc show");
     assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+}
+
+/// The agent serves from before its first attach pass: during it (half a minute at 1,000 veths
+/// by default) `/metrics` answers with what is attached so far and `/healthz` with 503 and the
+/// pass's progress, so a startup or readiness probe waits while Prometheus still scrapes.
+#[test]
+fn metrics_and_healthz_answer_during_the_first_pass() {
+    require_root();
+    // An expedited pass could end before the first request.
+    let _pace = rcu_pace();
+    let node = Netns::new("xh");
+    let veths = veth_pairs(&node, 40);
+    let total = veths.len();
+    // In the namespace's own loopback, where the agent runs.
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let get = |path: &str| node.in_thread(|| http_get(addr, path));
+    let mut agent = Reaped(
+        node_tracer_in(
+            &node,
+            &["run", "--attach-mode", "tcx", "--listen", &addr.to_string()],
+        )
+        .spawn()
+        .expect("spawn node-tracer run"),
+    );
+    let want = format!(" of {total} veths attached");
+    let mut during: Option<(String, u64)> = None;
+    let ready = eventually(Duration::from_mins(1), Duration::from_millis(2), || {
+        match get("/healthz") {
+            Ok((200, _)) => true,
+            Ok((503, body)) => {
+                if during.is_none()
+                    && body.starts_with("starting: ")
+                    && body.trim_end().ends_with(&want)
+                    && let Ok((200, m)) = get("/metrics")
+                {
+                    let attached = attached_in(&m, "tcx").unwrap_or(0);
+                    if attached < total as u64 {
+                        during = Some((body, attached));
+                    }
+                }
+                false
+            }
+            Ok((code, body)) => panic!("/healthz: {code} {body}"),
+            // Not listening yet.
+            Err(_) => false,
+        }
+    });
+    assert!(ready, "/healthz never answered 200");
+    let (body, attached) = during.expect("no 503 with the pass's progress while it ran");
+    let done: u64 = body
+        .trim_start_matches("starting: ")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(done < total as u64, "{body}");
+    assert!(attached < total as u64, "{attached} attached");
+    // Once ready, every veth is attached.
+    let (_, m) = get("/metrics").expect("/metrics");
+    assert_eq!(attached_in(&m, "tcx"), Some(total as u64));
+    let (status, err) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(tcx_programs_in(&node, &veths), 0);
+}
+
+/// Makes `pairs` veth pairs `xaNN`/`xbNN` in `node` (down, both ends there); returns their names.
+fn veth_pairs(node: &Netns, pairs: usize) -> Vec<String> {
+    let mut batch = String::new();
+    for i in 0..pairs {
+        let _ = writeln!(batch, "link add xa{i:02} type veth peer name xb{i:02}");
+    }
+    node.ip_batch(&batch);
+    (0..pairs)
+        .flat_map(|i| [format!("xa{i:02}"), format!("xb{i:02}")])
+        .collect()
 }

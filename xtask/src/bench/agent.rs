@@ -51,7 +51,7 @@ pub fn spawn(netns: &str, args: &[&str], log: &Path, name: &str) -> Result<Proc>
 pub struct Agent {
     pub proc: Proc,
     pub netns: String,
-    /// From spawn to /healthz answering: the agent attaches every veth before it serves.
+    /// From spawn to /healthz answering 200: it answers 503 until every veth is attached.
     pub ready_after: Duration,
 }
 
@@ -64,7 +64,7 @@ impl Agent {
         let addr = addr()?;
         sys::in_netns(netns, || {
             sys::wait_for(
-                "node-tracer run to serve /healthz",
+                "node-tracer run's /healthz to answer 200",
                 Duration::from_mins(3),
                 Duration::from_millis(5),
                 || {

@@ -29,7 +29,7 @@ pub struct Results {
     pub startup_busy_s: Option<f64>,
     /// The same with `--attach-mode fast-start` (clsact filters first).
     pub startup_fast_s: Option<f64>,
-    /// Spawn to /healthz (the agent serves once its first attach pass is done).
+    /// Spawn to /healthz answering 200 (503 until the first attach pass is done).
     pub serve_s: f64,
     /// Spawn to /healthz with `--attach-mode netlink` (clsact + cls_bpf).
     pub startup_netlink_s: Option<f64>,
