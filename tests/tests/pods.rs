@@ -279,6 +279,11 @@ async fn dropped_runtime_cleans_up() {
     init();
     let opts = lab_options("drop");
     let rt = start(&opts).await;
+    // containerd runs in a process group of its own: a terminal's Ctrl-C to ours (the owner's)
+    // does not kill it before the owner removes the pods over CRI.
+    // SAFETY: getpgid has no memory-safety preconditions.
+    let pgid = |pid: u32| unsafe { libc::getpgid(pid as libc::pid_t) };
+    assert_ne!(pgid(rt.pid().unwrap()), pgid(std::process::id()));
     let a = rt
         .run_pod("a", "ns", &format!("{}-a", opts.name), "runc")
         .await

@@ -14,6 +14,7 @@ mod options;
 mod teardown;
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -196,6 +197,10 @@ impl Runtime {
         let child = Command::new("containerd")
             .arg("--config")
             .arg(d("config.toml"))
+            // A process group of its own: a terminal's Ctrl-C reaches our process, which then
+            // removes the pods over CRI (CNI DEL included) before it stops containerd. In our
+            // group containerd would die at once and leave the pods to the sweep.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
