@@ -90,12 +90,15 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             s.probe.mode().as_str(),
         );
     }
-    let signal = shutdown::wait()
-        .await
-        .map_err(|e| Error::io("wait for a stop signal", e))?;
-    log::info!("{signal}: detaching");
+    let waited = shutdown::wait().await;
+    if let Ok(signal) = waited {
+        log::info!("{signal}: detaching");
+    }
+    // Also when waiting failed: nothing stays attached behind an error.
     stop(Some(node));
-    Ok(())
+    waited
+        .map(drop)
+        .map_err(|e| Error::io("wait for a stop signal", e))
 }
 
 /// Largest request head we accept; anything bigger is refused by hyper with 431.
