@@ -163,6 +163,9 @@ fn prometheus_rates_match_pings_and_vanished_veths_go_stale() {
     // A veth that vanishes takes its series with it: gone from the next scrape, and
     // Prometheus marks them stale, so an instant query stops returning them at once.
     let gone = a.veth.name.clone();
+    let selector = format!("node_tracer_transmit_packets_total{{interface=\"{gone}\"}}");
+    // Asked before the delete: a scrape (every second) right after it would already mark them.
+    assert!(!prom.query(&selector).is_empty(), "{gone} has no series");
     drop(ping);
     let out = sh_output(&format!("ip link del {gone}"));
     assert!(
@@ -170,8 +173,6 @@ fn prometheus_rates_match_pings_and_vanished_veths_go_stale() {
         "ip link del {gone}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let selector = format!("node_tracer_transmit_packets_total{{interface=\"{gone}\"}}");
-    assert!(!prom.query(&selector).is_empty(), "{gone} had series");
     eventually(Duration::from_secs(5), || {
         let left = prom.query(&selector);
         if left.is_empty() {
