@@ -144,6 +144,9 @@ pub struct Probe {
     no_upgrade: HashSet<u32>,
     tcx_after: std::time::Duration,
     slots: Slots,
+    /// `ICMP_STATS` entries the last [`Probe::read`] saw, for the [`Probe::map_entries`] of the
+    /// same scrape (taken by it), so one scrape reads that map once.
+    icmp_entries_read: std::cell::Cell<Option<usize>>,
 }
 
 /// Which `PORT_COUNTERS` slot each port uses, and which `PORT_SLOTS` index it holds.
@@ -264,6 +267,7 @@ impl Probe {
             no_upgrade: HashSet::new(),
             tcx_after: opts.tcx_after,
             slots,
+            icmp_entries_read: std::cell::Cell::new(None),
         })
     }
 
@@ -683,7 +687,9 @@ impl Probe {
                 name: "ICMP_STATS",
                 source,
             })?;
-        for (k, per_cpu) in hash_entries(&icmp) {
+        let icmp = hash_entries(&icmp);
+        self.icmp_entries_read.set(Some(icmp.len()));
+        for (k, per_cpu) in icmp {
             if let Some(r) = out.get_mut(&k.ifindex) {
                 r.counters.icmp.push(IcmpCount {
                     direction: pod_direction(k.dir),
@@ -856,7 +862,8 @@ impl Probe {
     }
 
     /// Ports with a `PORT_COUNTERS` slot, and entries in `PORT_STATS` and `ICMP_STATS` (`PORT_STATS`
-    /// is rarely more than empty; `ICMP_STATS` is counted in one batch read).
+    /// is rarely more than empty; `ICMP_STATS` as the [`Probe::read`] just before saw it, else
+    /// counted in one batch read).
     pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
         let mut out = vec![
             ("PORT_COUNTERS", self.slots.of.len()),
@@ -865,7 +872,9 @@ impl Probe {
                 self.port_stats().map_or(0, |m| m.keys().count()),
             ),
         ];
-        if let Some(map) = self.ebpf.map("ICMP_STATS")
+        if let Some(n) = self.icmp_entries_read.take() {
+            out.push(("ICMP_STATS", n));
+        } else if let Some(map) = self.ebpf.map("ICMP_STATS")
             && let Ok(m) = PerCpuHashMap::<_, IcmpKey, u64>::try_from(map)
         {
             out.push(("ICMP_STATS", hash_entries(&m).len()));
