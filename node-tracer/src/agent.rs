@@ -1,6 +1,7 @@
 //! `node-tracer run`: the agent. Attaches to every veth (see [`crate::node`]) and serves
 //! `/metrics`, `/snapshot` (JSON), `/healthz`, and `/trace/icmp` (the stream
-//! `trace icmp --connect` reads, see [`crate::trace::wire`]).
+//! `trace icmp --connect` reads, see [`crate::trace::wire`]); who may read which is
+//! [`crate::api`]'s to say.
 
 use std::{
     convert::Infallible,
@@ -17,9 +18,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
+    api::{Access, ApiOptions, Caller, Denial},
     error::{Error, Result},
     metrics,
     node::{Node, NodeOptions, State, lock},
@@ -34,6 +36,7 @@ type Body = BoxBody<Bytes, Infallible>;
 pub struct AgentOptions {
     pub listen: SocketAddr,
     pub node: NodeOptions,
+    pub api: ApiOptions,
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then detaches everything it attached.
@@ -44,6 +47,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .map_err(|e| Error::io(format!("listen on {}", opts.listen), e))?;
     // The port the kernel picked, for `--listen host:0`.
     let listening = listener.local_addr().unwrap_or(opts.listen);
+    // Credentials are read before anything is attached, too: a missing token file or a bad
+    // certificate is a refusal to start, not a surprise at the first request.
+    let access = Arc::new(Access::new(&opts.api, listening)?);
+    log::info!("API: {}", access.describe());
     // Serving starts before the first attach pass: a scrape during it (half a minute at 1,000
     // veths) gets what is counted so far, and /healthz answers 503 with its progress.
     let mut tasks = Vec::new();
@@ -55,7 +62,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             trace::RingBufSource::new(ring, Box::new(|| 0))?,
             state.clone(),
         )));
-        tasks.push(tokio::spawn(serve(listener, state.clone(), hub)));
+        tasks.push(tokio::spawn(serve(
+            listener,
+            state.clone(),
+            hub,
+            access.clone(),
+        )));
         log::info!("serving http://{listening}/metrics; attaching");
         Ok(())
     })
@@ -104,9 +116,18 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
 /// Largest request head we accept; anything bigger is refused by hyper with 431.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
-async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, hub: Arc<Hub>) {
+/// How long a connection may stay silent before its first byte (TLS or HTTP) or its request
+/// head: slow clients cannot hold a connection open forever.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<Mutex<State>>,
+    hub: Arc<Hub>,
+    access: Arc<Access>,
+) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("accept: {e}");
@@ -114,26 +135,77 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, hub: Arc<Hub>) {
                 continue;
             }
         };
-        let (state, hub) = (state.clone(), hub.clone());
+        let (state, hub, access) = (state.clone(), hub.clone(), access.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, state.clone(), hub.clone()));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                // Slow clients cannot hold a connection open forever.
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(MAX_REQUEST_HEAD)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                log::debug!("http connection: {e}");
+            let plain = Caller {
+                peer,
+                verified_cert: false,
+            };
+            let Some(tls) = access.tls() else {
+                return serve_connection(stream, plain, state, hub, access).await;
+            };
+            // One port for both: probes and Prometheus speak plain HTTP to /metrics and
+            // /healthz, API clients TLS. A TLS connection starts with a handshake record.
+            if !starts_with_tls(&stream).await {
+                return serve_connection(stream, plain, state, hub, access).await;
+            }
+            let accepted = tokio::time::timeout(FIRST_BYTES, tls.acceptor().accept(stream)).await;
+            match accepted {
+                Ok(Ok(tls_stream)) => {
+                    let caller = Caller {
+                        peer,
+                        verified_cert: tls_stream.get_ref().1.peer_certificates().is_some(),
+                    };
+                    serve_connection(tls_stream, caller, state, hub, access).await;
+                }
+                Ok(Err(e)) => {
+                    log::debug!("TLS handshake with {peer}: {e}");
+                    access.deny(Denial::TlsHandshake, peer, "a TLS connection");
+                }
+                Err(_) => log::debug!("TLS handshake with {peer}: timed out"),
             }
         });
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
+/// Whether the first byte the client sent is a TLS handshake record's (22). Waits at most
+/// [`FIRST_BYTES`]; a client that sends nothing is served as plain HTTP, whose own header
+/// timeout then closes it.
+async fn starts_with_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(FIRST_BYTES, stream.peek(&mut first)).await,
+        Ok(Ok(1))
+    ) && first[0] == 22
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    caller: Caller,
     state: Arc<Mutex<State>>,
     hub: Arc<Hub>,
+    access: Arc<Access>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc =
+        service_fn(move |req| handle(req, caller, state.clone(), hub.clone(), access.clone()));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(FIRST_BYTES)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = conn.await {
+        log::debug!("http connection: {e}");
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    caller: Caller,
+    state: Arc<Mutex<State>>,
+    hub: Arc<Hub>,
+    access: Arc<Access>,
 ) -> std::result::Result<Response<Body>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(reply(
@@ -143,6 +215,20 @@ async fn handle(
         ));
     }
     let path = req.uri().path().to_string();
+    if crate::api::PROTECTED.contains(&path.as_str())
+        && let Err(why) = access.check(req.headers(), &caller)
+    {
+        access.deny(why, caller.peer, &format!("{} {path}", req.method()));
+        let (status, line) = why.answer();
+        let mut r = reply(status, "text/plain", line);
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"node-tracer\""),
+            );
+        }
+        return Ok(r);
+    }
     if path == "/trace/icmp" {
         return Ok(trace_stream(&hub));
     }
@@ -163,6 +249,7 @@ async fn handle(
             let mut health = s.health();
             drop(s);
             health.trace_streams = hub.streams() as u64;
+            health.api_denied = access.denied();
             reply(
                 StatusCode::OK,
                 prometheus::TEXT_FORMAT,

@@ -41,6 +41,8 @@ pub enum Error {
     Netlink(String),
     #[error("{0}")]
     Privilege(String),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
 }
 
 impl Error {

@@ -6,6 +6,7 @@
 //! and `trace` render.
 
 pub mod agent;
+pub mod api;
 pub mod error;
 pub mod icmp;
 pub mod lab;

@@ -87,6 +87,8 @@ struct TopArgs {
     /// our own programs, so a node with the agent installed is not attached twice.
     #[arg(long, value_name = "URL")]
     connect: Option<String>,
+    #[command(flatten)]
+    credentials: ConnectArgs,
     /// Refresh interval in seconds.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
@@ -118,6 +120,8 @@ struct MacsArgs {
     /// Read a running agent (e.g. http://127.0.0.1:9465) instead of attaching our own programs.
     #[arg(long, value_name = "URL")]
     connect: Option<String>,
+    #[command(flatten)]
+    credentials: ConnectArgs,
     /// Without --connect: seconds to watch traffic before printing (MACs are seen only while
     /// programs are attached).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
@@ -133,7 +137,10 @@ struct MacsArgs {
 
 async fn macs_command(args: &MacsArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
     let source = if let Some(url) = &args.connect {
-        macs::Source::Connect(url.clone())
+        macs::Source::Connect {
+            url: url.clone(),
+            creds: args.credentials.credentials(),
+        }
     } else {
         anyhow::ensure!(
             args.duration.is_finite() && args.duration >= 0.0,
@@ -172,6 +179,8 @@ struct TraceArgs {
     /// other traffic nothing; without it, the trace attaches programs of its own to every veth.
     #[arg(long, value_name = "URL")]
     connect: Option<String>,
+    #[command(flatten)]
+    credentials: ConnectArgs,
     /// One JSON object per line (and a last one with "summary": true).
     #[arg(long)]
     json: bool,
@@ -217,11 +226,93 @@ enum LabAction {
     Down,
 }
 
+/// How `--connect` proves who it is to an agent that asks. Secrets only from files: a token on
+/// a command line is in `ps` for every user of the node.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Credentials for --connect")]
+struct ConnectArgs {
+    /// A file holding the agent's API token (the agent's --api-token-file; on a cluster, the
+    /// token of the node-tracer-api Secret).
+    #[arg(long, value_name = "FILE", env = "NODE_TRACER_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// For an https:// URL: the CA certificate (PEM) that signed the agent's certificate.
+    #[arg(long, value_name = "FILE", env = "NODE_TRACER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM), for an agent started with --tls-client-ca; with --tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "NODE_TRACER_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "NODE_TRACER_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    fn credentials(&self) -> node_tracer_client::Credentials {
+        node_tracer_client::Credentials {
+            token_file: self.api_token_file.clone(),
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
+}
+
+/// Who may read `/snapshot` and `/trace/icmp` (see node_tracer::api).
+#[derive(Args, Clone)]
+#[command(
+    next_help_heading = "API access (/snapshot, /trace/icmp; /metrics and /healthz are always open)"
+)]
+struct ApiArgs {
+    /// A file holding the bearer token that /snapshot and /trace/icmp ask for (mount a
+    /// Kubernetes Secret there); read again when it changes. Without it or --tls-client-ca,
+    /// those two endpoints answer only when --listen is a loopback address.
+    #[arg(long, value_name = "FILE", env = "NODE_TRACER_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Also serve TLS on --listen (plain HTTP stays, for /metrics and /healthz), with this
+    /// certificate chain (PEM); read again when renewed.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve /snapshot and /trace/icmp to TLS clients whose certificate this CA (PEM) signed.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn options(&self) -> node_tracer::api::ApiOptions {
+        node_tracer::api::ApiOptions {
+            token_file: self.api_token_file.clone(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(node_tracer::api::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Address to serve /metrics, /snapshot and /healthz on.
+    /// Address to serve /metrics, /healthz, /snapshot and /trace/icmp on (see "API access").
     #[arg(long, default_value = "0.0.0.0:9465")]
     listen: SocketAddr,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Attach only to this interface (repeatable). Default: every veth, following churn.
     #[arg(long = "interface", short = 'i')]
     interfaces: Vec<String>,
@@ -470,11 +561,11 @@ async fn trace_icmp(
 /// snapshot (see [`trace::AgentTrace`]).
 async fn trace_icmp_remote(
     url: &str,
+    creds: &node_tracer_client::Credentials,
     opts: &trace::TraceOptions,
 ) -> anyhow::Result<trace::TraceStats> {
-    let mut events = trace::AgentTrace::connect(url)
-        .await
-        .with_context(|| format!("connecting to the agent at {url}"))?;
+    // The client's errors name the agent already.
+    let mut events = trace::AgentTrace::connect(url, creds).await?;
     let ports = events.ports();
     log::info!(
         "tracing ICMP on {} veths through the agent at {url}; Ctrl-C to stop",
@@ -569,6 +660,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let mut opts = AgentOptions {
                 listen: args.listen,
                 node: node_options(&args.interfaces, &args.probe, &args.sources, cli.log_level),
+                api: args.api.options(),
             };
             // Two workers: following veth churn (an attach is two RCU grace periods) must not
             // queue behind a relabel rescan or a /metrics read running on the other one. A small
@@ -616,7 +708,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 return Err(top::TopError::NotATerminal.into());
             }
             if let Some(url) = &args.connect {
-                let source = top::HttpSource::new(url)?;
+                let source = top::HttpSource::new(url, &args.credentials.credentials())?;
                 return Ok(top::run(opts, source)?);
             }
             // The view owns this thread; the node's tasks (churn, relabel) need workers of
@@ -631,6 +723,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let mut agent = AgentOptions {
                 listen: ([127, 0, 0, 1], 0).into(),
                 node: node_options(&[], &args.probe, &args.sources, cli.log_level),
+                api: node_tracer::api::ApiOptions::default(),
             };
             let lab = match args.lab {
                 TopLab::Always => true,
@@ -702,7 +795,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 summary: !args.no_summary,
             };
             if let Some(url) = &args.connect {
-                let stats = rt.block_on(trace_icmp_remote(url, &opts))?;
+                let stats = rt.block_on(trace_icmp_remote(
+                    url,
+                    &args.credentials.credentials(),
+                    &opts,
+                ))?;
                 if stats.lost > 0 {
                     log::warn!("{} events were lost", stats.lost);
                 }

@@ -13,7 +13,7 @@ use crate::{
 pub enum MacsError {
     #[error("no bridge named {0}")]
     NoSuchBridge(String),
-    #[error("reading the agent's snapshot: {0}")]
+    #[error("reading the agent's snapshot")]
     Agent(#[from] SourceError),
     #[error(transparent)]
     Node(#[from] crate::error::Error),
@@ -23,7 +23,10 @@ pub enum MacsError {
 #[derive(Debug, Clone)]
 pub enum Source {
     /// A running `node-tracer run` (`http://host:port`), so the node is not attached twice.
-    Connect(String),
+    Connect {
+        url: String,
+        creds: node_tracer_client::Credentials,
+    },
     /// Attach our own programs for `duration`, then read (Ctrl-C reads at once).
     Attach {
         node: Box<NodeOptions>,
@@ -34,7 +37,7 @@ pub enum Source {
 /// Takes one snapshot from `source`.
 pub async fn collect(source: Source) -> Result<Snapshot, MacsError> {
     match source {
-        Source::Connect(url) => Ok(HttpSource::new(&url)?.next().await?),
+        Source::Connect { url, creds } => Ok(HttpSource::new(&url, &creds)?.next().await?),
         Source::Attach { node, duration } => {
             let node = Node::start(&node).await?;
             log::info!(

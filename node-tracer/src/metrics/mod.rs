@@ -32,6 +32,8 @@ pub struct Health {
     pub program_runs: Vec<(&'static str, u32, std::time::Duration, u64)>,
     /// Entries per map: (name, count).
     pub map_entries: Vec<(&'static str, usize)>,
+    /// Refused API requests by reason (see `api::Denial`).
+    pub api_denied: Vec<(&'static str, u64)>,
 }
 
 /// (namespace, pod) label values; empty for a port whose pod is unknown.
@@ -273,6 +275,14 @@ fn health_families(out: &mut Exposition, h: &Health) {
         Gauge,
     )
     .sample(&[], h.trace_streams);
+    let mut f = out.family(
+        "node_tracer_api_denied_total",
+        "Requests for /snapshot or /trace/icmp refused, and failed TLS handshakes, by reason.",
+        Counter,
+    );
+    for (reason, n) in &h.api_denied {
+        f.sample(&[("reason", reason)], *n);
+    }
     // The id label matches `bpftool prog show`, so an operator can find our programs there.
     let ids: Vec<String> = h.program_runs.iter().map(|r| r.1.to_string()).collect();
     let mut f = out.family(

@@ -284,6 +284,14 @@ fn health_families(h: &Health) -> Vec<Family> {
         GAUGE,
     );
     streams.push(&[], h.trace_streams as f64);
+    let mut denied = Family::new(
+        "node_tracer_api_denied_total",
+        "Requests for /snapshot or /trace/icmp refused, and failed TLS handshakes, by reason.",
+        COUNTER,
+    );
+    for (reason, n) in &h.api_denied {
+        denied.push(&[("reason", reason)], *n as f64);
+    }
     let mut run_s = Family::new(
         "node_tracer_program_run_seconds_total",
         "Time spent in each program (needs sysctl kernel.bpf_stats_enabled=1).",
@@ -310,7 +318,7 @@ fn health_families(h: &Health) -> Vec<Family> {
         entries.push(&[("map", name)], *n as f64);
     }
     vec![
-        attached, errors, map_errors, mac_new, lost, sent, resyncs, events, visits, streams, run_s,
-        runs, entries,
+        attached, errors, map_errors, mac_new, lost, sent, resyncs, events, visits, streams,
+        denied, run_s, runs, entries,
     ]
 }

@@ -193,6 +193,7 @@ fn hostile_fixture() -> (Snapshot, Health) {
             ("nt_egress", 42, std::time::Duration::ZERO, 0),
         ],
         map_entries: vec![("PORT_COUNTERS", 3), ("PORT_STATS", 1), ("ICMP_STATS", 8)],
+        api_denied: vec![("wrong_token", 4), ("missing_credentials", 0)],
         ..Health::default()
     };
     for (i, v) in health.program_stats.iter_mut().enumerate() {
@@ -217,6 +218,7 @@ fn the_exposition_is_what_the_prometheus_crate_writes() {
         "mac_anomalies",
         "program_run_seconds_total",
         "map_entries",
+        "api_denied_total",
     ] {
         assert!(
             ours.contains(&format!("# TYPE node_tracer_{family} ")),

@@ -172,7 +172,7 @@ fn event_loop(
         loop {
             match rx.try_recv() {
                 Ok(Ok(s)) => app.on_snapshot(s),
-                Ok(Err(e)) => app.on_error(e.to_string()),
+                Ok(Err(e)) => app.on_error(e.one_line()),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     return Err(TopError::SourceGone("the snapshot thread ended".into()));

@@ -9,8 +9,9 @@ use std::{
     time::Duration,
 };
 
+use node_tracer_client::{Credentials, Stream};
 use node_tracer_common::IcmpEvent;
-use tokio::{io::AsyncReadExt as _, net::TcpStream, time::Instant};
+use tokio::time::Instant;
 
 use super::{
     EventSource,
@@ -39,13 +40,13 @@ pub struct AgentTrace {
 }
 
 impl AgentTrace {
-    pub async fn connect(url: &str) -> Result<Self, SourceError> {
-        let mut agent = HttpSource::new(url)?;
+    pub async fn connect(url: &str, creds: &Credentials) -> Result<Self, SourceError> {
+        let mut agent = HttpSource::new(url, creds)?;
         let snap = agent.next().await?;
         let attached = snap.ports.iter().filter(|p| p.attached).count();
-        let (stream, body) = agent.open_stream("/trace/icmp").await?;
+        let stream = agent.agent().stream("/trace/icmp").await?;
         Ok(Self {
-            events: RemoteEvents::new(stream, body),
+            events: RemoteEvents::new(Box::new(stream)),
             agent,
             ports: Arc::new(Mutex::new(by_ifindex(snap))),
             read_at: Instant::now(),
@@ -118,8 +119,28 @@ impl EventSource for AgentTrace {
 /// Longest line accepted: an event line is under 400 bytes, so anything longer is not ours.
 const MAX_LINE: usize = 64 << 10;
 
+/// Where the stream's bytes come from: the agent's response body, or (in tests) pieces.
+pub trait Chunks: Send {
+    /// The next bytes, `Ok(None)` at the end. Cancel-safe.
+    fn chunk(
+        &mut self,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, String>> + Send + '_>>;
+}
+
+impl Chunks for Stream {
+    fn chunk(
+        &mut self,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, String>> + Send + '_>> {
+        Box::pin(async move {
+            Stream::chunk(self)
+                .await
+                .map_err(|e| node_tracer_client::one_line(&e))
+        })
+    }
+}
+
 pub struct RemoteEvents {
-    stream: TcpStream,
+    stream: Box<dyn Chunks>,
     /// Bytes received and not yet parsed.
     buf: Vec<u8>,
     lost: u64,
@@ -130,11 +151,11 @@ pub struct RemoteEvents {
 }
 
 impl RemoteEvents {
-    /// `stream` after the response head, `body` what of the body came with it.
-    pub fn new(stream: TcpStream, body: Vec<u8>) -> Self {
+    /// The body of `GET /trace/icmp`.
+    pub fn new(stream: Box<dyn Chunks>) -> Self {
         Self {
             stream,
-            buf: body,
+            buf: Vec::new(),
             lost: 0,
             closed: false,
             error: None,
@@ -184,10 +205,9 @@ impl EventSource for RemoteEvents {
                     return None;
                 }
                 // Cancel-safe: a read dropped before it completes has taken no bytes.
-                let mut chunk = [0u8; 16 << 10];
-                match self.stream.read(&mut chunk).await {
-                    Ok(0) => self.closed = true,
-                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                match self.stream.chunk().await {
+                    Ok(None) => self.closed = true,
+                    Ok(Some(b)) => self.buf.extend_from_slice(&b),
                     Err(e) => self.error = Some(format!("reading the trace stream: {e}")),
                 }
             }
@@ -206,7 +226,6 @@ impl EventSource for RemoteEvents {
 #[cfg(test)]
 mod tests {
     use node_tracer_common::SNAP_LEN;
-    use tokio::{io::AsyncWriteExt as _, net::TcpListener};
 
     use super::*;
 
@@ -225,19 +244,24 @@ mod tests {
         }
     }
 
-    /// A source reading what `send` writes, in pieces, over a real loopback connection.
-    async fn source(send: Vec<Vec<u8>>) -> RemoteEvents {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            for piece in send {
-                s.write_all(&piece).await.unwrap();
-                s.flush().await.unwrap();
+    /// Pieces handed out one per read, each after a pause (so a reader really waits between
+    /// them), then the end.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl Chunks for Pieces {
+        fn chunk(
+            &mut self,
+        ) -> Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, String>> + Send + '_>>
+        {
+            Box::pin(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        });
-        RemoteEvents::new(TcpStream::connect(addr).await.unwrap(), Vec::new())
+                Ok(self.0.pop_front().map(bytes::Bytes::from))
+            })
+        }
+    }
+
+    fn source(send: Vec<Vec<u8>>) -> RemoteEvents {
+        RemoteEvents::new(Box::new(Pieces(send.into())))
     }
 
     #[tokio::test]
@@ -250,8 +274,7 @@ mod tests {
             head.to_vec(),
             tail.to_vec(),
             format!("{}{two}", wire::heartbeat_line(2)).into_bytes(),
-        ])
-        .await;
+        ]);
         assert_eq!(src.next_event().await, Some(event(1)));
         assert_eq!(src.lost(), 0);
         assert_eq!(src.next_event().await, Some(event(2)));
@@ -263,13 +286,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_line_that_is_not_ours_ends_the_stream_with_a_reason() {
-        let mut src = source(vec![b"<html>not an agent</html>\n".to_vec()]).await;
+        let mut src = source(vec![b"<html>not an agent</html>\n".to_vec()]);
         assert_eq!(src.next_event().await, None);
         assert!(
             src.error()
                 .is_some_and(|e| e.contains("not a trace stream line"))
         );
-        let mut src = source(vec![vec![b'x'; MAX_LINE + 10]]).await;
+        let mut src = source(vec![vec![b'x'; MAX_LINE + 10]]);
         assert_eq!(src.next_event().await, None);
         assert!(src.error().is_some_and(|e| e.contains("too long")));
     }
@@ -278,7 +301,7 @@ mod tests {
     async fn try_next_takes_only_whole_buffered_lines() {
         let line = wire::event_line(&event(5), 0);
         let (head, _) = line.split_at(50);
-        let mut src = source(Vec::new()).await;
+        let mut src = source(Vec::new());
         src.buf = format!("{line}{head}").into_bytes();
         assert_eq!(src.try_next(), Some(event(5)));
         assert_eq!(src.try_next(), None);
