@@ -226,22 +226,26 @@ enum LabAction {
     Down,
 }
 
+const CONNECT: &str =
+    "Credentials for --connect (from files or the environment, never the command line)";
+const API: &str = "API access (/snapshot and /trace/icmp; /metrics and /healthz are always open)";
+
 /// How `--connect` proves who it is to an agent that asks. Secrets only from files: a token on
 /// a command line is in `ps` for every user of the node.
 #[derive(Args, Clone, Default)]
-#[command(next_help_heading = "Credentials for --connect")]
 struct ConnectArgs {
     /// A file holding the agent's API token (the agent's --api-token-file; on a cluster, the
     /// token of the node-tracer-api Secret).
-    #[arg(long, value_name = "FILE", env = "NODE_TRACER_API_TOKEN_FILE")]
+    #[arg(long, value_name = "FILE", help_heading = CONNECT, env = "NODE_TRACER_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
     /// For an https:// URL: the CA certificate (PEM) that signed the agent's certificate.
-    #[arg(long, value_name = "FILE", env = "NODE_TRACER_TLS_CA")]
+    #[arg(long, value_name = "FILE", help_heading = CONNECT, env = "NODE_TRACER_TLS_CA")]
     tls_ca: Option<PathBuf>,
     /// A client certificate (PEM), for an agent started with --tls-client-ca; with --tls-key.
     #[arg(
         long,
         value_name = "FILE",
+        help_heading = CONNECT,
         env = "NODE_TRACER_TLS_CERT",
         requires = "tls_key"
     )]
@@ -250,6 +254,7 @@ struct ConnectArgs {
     #[arg(
         long,
         value_name = "FILE",
+        help_heading = CONNECT,
         env = "NODE_TRACER_TLS_KEY",
         requires = "tls_cert"
     )]
@@ -269,24 +274,21 @@ impl ConnectArgs {
 
 /// Who may read `/snapshot` and `/trace/icmp` (see node_tracer::api).
 #[derive(Args, Clone)]
-#[command(
-    next_help_heading = "API access (/snapshot, /trace/icmp; /metrics and /healthz are always open)"
-)]
 struct ApiArgs {
     /// A file holding the bearer token that /snapshot and /trace/icmp ask for (mount a
     /// Kubernetes Secret there); read again when it changes. Without it or --tls-client-ca,
     /// those two endpoints answer only when --listen is a loopback address.
-    #[arg(long, value_name = "FILE", env = "NODE_TRACER_API_TOKEN_FILE")]
+    #[arg(long, value_name = "FILE", help_heading = API, env = "NODE_TRACER_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
     /// Also serve TLS on --listen (plain HTTP stays, for /metrics and /healthz), with this
     /// certificate chain (PEM); read again when renewed.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, value_name = "FILE", help_heading = API, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", help_heading = API, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Serve /snapshot and /trace/icmp to TLS clients whose certificate this CA (PEM) signed.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", help_heading = API, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
 }
 

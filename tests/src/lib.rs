@@ -9,8 +9,8 @@
 pub mod runtime;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Read as _,
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -482,47 +482,14 @@ impl Drop for Agent {
     }
 }
 
-/// A minimal HTTP/1.1 GET on loopback: (status, body).
+/// A GET through the project's one API client (plain HTTP, no credentials): (status, body).
+/// Bounded by a generous timeout, so a server that never answers is an error, not a hang.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    let mut agent = node_tracer_client::Agent::plain(addr);
+    agent.timeout = Duration::from_secs(10);
+    node_tracer_client::blocking::fetch(&agent, path)
+        .map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+        .map_err(|e| std::io::Error::other(node_tracer_client::one_line(&e)))
 }
 
 /// Value of the sample `name{labels}` in a Prometheus text exposition, where every label given
@@ -571,14 +538,6 @@ mod tests {
         assert_eq!(metric(text, "m_total", &[("interface", "a")]), Some(7.0));
         assert_eq!(metric(text, "m_total", &[("protocol", "udp")]), Some(9.0));
         assert_eq!(metric(text, "m_total", &[("interface", "c")]), None);
-    }
-
-    #[test]
-    fn dechunks_http_bodies() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
     }
 }
 

@@ -1,8 +1,8 @@
 //! Process, namespace and /proc helpers for the bench.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    io::Write as _,
+    net::SocketAddr,
     os::fd::AsRawFd as _,
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -196,29 +196,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, usize, Duration)> 
     Ok((status, body.len(), took))
 }
 
-/// GET `path`: (status, body, time).
+/// GET `path` through the project's one API client: (status, body, time to the last byte).
 pub fn http_fetch(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>, Duration)> {
+    let mut agent = node_tracer_client::Agent::plain(addr);
+    agent.timeout = Duration::from_secs(30);
     let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let took = start.elapsed();
-    let head_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("HTTP response without a header end")?;
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad HTTP response: {head}"))?;
-    Ok((status, buf.split_off(head_end + 4), took))
+    let (status, body) = node_tracer_client::blocking::fetch(&agent, path)
+        .map_err(|e| anyhow::anyhow!(node_tracer_client::one_line(&e)))?;
+    Ok((status, body.to_vec(), start.elapsed()))
 }
 
 /// utime + stime of a process, in seconds.
