@@ -17,8 +17,8 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Link, Pod, binary, free_port, http_get, require_root, require_tool, sh, unique,
-    unique_net,
+    Agent, Link, Pod, TempDir, binary, free_port, http_get, require_root, require_tool, sh,
+    unique, unique_net,
 };
 use prom::deploy_dir;
 use serde::Deserialize as _;
@@ -170,6 +170,34 @@ fn manifests_carry_host_access_least_privilege_probes_and_discovery() {
         assert_eq!(mount(host)["mountPropagation"], "HostToContainer", "{host}");
     }
     assert_eq!(mount("/proc")["mountPath"], "/host/proc");
+    // The API token: the kustomization's generated Secret, mounted read-only where the flag
+    // and the clients' environment variable point; the agent is not started without it, since
+    // it listens on 0.0.0.0 and would otherwise refuse /snapshot and /trace/icmp.
+    let generator = k["secretGenerator"]
+        .as_sequence()
+        .and_then(|g| g.iter().find(|g| g["name"] == "node-tracer-api"))
+        .expect("a secretGenerator named node-tracer-api");
+    assert_eq!(strs(&generator["files"]), ["token=api-token"]);
+    let token_volume = volumes
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "node-tracer-api")
+        .expect("a volume of the node-tracer-api Secret");
+    let token_mount = mounts
+        .iter()
+        .find(|m| m["name"] == token_volume["name"])
+        .expect("the token volume mounted");
+    assert_eq!(token_mount["readOnly"], true);
+    let token_file = flag("api-token-file");
+    assert_eq!(
+        token_file,
+        format!("{}/token", token_mount["mountPath"].as_str().unwrap()),
+        "--api-token-file names the Secret's `token` key in its mount"
+    );
+    let env_token = c["env"]
+        .as_sequence()
+        .and_then(|e| e.iter().find(|e| e["name"] == "NODE_TRACER_API_TOKEN_FILE"))
+        .expect("NODE_TRACER_API_TOKEN_FILE for clients run in the container");
+    assert_eq!(env_token["value"].as_str(), Some(token_file.as_str()));
     // And every flag is one the binary really has.
     let help = String::from_utf8(
         Command::new(binary())
@@ -214,13 +242,26 @@ fn manifests_carry_host_access_least_privilege_probes_and_discovery() {
 }
 
 /// The base renders as kustomize (kubectl's built-in) builds it: every object in the
-/// node-tracer namespace, the image substituted.
+/// node-tracer namespace, the image substituted, the API token's Secret generated from
+/// `deploy/api-token` and mounted by its generated name. Rendered from a copy of deploy/ that
+/// only adds the token file an operator generates (it is never committed).
 #[test]
 fn kustomize_renders_the_base() {
     require_tool("kubectl");
+    let tmp = TempDir::new("kz");
+    let copy = tmp.0.join("deploy");
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(deploy_dir())
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cp -r deploy/");
+    let token = unique("tok");
+    std::fs::write(copy.join("api-token"), &token).unwrap();
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(deploy_dir())
+        .arg(&copy)
         .output()
         .expect("spawn kubectl");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -240,6 +281,7 @@ fn kustomize_renders_the_base() {
             "DaemonSet",
             "Namespace",
             "PodMonitor",
+            "Secret",
             "Service",
             "ServiceAccount"
         ]
@@ -250,10 +292,30 @@ fn kustomize_renders_the_base() {
         }
     }
     let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
-    let image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
-        .as_str()
-        .unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    let image = pod["containers"][0]["image"].as_str().unwrap();
     assert!(image.ends_with("/node-tracer:0.1.0"), "{image}");
+    let secret = docs.iter().find(|d| d["kind"] == "Secret").unwrap();
+    let name = secret["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("node-tracer-api-"), "{name}");
+    let mounted = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v["secret"]["secretName"].as_str() == Some(name));
+    assert!(mounted, "the DaemonSet mounts the generated {name}");
+    let data = secret["data"]["token"].as_str().unwrap();
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), data.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&decoded.stdout), token);
 }
 
 fn promtool(args: &[&str]) -> String {
