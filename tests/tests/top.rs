@@ -299,6 +299,10 @@ fn preconditions() {
 fn top_connected_to_an_agent_in_a_terminal() {
     preconditions();
     let lab = Lab::new();
+    // An agent that asks for its API token, as the DaemonSet's does: top passes it on.
+    let tmp = TempDir::new("tt");
+    let token = tmp.0.join("token");
+    std::fs::write(&token, unique("tok")).unwrap();
     let agent = Agent::start(&[
         "-i",
         &lab.a.veth.name,
@@ -306,8 +310,17 @@ fn top_connected_to_an_agent_in_a_terminal() {
         &lab.b.veth.name,
         "-i",
         &lab.c.veth.name,
+        "--api-token-file",
+        token.to_str().unwrap(),
     ]);
-    drive(&lab, &format!("--connect http://{}", agent.addr));
+    drive(
+        &lab,
+        &format!(
+            "--connect http://{} --api-token-file {}",
+            agent.addr,
+            token.display()
+        ),
+    );
 }
 
 #[test]
