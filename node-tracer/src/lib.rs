@@ -9,7 +9,6 @@ pub mod agent;
 pub mod api;
 pub mod error;
 pub mod icmp;
-pub mod lab;
 pub mod macs;
 pub mod metrics;
 pub mod model;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use node_tracer::{
     agent::{self, AgentOptions},
-    lab, macs,
+    macs,
     node::{self, Node, NodeOptions, lock},
     peers,
     pods::{self, PodConfig},
@@ -15,6 +15,7 @@ use node_tracer::{
     topology::{self, ScanOptions},
     trace,
 };
+use node_tracer_lab as lab;
 
 #[derive(Parser)]
 #[command(

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use node_tracer::lab::runtime::{PodHandle, Runtime, RuntimeOptions, Subnet};
+use node_tracer_lab::runtime::{PodHandle, Runtime, RuntimeOptions, Subnet};
 
 use crate::{require_root, require_tool, sh, unique};
 

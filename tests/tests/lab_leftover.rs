@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use node_tracer::lab::runtime::Runtime;
+use node_tracer_lab::runtime::Runtime;
 use node_tracer_tests::{
     require_root, require_tool,
     runtime::{LabOwner, Recover, assert_cleaned, options, running},

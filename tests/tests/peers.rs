@@ -3,7 +3,7 @@
 //! against the kernel's own view (`ip -j -d link`, `bridge -j link`, inside the pod's namespace)
 //! and against the CRI.
 
-use node_tracer::pods::cri::CriClient;
+use node_tracer_cri::CriClient;
 use node_tracer_tests::{node_tracer, runtime, sh};
 use serde_json::Value;
 

@@ -14,10 +14,11 @@ use std::{
 };
 
 use node_tracer::{
-    lab::runtime::{PodHandle, Runtime, RuntimeOptions, Subnet},
     model::PodSource,
-    pods::{self, PodConfig, cri::CriClient},
+    pods::{self, PodConfig},
 };
+use node_tracer_cri::CriClient;
+use node_tracer_lab::runtime::{PodHandle, Runtime, RuntimeOptions, Subnet};
 use node_tracer_tests::{
     Netns, require_root, require_tool,
     runtime::{LabOwner, Recover, assert_cleaned, running},
@@ -315,10 +316,7 @@ async fn crashed_runtime_cleans_up() {
         .unwrap();
     let again = Runtime::start(opts.clone()).await;
     assert!(
-        matches!(
-            again,
-            Err(node_tracer::lab::runtime::RuntimeError::AlreadyRunning(_))
-        ),
+        matches!(again, Err(node_tracer_lab::Error::AlreadyRunning(_))),
         "{again:?}"
     );
     let pid = i32::try_from(rt.pid().unwrap()).unwrap();

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use node_tracer::lab::runtime::{Runtime, RuntimeOptions, Subnet};
+use node_tracer_lab::runtime::{Runtime, RuntimeOptions, Subnet};
 use node_tracer_tests::{
     Agent, Link, Pod, require_root, require_tool, sh_output, unique, unique_net,
 };

@@ -16,12 +16,13 @@ pub mod proc;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    ffi::CString,
-    io,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
+
+/// Every source keys on it; it lives beside the CRI client, whose sandboxes name namespaces by
+/// path too.
+pub use node_tracer_cri::netns_inode;
 
 use crate::model::Pod;
 
@@ -138,34 +139,6 @@ pub async fn discover(cfg: &PodConfig) -> PodIndex {
     index
 }
 
-/// `nsfs`'s `f_type` (linux/magic.h).
-const NSFS_MAGIC: i64 = 0x6e73_6673;
-
-/// Inode of the network namespace that `path` opens.
-///
-/// Checks that `path` really is a namespace (on nsfs): a file in `/run/netns` whose bind mount
-/// went away is a plain tmpfs file, and its inode would silently match nothing (or worse,
-/// something else).
-pub fn netns_inode(path: &Path) -> io::Result<u64> {
-    let meta = std::fs::metadata(path)?;
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: statfs only writes into the zeroed struct we pass; `c` is a valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: see above.
-    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
-    if i64::from(st.f_type) != NSFS_MAGIC {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is not a namespace (not on nsfs)", path.display()),
-        ));
-    }
-    Ok(meta.ino())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,13 +177,5 @@ mod tests {
         idx.offer(found(1, "/proc/5/ns/net", "x", PodSource::Cri));
         assert!(idx.is_empty());
         assert!(idx.netns_paths().is_empty());
-    }
-
-    #[test]
-    fn own_namespace_has_an_nsfs_inode_and_a_plain_file_does_not() {
-        let ino = netns_inode(Path::new("/proc/self/ns/net")).unwrap();
-        assert!(ino > 0);
-        assert!(netns_inode(Path::new("/proc/self/status")).is_err());
-        assert!(netns_inode(Path::new("/nonexistent/ns")).is_err());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{fmt::Write as _, io::Write as _};
 
-use node_tracer::lab::runtime::{Runtime, RuntimeOptions};
+use node_tracer_lab::runtime::{Runtime, RuntimeOptions};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

@@ -10,7 +10,10 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use super::runtime::{PodHandle, Runtime, RuntimeError, RuntimeOptions};
+use crate::{
+    error::Error,
+    runtime::{PodHandle, Runtime, RuntimeOptions},
+};
 
 /// (namespace, name, runtime handler) of the lab's pods.
 const PODS: [(&str, &str, &str); 4] = [
@@ -30,7 +33,7 @@ pub struct PodLab {
 
 impl PodLab {
     /// Starts containerd, the four pods, `docker0` (if absent) and the pings.
-    pub async fn start(name: &str) -> Result<Self, RuntimeError> {
+    pub async fn start(name: &str) -> Result<Self, Error> {
         let runtime = Runtime::start(RuntimeOptions::new(name)).await?;
         let mut lab = Self {
             runtime: Some(runtime),
@@ -94,7 +97,7 @@ impl PodLab {
     }
 
     /// Stops the pings, removes the pods and containerd, and `docker0` if the lab made it.
-    pub async fn stop(mut self) -> Result<(), RuntimeError> {
+    pub async fn stop(mut self) -> Result<(), Error> {
         self.stop_local();
         match self.runtime.take() {
             Some(rt) => rt.stop().await,

@@ -24,50 +24,9 @@ pub struct VersionResponse {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
-pub enum NamespaceMode {
-    Pod = 0,
-    Container = 1,
-    Node = 2,
-    Target = 3,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
 pub enum PodSandboxState {
     SandboxReady = 0,
     SandboxNotready = 1,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct NamespaceOption {
-    #[prost(enumeration = "NamespaceMode", tag = "1")]
-    pub network: i32,
-    #[prost(enumeration = "NamespaceMode", tag = "2")]
-    pub pid: i32,
-    #[prost(enumeration = "NamespaceMode", tag = "3")]
-    pub ipc: i32,
-    #[prost(string, tag = "4")]
-    pub target_id: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LinuxSandboxSecurityContext {
-    #[prost(message, optional, tag = "1")]
-    pub namespace_options: Option<NamespaceOption>,
-    #[prost(bool, tag = "4")]
-    pub readonly_rootfs: bool,
-    #[prost(bool, tag = "6")]
-    pub privileged: bool,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LinuxPodSandboxConfig {
-    #[prost(string, tag = "1")]
-    pub cgroup_parent: String,
-    #[prost(message, optional, tag = "2")]
-    pub security_context: Option<LinuxSandboxSecurityContext>,
-    #[prost(map = "string, string", tag = "3")]
-    pub sysctls: HashMap<String, String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -81,47 +40,6 @@ pub struct PodSandboxMetadata {
     #[prost(uint32, tag = "4")]
     pub attempt: u32,
 }
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PodSandboxConfig {
-    #[prost(message, optional, tag = "1")]
-    pub metadata: Option<PodSandboxMetadata>,
-    #[prost(string, tag = "2")]
-    pub hostname: String,
-    #[prost(string, tag = "3")]
-    pub log_directory: String,
-    #[prost(map = "string, string", tag = "6")]
-    pub labels: HashMap<String, String>,
-    #[prost(map = "string, string", tag = "7")]
-    pub annotations: HashMap<String, String>,
-    #[prost(message, optional, tag = "8")]
-    pub linux: Option<LinuxPodSandboxConfig>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RunPodSandboxRequest {
-    #[prost(message, optional, tag = "1")]
-    pub config: Option<PodSandboxConfig>,
-    #[prost(string, tag = "2")]
-    pub runtime_handler: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RunPodSandboxResponse {
-    #[prost(string, tag = "1")]
-    pub pod_sandbox_id: String,
-}
-
-/// Stop and Remove requests carry only the sandbox id.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PodSandboxIdRequest {
-    #[prost(string, tag = "1")]
-    pub pod_sandbox_id: String,
-}
-
-/// `StopPodSandboxResponse` and `RemovePodSandboxResponse` are empty.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Empty {}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PodSandboxStatusRequest {

@@ -5,7 +5,8 @@ use std::{
     time::Duration,
 };
 
-use super::{LAB_ROOT, RuntimeError, Subnet, config};
+use super::{LAB_ROOT, Subnet};
+use crate::{error::Error, subnet::host_route_subnets};
 
 /// Where a runtime lives and how its pods are networked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +54,8 @@ impl RuntimeOptions {
         format!("{}-ptp", self.name)
     }
 
-    pub(super) fn validate(&self) -> Result<(), RuntimeError> {
-        let bad = |m: String| Err(RuntimeError::Options(m));
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Options(m));
         if self.name.is_empty()
             || self.name.len() > 32
             || !self
@@ -88,15 +89,15 @@ impl RuntimeOptions {
             ));
         }
         let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-        for route in config::host_route_subnets(&routes) {
+        for route in host_route_subnets(&routes) {
             for subnet in [self.bridge_subnet, self.ptp_subnet] {
                 if subnet.overlaps(&route) {
-                    return Err(RuntimeError::SubnetInUse { subnet, route });
+                    return Err(Error::SubnetInUse { subnet, route });
                 }
             }
         }
         if Path::new("/sys/class/net").join(&self.bridge).exists() {
-            return Err(RuntimeError::BridgeExists(self.bridge.clone()));
+            return Err(Error::BridgeExists(self.bridge.clone()));
         }
         Ok(())
     }
@@ -138,14 +139,11 @@ mod tests {
         assert!(bad(|o| o.state_dir = PathBuf::from("relative/dir")));
         // A subnet the host already routes: a lab there would shadow real traffic.
         let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-        if let Some(route) = config::host_route_subnets(&routes).first() {
+        if let Some(route) = host_route_subnets(&routes).first() {
             let mut o = RuntimeOptions::new("unit");
             o.bridge = "ntunitnone0".into();
             o.bridge_subnet = *route;
-            assert!(matches!(
-                o.validate(),
-                Err(RuntimeError::SubnetInUse { .. })
-            ));
+            assert!(matches!(o.validate(), Err(Error::SubnetInUse { .. })));
         }
         assert!(!bad(|_| {}));
     }

@@ -5,13 +5,15 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use sha2::{Digest as _, Sha256};
 
-use super::{Created, RuntimeError, RuntimeOptions, host, remove_pod_cgroups};
-use crate::pods::cri::CriClient;
+use node_tracer_cri::CriClient;
+
+use super::{Created, RuntimeOptions, host, remove_pod_cgroups};
+use crate::{cri, error::Error, process::terminate};
 
 #[derive(Debug)]
 pub(super) struct Teardown {
@@ -24,9 +26,9 @@ pub(super) struct Teardown {
 }
 
 impl Teardown {
-    pub async fn run(mut self) -> Result<(), RuntimeError> {
-        let mut first_err: Option<RuntimeError> = None;
-        let mut note = |r: Result<(), RuntimeError>| {
+    pub async fn run(mut self) -> Result<(), Error> {
+        let mut first_err: Option<Error> = None;
+        let mut note = |r: Result<(), Error>| {
             if let Err(e) = r {
                 log::warn!("lab {}: teardown: {e}", self.opts.name);
                 first_err.get_or_insert(e);
@@ -114,10 +116,7 @@ impl Teardown {
 
 /// Stops and removes every sandbox of this daemon (it is ours alone), ready or not; those not
 /// in `created` (a killed owner's) are added, so the sweep after also covers them.
-async fn remove_all_pods(
-    opts: &RuntimeOptions,
-    created: &mut Vec<Created>,
-) -> Result<(), RuntimeError> {
+async fn remove_all_pods(opts: &RuntimeOptions, created: &mut Vec<Created>) -> Result<(), Error> {
     let cri = CriClient::connect(&opts.socket, opts.cri_timeout).await?;
     for sandbox in cri.list_all_pod_sandboxes().await? {
         if !created.iter().any(|c| c.id == sandbox.id) {
@@ -131,8 +130,8 @@ async fn remove_all_pods(
     let mut result = Ok(());
     for id in created.iter().map(|c| &c.id) {
         let r = async {
-            cri.stop_pod_sandbox(id).await?;
-            cri.remove_pod_sandbox(id).await
+            cri::stop_pod_sandbox(&cri, id).await?;
+            cri::remove_pod_sandbox(&cri, id).await
         };
         if let Err(e) = r.await {
             result = Err(e.into());
@@ -142,24 +141,18 @@ async fn remove_all_pods(
 }
 
 /// SIGTERM, then SIGKILL after 10 s; only ever our own child, by its PID.
-fn stop_child(mut child: Child) -> Result<(), RuntimeError> {
-    let pid = libc::pid_t::try_from(child.id())
-        .map_err(|e| RuntimeError::Options(format!("pid: {e}")))?;
-    // SAFETY: signalling our own child, which has not been reaped yet (so the PID is still ours).
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+fn stop_child(mut child: Child) -> Result<(), Error> {
+    let pid = libc::pid_t::try_from(child.id()).map_err(|e| Error::Options(format!("pid: {e}")))?;
+    // Our own child, not reaped until `try_wait` says it exited: the PID stays ours.
+    let gone = terminate(pid, Duration::from_secs(10), Duration::from_secs(5), || {
+        !matches!(child.try_wait(), Ok(None))
+    });
+    if !gone {
+        // Reaped here whatever it takes: a child left unreaped would stay a zombie.
+        child
+            .wait()
+            .map_err(|e| Error::Io("wait containerd".into(), e))?;
     }
-    child
-        .kill()
-        .map_err(|e| RuntimeError::Io("kill containerd".into(), e))?;
-    child
-        .wait()
-        .map_err(|e| RuntimeError::Io("wait containerd".into(), e))?;
     Ok(())
 }
 
@@ -168,12 +161,12 @@ const OWNER: &str = "owner";
 
 /// Records this process (PID and start time, which a reused PID does not share) as the owner of
 /// the runtime in `state_dir`.
-pub(super) fn record_owner(state_dir: &Path) -> Result<(), RuntimeError> {
+pub(super) fn record_owner(state_dir: &Path) -> Result<(), Error> {
     let pid = std::process::id();
     let since = started_at(pid as libc::pid_t).unwrap_or(0);
     let path = state_dir.join(OWNER);
     std::fs::write(&path, format!("{pid} {since}\n"))
-        .map_err(|e| RuntimeError::Io(path.display().to_string(), e))
+        .map_err(|e| Error::Io(path.display().to_string(), e))
 }
 
 /// The PID of the runtime's containerd when the process that started it no longer runs (killed
@@ -220,32 +213,17 @@ fn started_at(pid: libc::pid_t) -> Option<u64> {
 
 /// SIGTERM, then SIGKILL after 10 s, to the containerd of a killed run: not our child, so it is
 /// watched by PID and start time (a reused PID is left alone).
-fn stop_leftover(pid: libc::pid_t) -> Result<(), RuntimeError> {
+fn stop_leftover(pid: libc::pid_t) -> Result<(), Error> {
     let Some(since) = started_at(pid) else {
         return Ok(());
     };
-    let gone = |within: Duration| {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if started_at(pid) != Some(since) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    };
-    for (sig, within) in [
-        (libc::SIGTERM, Duration::from_secs(10)),
-        (libc::SIGKILL, Duration::from_secs(5)),
-    ] {
-        // SAFETY: kill has no memory-safety preconditions; the PID was found to be this
-        // runtime's containerd and has not been replaced since (same start time).
-        unsafe { libc::kill(pid, sig) };
-        if gone(within) {
-            return Ok(());
-        }
+    // The PID was found to be this runtime's containerd; `gone` notices when it no longer is.
+    if terminate(pid, Duration::from_secs(10), Duration::from_secs(5), || {
+        started_at(pid) != Some(since)
+    }) {
+        return Ok(());
     }
-    Err(RuntimeError::Command(
+    Err(Error::Command(
         format!("stopping the leftover containerd {pid}"),
         "it is still running after SIGKILL".into(),
     ))
@@ -284,10 +262,10 @@ fn kill_shims(socket: &Path) {
     }
 }
 
-fn remove_state_dir(dir: &PathBuf) -> Result<(), RuntimeError> {
+fn remove_state_dir(dir: &PathBuf) -> Result<(), Error> {
     if !dir.exists() {
         return Ok(());
     }
     host::umount_below(dir);
-    std::fs::remove_dir_all(dir).map_err(|e| RuntimeError::Io(dir.display().to_string(), e))
+    std::fs::remove_dir_all(dir).map_err(|e| Error::Io(dir.display().to_string(), e))
 }

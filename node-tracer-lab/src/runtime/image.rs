@@ -10,7 +10,10 @@ use std::{
 
 use sha2::{Digest as _, Sha256};
 
-use super::RuntimeError;
+use crate::{
+    error::{Error, io},
+    process::run,
+};
 
 /// The name the CRI plugin is told to use as `sandbox_image`.
 pub const PAUSE_IMAGE: &str = "node-tracer.local/pause:1";
@@ -30,36 +33,13 @@ int main(void) {
 }
 ";
 
-fn run(cmd: &mut Command) -> Result<String, RuntimeError> {
-    let what = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| RuntimeError::Command(what.clone(), e.to_string()))?;
-    if !out.status.success() {
-        return Err(RuntimeError::Command(
-            what,
-            format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn sha256(path: &Path) -> Result<String, RuntimeError> {
+fn sha256(path: &Path) -> Result<String, Error> {
     let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
     Ok(format!("{:x}", Sha256::digest(bytes)))
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let what = what.into();
-    move |e| RuntimeError::Io(what, e)
-}
-
 /// Stores `path` as a blob; returns (digest, size).
-fn blob(layout: &Path, path: &Path) -> Result<(String, u64), RuntimeError> {
+fn blob(layout: &Path, path: &Path) -> Result<(String, u64), Error> {
     let hash = sha256(path)?;
     let size = std::fs::metadata(path)
         .map_err(io(path.display().to_string()))?
@@ -69,14 +49,14 @@ fn blob(layout: &Path, path: &Path) -> Result<(String, u64), RuntimeError> {
     Ok((format!("sha256:{hash}"), size))
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), RuntimeError> {
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), Error> {
     std::fs::write(path, v.to_string()).map_err(io(path.display().to_string()))
 }
 
 static BUILDS: AtomicU32 = AtomicU32::new(0);
 
 /// Returns the path of `pause.tar` in `cache_dir`, building it first if it is not there.
-pub fn pause_tar(cache_dir: &Path) -> Result<PathBuf, RuntimeError> {
+pub fn pause_tar(cache_dir: &Path) -> Result<PathBuf, Error> {
     let tar = cache_dir.join("pause.tar");
     if tar.is_file() {
         return Ok(tar);
@@ -91,7 +71,7 @@ pub fn pause_tar(cache_dir: &Path) -> Result<PathBuf, RuntimeError> {
     result.map(|()| tar)
 }
 
-fn build(work: &Path, tar: &Path) -> Result<(), RuntimeError> {
+fn build(work: &Path, tar: &Path) -> Result<(), Error> {
     let rootfs = work.join("rootfs");
     let layout = work.join("layout");
     std::fs::create_dir_all(&rootfs).map_err(io(rootfs.display().to_string()))?;
@@ -174,7 +154,7 @@ fn build(work: &Path, tar: &Path) -> Result<(), RuntimeError> {
 }
 
 /// Imports the pause image into the daemon at `socket` unless it has it already.
-pub fn ensure_imported(socket: &Path, cache_dir: &Path) -> Result<(), RuntimeError> {
+pub fn ensure_imported(socket: &Path, cache_dir: &Path) -> Result<(), Error> {
     let ctr = |args: &[&str]| {
         let mut c = Command::new("ctr");
         c.arg("-a").arg(socket).args(["-n", "k8s.io"]).args(args);

@@ -21,14 +21,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use config::Subnet;
+pub use crate::subnet::Subnet;
 pub use image::PAUSE_IMAGE;
 pub use options::RuntimeOptions;
 use teardown::Teardown;
 
-use crate::pods::{
-    self,
-    cri::{CriClient, CriError, api},
+use node_tracer_cri::{CriClient, CriError, netns_inode, parse_sandbox_info};
+
+use crate::{
+    cri,
+    error::{Error, io},
 };
 
 /// Parent of every runtime's state dir and of the pause image cache.
@@ -37,30 +39,6 @@ pub const LAB_ROOT: &str = "/run/node-tracer-lab";
 /// The file in a state dir that holds [`host::recorded`]: how the host was before this
 /// process's runtimes, for whoever removes them should the process be killed.
 const HOST_BEFORE: &str = "host-before";
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error("bad runtime options: {0}")]
-    Options(String),
-    #[error("{0}: {1}")]
-    Io(String, #[source] std::io::Error),
-    #[error("{0} failed: {1}")]
-    Command(String, String),
-    #[error("subnet {subnet} overlaps the host's route to {route}")]
-    SubnetInUse { subnet: Subnet, route: Subnet },
-    #[error("link {0} already exists (another lab, or a leftover: `ip link del {0}`)")]
-    BridgeExists(String),
-    #[error("a runtime already answers on {0}")]
-    AlreadyRunning(PathBuf),
-    #[error("containerd did not come up: {reason}; log tail:\n{log}")]
-    Start { reason: String, log: String },
-    #[error(transparent)]
-    Cri(#[from] CriError),
-    #[error("unknown runtime handler {0:?} (runc or ptp)")]
-    Handler(String),
-    #[error("sandbox {0}: its status names no network namespace")]
-    NoNetns(String),
-}
 
 /// A pod sandbox the runtime started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,13 +76,8 @@ pub struct Runtime {
     holds_host: bool,
 }
 
-fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let what = what.to_string();
-    move |e| RuntimeError::Io(what, e)
-}
-
 impl Runtime {
-    pub async fn start(opts: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+    pub async fn start(opts: RuntimeOptions) -> Result<Runtime, Error> {
         // Same name as a lab that is still up: starting would pull its state dir from under it.
         // Unless the process that started it is gone (SIGKILL, OOM): then its containerd and
         // pods are a leftover nobody else will remove, and we do.
@@ -113,7 +86,7 @@ impl Runtime {
             && c.version().await.is_ok()
         {
             let Some(daemon) = teardown::leftover_daemon(&opts) else {
-                return Err(RuntimeError::AlreadyRunning(opts.socket.clone()));
+                return Err(Error::AlreadyRunning(opts.socket.clone()));
             };
             log::warn!(
                 "lab {}: the process that started it is gone; removing its containerd \
@@ -212,7 +185,7 @@ impl Runtime {
         let (socket, cache) = (rt.opts.socket.clone(), rt.opts.cache_dir.clone());
         tokio::task::spawn_blocking(move || image::ensure_imported(&socket, &cache))
             .await
-            .map_err(|e| RuntimeError::Command("import pause image".into(), e.to_string()))??;
+            .map_err(|e| Error::Command("import pause image".into(), e.to_string()))??;
         Ok(rt)
     }
 
@@ -223,12 +196,12 @@ impl Runtime {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    async fn wait_ready(&mut self) -> Result<CriClient, RuntimeError> {
+    async fn wait_ready(&mut self) -> Result<CriClient, Error> {
         let start = Instant::now();
         let mut last = String::from("socket never appeared");
         while start.elapsed() < self.opts.start_timeout {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                return Err(RuntimeError::Start {
+                return Err(Error::Start {
                     reason: format!("containerd exited: {status}"),
                     log: self.log_tail(),
                 });
@@ -251,7 +224,7 @@ impl Runtime {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(RuntimeError::Start {
+        Err(Error::Start {
             reason: format!("no CRI answer after {:?}: {last}", self.opts.start_timeout),
             log: self.log_tail(),
         })
@@ -275,10 +248,10 @@ impl Runtime {
         self.client.as_ref()
     }
 
-    fn cri(&self) -> Result<&CriClient, RuntimeError> {
+    fn cri(&self) -> Result<&CriClient, Error> {
         self.client
             .as_ref()
-            .ok_or_else(|| RuntimeError::Options("runtime is stopped".into()))
+            .ok_or_else(|| Error::Options("runtime is stopped".into()))
     }
 
     /// Starts a pod sandbox as the kubelet would, with runtime handler `runc` (bridge) or `ptp`
@@ -289,14 +262,12 @@ impl Runtime {
         namespace: &str,
         uid: &str,
         handler: &str,
-    ) -> Result<PodHandle, RuntimeError> {
+    ) -> Result<PodHandle, Error> {
         if handler != "runc" && handler != "ptp" {
-            return Err(RuntimeError::Handler(handler.to_owned()));
+            return Err(Error::Handler(handler.to_owned()));
         }
         if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(RuntimeError::Options(format!(
-                "uid {uid:?}: use [A-Za-z0-9-]"
-            )));
+            return Err(Error::Options(format!("uid {uid:?}: use [A-Za-z0-9-]")));
         }
         let logs = self
             .opts
@@ -312,8 +283,8 @@ impl Runtime {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let config = api::PodSandboxConfig {
-            metadata: Some(api::PodSandboxMetadata {
+        let config = cri::PodSandboxConfig {
+            metadata: Some(node_tracer_cri::api::PodSandboxMetadata {
                 name: name.into(),
                 uid: uid.into(),
                 namespace: namespace.into(),
@@ -322,14 +293,14 @@ impl Runtime {
             hostname: name.into(),
             log_directory: logs.to_string_lossy().into_owned(),
             labels,
-            linux: Some(api::LinuxPodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
                 // Where the kubelet's cgroupfs driver puts a best-effort pod.
                 cgroup_parent: format!("/kubepods/besteffort/pod{uid}"),
-                security_context: Some(api::LinuxSandboxSecurityContext {
-                    namespace_options: Some(api::NamespaceOption {
-                        network: api::NamespaceMode::Pod.into(),
-                        pid: api::NamespaceMode::Container.into(),
-                        ipc: api::NamespaceMode::Pod.into(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Pod.into(),
+                        pid: cri::NamespaceMode::Container.into(),
+                        ipc: cri::NamespaceMode::Pod.into(),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -339,7 +310,7 @@ impl Runtime {
             ..Default::default()
         };
         let cri = self.cri()?;
-        let id = cri.run_pod_sandbox(config, handler).await?;
+        let id = cri::run_pod_sandbox(cri, config, handler).await?;
         self.lock_created().push(Created {
             id: id.clone(),
             uid: uid.into(),
@@ -349,20 +320,18 @@ impl Runtime {
         let info = status
             .info
             .get("info")
-            .map(|i| pods::cri::parse_sandbox_info(i))
+            .map(|i| parse_sandbox_info(i))
             .transpose()
             .map_err(|reason| CriError::BadInfo {
                 id: id.clone(),
                 reason,
             })?
             .unwrap_or_default();
-        let netns = info
-            .netns_path
-            .ok_or_else(|| RuntimeError::NoNetns(id.clone()))?;
+        let netns = info.netns_path.ok_or_else(|| Error::NoNetns(id.clone()))?;
         if let Some(c) = self.lock_created().iter_mut().find(|c| c.id == id) {
             c.netns = Some(netns.clone());
         }
-        let netns_inode = pods::netns_inode(&netns).map_err(io(netns.display()))?;
+        let netns_inode = netns_inode(&netns).map_err(io(netns.display()))?;
         Ok(PodHandle {
             id,
             name: name.into(),
@@ -376,17 +345,17 @@ impl Runtime {
     }
 
     /// Stops and removes a pod (CNI DEL runs inside `StopPodSandbox`).
-    pub async fn remove_pod(&self, pod: &PodHandle) -> Result<(), RuntimeError> {
+    pub async fn remove_pod(&self, pod: &PodHandle) -> Result<(), Error> {
         let cri = self.cri()?;
-        cri.stop_pod_sandbox(&pod.id).await?;
-        cri.remove_pod_sandbox(&pod.id).await?;
+        cri::stop_pod_sandbox(cri, &pod.id).await?;
+        cri::remove_pod_sandbox(cri, &pod.id).await?;
         self.lock_created().retain(|c| c.id != pod.id);
         remove_pod_cgroups(&pod.id, &pod.uid);
         Ok(())
     }
 
     /// Removes every pod, stops containerd and puts the host back as it was.
-    pub async fn stop(mut self) -> Result<(), RuntimeError> {
+    pub async fn stop(mut self) -> Result<(), Error> {
         let teardown = self.take_teardown();
         teardown.run().await
     }
@@ -425,7 +394,7 @@ impl Drop for Runtime {
                     .build()
                 {
                     Ok(rt) => rt.block_on(teardown.run()),
-                    Err(e) => Err(RuntimeError::Io("tokio runtime for teardown".into(), e)),
+                    Err(e) => Err(Error::Io("tokio runtime for teardown".into(), e)),
                 }
             })
             .join();

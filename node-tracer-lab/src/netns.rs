@@ -2,13 +2,55 @@
 
 use std::{
     fs,
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::{LabSpec, cmd_err};
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result, io},
+    process,
+};
+
+/// What to build. Names and subnets are parameters so parallel tests never collide.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Lab name: keys the state file and prefixes namespaces and host veths (keep it short).
+    pub name: String,
+    pub bridge: String,
+    pub docker_bridge: String,
+    /// First three octets of the bridge subnet, e.g. "10.244.1" (gateway .1, pods .2, .3).
+    pub bridge_net: String,
+    /// First three octets of the routed pods, e.g. "10.188.2" (gateway .1 on every host veth).
+    pub routed_net: String,
+    /// IPv6 /64 prefix for the bridge pods, e.g. "fd00:244:1".
+    pub bridge_net6: String,
+    /// Start pings between the pods.
+    pub traffic: bool,
+    pub state_dir: PathBuf,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self {
+            name: "lab".into(),
+            bridge: "cni0".into(),
+            docker_bridge: "docker0".into(),
+            bridge_net: "10.244.1".into(),
+            routed_net: "10.188.2".into(),
+            bridge_net6: "fd00:244:1".into(),
+            traffic: true,
+            state_dir: PathBuf::from("/run/node-tracer"),
+        }
+    }
+}
+
+impl LabSpec {
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join(format!("lab-{}.json", self.name))
+    }
+}
 
 /// A pod of the lab.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -33,30 +75,16 @@ pub struct LabState {
 }
 
 fn ip(args: &str) -> Result<()> {
-    run("ip", &args.split_whitespace().collect::<Vec<_>>())
-}
-
-fn run(prog: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| cmd_err(format!("run {prog}"), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Netlink(format!(
-            "`{prog} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    let mut cmd = Command::new("ip");
+    cmd.args(args.split_whitespace()).stdin(Stdio::null());
+    process::run(&mut cmd).map(drop)
 }
 
 fn exists(link: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(link).exists()
 }
 
+/// Builds the lab (no-op when its state file says it is up and its objects still exist).
 pub fn up(spec: &LabSpec) -> Result<LabState> {
     if let Ok(text) = fs::read_to_string(spec.state_file())
         && let Ok(state) = serde_json::from_str::<LabState>(&text)
@@ -79,10 +107,11 @@ pub fn up(spec: &LabSpec) -> Result<LabState> {
 
 fn save(spec: &LabSpec, state: &LabState) -> Result<()> {
     fs::create_dir_all(&spec.state_dir)
-        .map_err(|e| cmd_err(format!("create {}", spec.state_dir.display()), e))?;
-    let text = serde_json::to_string_pretty(state).map_err(|e| Error::Netlink(e.to_string()))?;
+        .map_err(io(format_args!("create {}", spec.state_dir.display())))?;
+    let text =
+        serde_json::to_string_pretty(state).map_err(|e| Error::State(spec.state_file(), e))?;
     fs::write(spec.state_file(), text)
-        .map_err(|e| cmd_err(format!("write {}", spec.state_file().display()), e))
+        .map_err(io(format_args!("write {}", spec.state_file().display())))
 }
 
 fn build(spec: &LabSpec, state: &mut LabState) -> Result<()> {
@@ -207,12 +236,13 @@ fn start_traffic(spec: &LabSpec, state: &mut LabState) -> Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| cmd_err("start ping", e))?;
+            .map_err(io("start ping"))?;
         state.pids.push(child.id());
     }
     Ok(())
 }
 
+/// Removes everything the lab recorded; fine to call when it is not up.
 pub fn down(spec: &LabSpec) -> Result<()> {
     let state: LabState = fs::read_to_string(spec.state_file())
         .ok()
@@ -242,8 +272,7 @@ pub fn down(spec: &LabSpec) -> Result<()> {
     match fs::remove_file(spec.state_file()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(cmd_err(
-            format!("remove {}", spec.state_file().display()),
+        Err(e) => Err(io(format_args!("remove {}", spec.state_file().display()))(
             e,
         )),
     }
