@@ -166,3 +166,70 @@ for t in range(100, 124):
         "the program's aya-log record reached the agent's log:\n{err}"
     );
 }
+
+/// Runs node-tracer at error level and waits for its exit, for at most a bound far longer than
+/// any start-up and far shorter than the watch or trace the arguments ask for: an exit within
+/// it is an answer given at once, not one given when the watch or trace ended. Returns (code,
+/// stderr) of a failure.
+fn fails_before_it_would_end(args: &[&str]) -> (i32, String) {
+    const NEVER: Duration = Duration::from_mins(5);
+    let mut child = Command::new(binary())
+        .args(["--log-level", "error"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node-tracer");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > NEVER {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?}: no answer within {NEVER:?}: it waits for the whole watch or trace");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    (status.code().unwrap_or(-1), err)
+}
+
+/// `macs --bridge NAME` for a bridge this host does not have says so before watching anything.
+#[test]
+fn macs_names_a_missing_bridge_at_once() {
+    require_root();
+    let name = unique("nob");
+    let (code, err) =
+        fails_before_it_would_end(&["macs", "--bridge", &name, "--duration", "1000000"]);
+    assert_eq!(code, 1);
+    let line = one_line(&err);
+    assert!(line.ends_with(&format!("no bridge named {name}")), "{line}");
+}
+
+/// `trace icmp --pod P` where no pod of the node matches P refuses at once instead of tracing
+/// "on 0 veths" until its timeout.
+#[test]
+fn a_trace_filter_that_matches_no_veth_is_refused_at_once() {
+    require_root();
+    let pattern = format!("{}/*", unique("nopod"));
+    let (code, err) =
+        fails_before_it_would_end(&["trace", "icmp", "--pod", &pattern, "--timeout", "1000000"]);
+    assert_eq!(code, 1);
+    let line = one_line(&err);
+    assert!(
+        line.contains("nothing to trace") && line.contains(&format!("--pod {pattern}")),
+        "{line}"
+    );
+    // The same for a veth pattern no veth has.
+    let veths = format!("{}*", unique("nov"));
+    let (code, err) =
+        fails_before_it_would_end(&["trace", "icmp", "--veth", &veths, "--timeout", "1000000"]);
+    assert_eq!(code, 1);
+    assert!(one_line(&err).contains(&format!("--veth {veths}")), "{err}");
+}

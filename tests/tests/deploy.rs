@@ -17,8 +17,8 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Link, Pod, TempDir, binary, free_port, http_get, require_root, require_tool, sh,
-    unique, unique_net,
+    Agent, Link, Pod, TempDir, binary, free_port, http_get, require_root, require_tool, sh, unique,
+    unique_net,
 };
 use prom::deploy_dir;
 use serde::Deserialize as _;

@@ -1,0 +1,43 @@
+//! `node-tracer run`: the agent, after a lab node when `--lab` asks for one.
+
+use anyhow::Context as _;
+use node_tracer::agent::{self, AgentOptions};
+use node_tracer_lab as lab;
+
+use super::lab::start_lab;
+use crate::cli::{LabWhen, RunArgs, node_options};
+
+pub fn run(args: &RunArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
+    let mut opts = AgentOptions {
+        listen: args.listen,
+        node: node_options(&args.interfaces, &args.probe, &args.sources, log_level),
+        api: args.api.options(),
+    };
+    // Two workers: following veth churn (an attach is two RCU grace periods) must not queue
+    // behind a relabel rescan or a /metrics read running on the other one. A small blocking
+    // pool: scrapes and attaches queue rather than spawning a thread (and a malloc arena) each
+    // when hundreds arrive at once.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let lab = if args.lab == Some(LabWhen::Always)
+            || (args.lab == Some(LabWhen::Auto) && !lab::host_has_pods())
+        {
+            Some(start_lab(&mut opts).await?)
+        } else {
+            if args.lab.is_some() {
+                log::info!("this host has pods of its own: no lab needed");
+            }
+            None
+        };
+        let result = agent::run(opts).await.context("node-tracer run");
+        if let Some(lab) = lab {
+            lab.stop().await;
+        }
+        result
+    })
+}
