@@ -9,7 +9,7 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Link, Pod, binary, metric, node_tracer, require_root, require_tool, unique,
+    Agent, Link, Pod, binary, metric, node_tracer, require_root, require_tool, unique, unique_net,
 };
 
 /// Runs node-tracer at error level (so only the error is printed) and returns (code, stderr).
@@ -232,4 +232,13 @@ fn a_trace_filter_that_matches_no_veth_is_refused_at_once() {
         fails_before_it_would_end(&["trace", "icmp", "--veth", &veths, "--timeout", "1000000"]);
     assert_eq!(code, 1);
     assert!(one_line(&err).contains(&format!("--veth {veths}")), "{err}");
+    // A filter that matches a pod's veth is traced, until its --timeout.
+    let br = Link::bridge("tb");
+    let pod = Pod::bridged("tp", &br, &format!("{}.2", unique_net()), 24);
+    let out = node_tracer(&["trace", "icmp", "--pod", &pod.ns.name, "--timeout", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
