@@ -1,6 +1,7 @@
-//! `pods::discover` against real pods: a real containerd started through `lab::runtime`, pods
-//! run over CRI exactly as a kubelet runs them (bridge and routed), a named namespace, a process
-//! in its own namespace, and runtimes or caches that misbehave.
+//! `pods::discover` against real pods: a real containerd started through
+//! `node_tracer_lab::runtime`, pods run over CRI exactly as a kubelet runs them (bridge and
+//! routed), a named namespace, a process in its own namespace, and runtimes or caches that
+//! misbehave.
 
 use std::{
     os::unix::fs::MetadataExt as _,
