@@ -1,7 +1,8 @@
 //! The one client of a node-tracer agent's HTTP API: `top`, `trace icmp` and `macs` with
 //! `--connect`, the integration tests and the bench all talk to agents through [`Agent`].
 //!
-//! HTTP/1.1 on hyper, over plain TCP or TLS (rustls; the agent's CA from `--tls-ca`, a client
+//! HTTP/1.1 on hyper, over plain TCP, a unix socket (`unix:/path`: also how the Docker
+//! Engine's API is read) or TLS (rustls; the agent's CA from `--tls-ca`, a client
 //! certificate from `--tls-cert`/`--tls-key`), with a bearer token read from a file
 //! (`--api-token-file`). The token is never printed: not in `Debug`, not in an error.
 
@@ -26,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
+    net::{TcpStream, UnixStream},
 };
 use tokio_rustls::TlsConnector;
 
@@ -66,7 +67,7 @@ pub enum ClientError {
     Pem(#[from] PemError),
     #[error("TLS client configuration")]
     Tls(#[source] rustls::Error),
-    #[error("no agent answers at {addr}")]
+    #[error("nothing answers at {addr}")]
     Connect {
         addr: String,
         #[source]
@@ -285,6 +286,16 @@ impl Agent {
 
     async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
         let addr = &self.url.addr;
+        if let Some(socket) = &self.url.unix {
+            // `parse` never gives a unix URL TLS: a local socket is guarded by its file mode.
+            let s = UnixStream::connect(socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            return Ok(Box::new(s));
+        }
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {

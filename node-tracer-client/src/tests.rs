@@ -159,3 +159,45 @@ fn credentials_that_cannot_work_are_refused_before_connecting() {
     let e = Agent::new("http://127.0.0.1:1", &creds).unwrap_err();
     assert!(one_line(&e).contains("No such file"), "{}", one_line(&e));
 }
+
+#[tokio::test]
+async fn a_unix_socket_carries_the_same_http() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("engine.sock");
+    let l = tokio::net::UnixListener::bind(&path).unwrap();
+    let srv = tokio::spawn(async move {
+        let (mut c, _) = l.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = c.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "client closed before its request head");
+            req.extend_from_slice(&buf[..n]);
+        }
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
+            .await
+            .unwrap();
+        c.shutdown().await.unwrap();
+        String::from_utf8_lossy(&req).into_owned()
+    });
+    let url = format!("unix:{}", path.display());
+    let agent = Agent::new(&url, &Credentials::default()).unwrap();
+    assert_eq!(
+        agent.get("/containers/json").await.unwrap(),
+        Bytes::from_static(b"[]")
+    );
+    let req = srv.await.unwrap();
+    assert!(
+        req.starts_with("GET /containers/json HTTP/1.1\r\n"),
+        "{req}"
+    );
+    assert!(
+        req.to_ascii_lowercase().contains("host: localhost\r\n"),
+        "{req}"
+    );
+    // Nobody listening any more: a connect error naming the socket, not a hang.
+    std::fs::remove_file(&path).unwrap();
+    let e = agent.get("/containers/json").await.unwrap_err();
+    assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+    assert!(one_line(&e).contains("engine.sock"), "{}", one_line(&e));
+}

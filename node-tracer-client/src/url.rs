@@ -1,5 +1,8 @@
 //! An agent's address as the user writes it: `http://host[:port][/base]`,
-//! `https://host[:port][/base]`, or `host[:port][/base]` (plain HTTP).
+//! `https://host[:port][/base]`, `host[:port][/base]` (plain HTTP), or `unix:/path/to.sock`
+//! (plain HTTP over a unix socket: an agent's local socket, or a Docker Engine's).
+
+use std::path::PathBuf;
 
 /// Where to connect and what to call it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,10 +16,28 @@ pub struct AgentUrl {
     pub authority: String,
     /// The URL's path without a trailing `/` (`""` or `/base`): endpoints go under it.
     pub base: String,
+    /// For `unix:/path`: the socket to connect to instead of `addr` (which then holds the path,
+    /// for messages).
+    pub unix: Option<PathBuf>,
 }
 
 impl AgentUrl {
     pub fn parse(url: &str) -> Result<Self, &'static str> {
+        if let Some(path) = url.strip_prefix("unix:") {
+            // A socket has no host: the Host header still needs one (HTTP/1.1), and `localhost`
+            // is what curl and the Docker CLI send.
+            if !path.starts_with('/') {
+                return Err("a unix socket is given by its absolute path (unix:/path/to.sock)");
+            }
+            return Ok(Self {
+                tls: false,
+                addr: path.to_owned(),
+                host: "localhost".into(),
+                authority: "localhost".into(),
+                base: String::new(),
+                unix: Some(PathBuf::from(path)),
+            });
+        }
         let (tls, rest) = match url.split_once("://") {
             Some(("http", rest)) => (false, rest),
             Some(("https", rest)) => (true, rest),
@@ -56,11 +77,19 @@ impl AgentUrl {
             host: host.to_owned(),
             authority: authority.to_owned(),
             base: base.trim_end_matches('/').to_owned(),
+            unix: None,
         })
     }
 
     /// The URL of `path` under this agent, for messages.
     pub fn show(&self, path: &str) -> String {
+        if self.unix.is_some() {
+            return format!(
+                "unix:{}{}{path}",
+                self.addr,
+                if path.is_empty() { "" } else { ":" }
+            );
+        }
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}{}{path}", self.authority, self.base)
     }
@@ -89,5 +118,21 @@ mod tests {
         assert!(AgentUrl::parse("http:///snapshot").is_err());
         assert!(AgentUrl::parse("http://h:notaport").is_err());
         assert!(AgentUrl::parse("http://user:secret@h:1").is_err());
+        assert_eq!(AgentUrl::parse("node1:9100").unwrap().unix, None);
+    }
+
+    #[test]
+    fn unix_socket_form() {
+        let u = AgentUrl::parse("unix:/var/run/docker.sock").unwrap();
+        assert_eq!(u.unix, Some(PathBuf::from("/var/run/docker.sock")));
+        assert!(!u.tls);
+        assert_eq!((u.authority.as_str(), u.base.as_str()), ("localhost", ""));
+        assert_eq!(
+            u.show("/containers/json"),
+            "unix:/var/run/docker.sock:/containers/json"
+        );
+        assert_eq!(u.show(""), "unix:/var/run/docker.sock");
+        assert!(AgentUrl::parse("unix:relative.sock").is_err());
+        assert!(AgentUrl::parse("unix:").is_err());
     }
 }
