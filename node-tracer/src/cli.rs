@@ -343,6 +343,9 @@ pub struct SourceArgs {
     /// CRI runtime socket to ask for pods (repeatable; absent sockets are skipped).
     #[arg(long = "cri-socket", default_values = ["/run/containerd/containerd.sock", "/run/crio/crio.sock"])]
     pub cri_sockets: Vec<PathBuf>,
+    /// Docker Engine API socket to ask for containers (repeatable; absent sockets are skipped).
+    #[arg(long = "docker-socket", default_value = node_tracer::pods::docker::DEFAULT_SOCKET)]
+    pub docker_sockets: Vec<PathBuf>,
     /// CNI result cache.
     #[arg(long, default_value = "/var/lib/cni/results")]
     pub cni_results_dir: PathBuf,
@@ -362,6 +365,8 @@ impl SourceArgs {
             netns_dir: self.netns_dir.clone(),
             proc_root: self.proc_root.clone(),
             cri_timeout: Duration::from_secs(2),
+            docker_sockets: self.docker_sockets.clone(),
+            docker_timeout: Duration::from_secs(2),
         }
     }
 

@@ -99,11 +99,24 @@ pub struct Peer {
     pub netns_inode: Option<u64>,
 }
 
-/// Where a pod's identity was learned, best first.
+/// Where a pod's identity was learned, best first: a source ranks above another when what it
+/// says about a namespace is more specific and more trustworthy.
+///
+/// - CRI first: the runtime the kubelet drives knows the Kubernetes pod (name, namespace, uid)
+///   for certain, and it is what `kubectl` shows.
+/// - Docker next: the Engine knows each container's name, id and image for certain, and the
+///   Kubernetes pod too where dockershim / cri-dockerd labelled the sandbox; but it knows
+///   Kubernetes only through labels, so a CRI answer about the same namespace wins.
+/// - The CNI result cache: the pod's name as the runtime passed it to CNI, but a cache (it can
+///   outlive the pod until CNI DEL runs).
+/// - Named namespaces: only a file name.
+/// - Processes: only whatever process holds the namespace (`sleep[24705]`), a last resort.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PodSource {
     #[serde(rename = "cri")]
     Cri,
+    #[serde(rename = "docker")]
+    Docker,
     #[serde(rename = "cni-cache")]
     CniCache,
     #[serde(rename = "netns")]
@@ -116,6 +129,7 @@ impl PodSource {
     pub fn as_str(self) -> &'static str {
         match self {
             PodSource::Cri => "cri",
+            PodSource::Docker => "docker",
             PodSource::CniCache => "cni-cache",
             PodSource::Netns => "netns",
             PodSource::Proc => "proc",
@@ -124,12 +138,22 @@ impl PodSource {
 }
 
 /// The pod (or container, or named namespace) behind a veth.
+///
+/// A container engine's container without a Kubernetes pod is a pod here too, named after the
+/// container with an empty namespace: every view (and the `pod` label of /metrics, which a
+/// Docker host's dashboards then read as the container's name) shows `shop-web`, not the
+/// process that happens to hold its namespace.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,
     pub uid: String,
     pub source: PodSource,
+    /// The engine's record of the container that owns the namespace (for a Kubernetes pod on
+    /// Docker: its `k8s_POD_…` sandbox), when a container engine named it. Absent in JSON from
+    /// agents older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 impl Pod {
@@ -142,6 +166,19 @@ impl Pod {
             format!("{}/{}", self.namespace, self.name)
         }
     }
+}
+
+/// A container as its engine names it (`docker ps`, `docker inspect`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Container {
+    /// The engine: `docker`.
+    pub runtime: String,
+    /// The full id (`docker ps` shows its first 12 characters).
+    pub id: String,
+    /// The name without Docker's leading `/`.
+    pub name: String,
+    /// The image as the container was created from it (`docker ps`'s IMAGE).
+    pub image: String,
 }
 
 /// Packet and byte counters of one port, from the pod's point of view: the host veth's ingress is
@@ -306,5 +343,23 @@ mod tests {
     fn pod_source_serializes_as_design_says() {
         let s = serde_json::to_string(&PodSource::CniCache).unwrap();
         assert_eq!(s, "\"cni-cache\"");
+        assert_eq!(
+            serde_json::to_string(&PodSource::Docker).unwrap(),
+            "\"docker\""
+        );
+    }
+
+    #[test]
+    fn the_runtime_that_knows_kubernetes_outranks_docker_which_outranks_the_files() {
+        assert!(PodSource::Cri < PodSource::Docker);
+        assert!(PodSource::Docker < PodSource::CniCache);
+        assert!(PodSource::CniCache < PodSource::Netns && PodSource::Netns < PodSource::Proc);
+    }
+
+    #[test]
+    fn pods_from_agents_without_containers_still_parse() {
+        let old = r#"{"namespace":"default","name":"web","uid":"u","source":"cri"}"#;
+        let p: Pod = serde_json::from_str(old).unwrap();
+        assert_eq!(p.container, None);
     }
 }

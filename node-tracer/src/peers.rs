@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::{Bridge, Peer, Pod, Port, Snapshot};
+use crate::model::{Bridge, Container, Peer, Pod, PodSource, Port, Snapshot};
 
 /// One row of `peers --json` (the contract of DESIGN.md).
 #[derive(Debug, Serialize)]
@@ -18,7 +18,30 @@ pub struct PeerRow<'a> {
     pub addresses: &'a [String],
     pub routes: &'a [String],
     pub peer: Option<&'a Peer>,
-    pub pod: Option<&'a Pod>,
+    pub pod: Option<PodRow<'a>>,
+    /// The engine's container owning the peer's namespace, beside the pod (not inside it, so
+    /// `pod` keeps its four fields).
+    pub container: Option<&'a Container>,
+}
+
+/// `pod` of a `peers --json` row: the contract's four fields.
+#[derive(Debug, Serialize)]
+pub struct PodRow<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub source: PodSource,
+}
+
+impl<'a> From<&'a Pod> for PodRow<'a> {
+    fn from(p: &'a Pod) -> Self {
+        Self {
+            namespace: &p.namespace,
+            name: &p.name,
+            uid: &p.uid,
+            source: p.source,
+        }
+    }
 }
 
 impl<'a> From<&'a Port> for PeerRow<'a> {
@@ -33,7 +56,8 @@ impl<'a> From<&'a Port> for PeerRow<'a> {
             addresses: &p.addresses,
             routes: &p.routes,
             peer: p.peer.as_ref(),
-            pod: p.pod.as_ref(),
+            pod: p.pod.as_ref().map(PodRow::from),
+            container: p.pod.as_ref().and_then(|pod| pod.container.as_ref()),
         }
     }
 }
@@ -172,6 +196,7 @@ mod tests {
                         name: "web-1".into(),
                         uid: "u1".into(),
                         source: PodSource::Cri,
+                        container: None,
                     }),
                     ..Port::default()
                 },
@@ -218,6 +243,7 @@ mod tests {
             "routes",
             "peer",
             "pod",
+            "container",
         ] {
             assert!(row.get(k).is_some(), "missing {k}");
         }
@@ -226,5 +252,36 @@ mod tests {
         assert_eq!(row["pod"]["source"], "cri");
         assert_eq!(v[1]["pod"], serde_json::Value::Null);
         assert_eq!(v[1]["mode"], "routed");
+        assert_eq!(row["container"], serde_json::Value::Null);
+        assert_eq!(v[1]["container"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_docker_container_is_the_pod_and_its_record_sits_beside_it() {
+        let mut s = snap();
+        s.ports[0].pod = Some(Pod {
+            namespace: String::new(),
+            name: "shop-web".into(),
+            uid: String::new(),
+            source: PodSource::Docker,
+            container: Some(Container {
+                runtime: "docker".into(),
+                id: "3956c459e213".into(),
+                name: "shop-web".into(),
+                image: "nginx:1".into(),
+            }),
+        });
+        let t = to_table(&s);
+        assert!(t.contains("shop-web (docker)"), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&to_json(&s).unwrap()).unwrap();
+        let pod = v[0]["pod"].as_object().unwrap();
+        let mut keys: Vec<&str> = pod.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["name", "namespace", "source", "uid"]);
+        assert_eq!(v[0]["pod"]["source"], "docker");
+        assert_eq!(v[0]["container"]["runtime"], "docker");
+        assert_eq!(v[0]["container"]["name"], "shop-web");
+        assert_eq!(v[0]["container"]["image"], "nginx:1");
+        assert_eq!(v[0]["container"]["id"], "3956c459e213");
     }
 }

@@ -40,6 +40,7 @@ fn port(ifindex: u32, port_no: u16, own: &str, macs: Vec<MacSeen>) -> Port {
             name: format!("web-{ifindex}"),
             uid: String::new(),
             source: PodSource::Cri,
+            container: None,
         }),
         attached: true,
         macs,

@@ -22,6 +22,7 @@ fn port(name: &str, pod: Option<(&str, &str)>) -> Port {
             name: n.into(),
             uid: "u".into(),
             source: PodSource::Cri,
+            container: None,
         }),
         counters,
         ..Port::default()

@@ -111,6 +111,7 @@ pub(super) fn discover(dir: &Path) -> Vec<Found> {
                     name: parsed.name,
                     uid: parsed.uid,
                     source: PodSource::CniCache,
+                    container: None,
                 },
             }),
             Err(e) => log::debug!(

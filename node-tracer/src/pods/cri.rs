@@ -89,6 +89,7 @@ async fn sandbox_found(client: &CriClient, id: &str) -> Result<Option<Found>, Cr
                         name: meta.name,
                         uid: meta.uid,
                         source: PodSource::Cri,
+                        container: None,
                     },
                 }));
             }

@@ -1,6 +1,7 @@
 //! Which pod owns a network namespace.
 //!
-//! Four sources, best first: the container runtime over CRI ([`cri`]), the CNI result cache
+//! Five sources, best first (why in that order: [`crate::model::PodSource`]): the container
+//! runtime over CRI ([`cri`]), the Docker Engine's API ([`docker`]), the CNI result cache
 //! ([`cni`]), named namespaces under `/run/netns` ([`netns`]) and processes ([`proc`]). Everything
 //! is keyed by the namespace's inode (`stat(path).st_ino`): every pod's `eth0` is ifindex 2 in its
 //! own namespace, so an ifindex never identifies a pod.
@@ -11,6 +12,7 @@
 
 pub mod cni;
 pub mod cri;
+pub mod docker;
 pub mod netns;
 pub mod proc;
 
@@ -38,6 +40,10 @@ pub struct PodConfig {
     pub proc_root: PathBuf,
     /// Bound on each CRI call: a runtime that hangs must not stall a scrape.
     pub cri_timeout: Duration,
+    /// Docker Engine API sockets, each asked in turn; absent ones are skipped quietly.
+    pub docker_sockets: Vec<PathBuf>,
+    /// Bound on each Docker Engine call, for the same reason.
+    pub docker_timeout: Duration,
 }
 
 impl Default for PodConfig {
@@ -51,6 +57,8 @@ impl Default for PodConfig {
             netns_dir: PathBuf::from("/run/netns"),
             proc_root: PathBuf::from("/proc"),
             cri_timeout: Duration::from_secs(2),
+            docker_sockets: vec![PathBuf::from(docker::DEFAULT_SOCKET)],
+            docker_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -109,21 +117,37 @@ impl PodIndex {
             return;
         }
         self.paths.insert(found.path);
-        match self.by_inode.get(&found.inode) {
-            Some(have) if have.source <= found.pod.source => {}
-            _ => {
-                self.by_inode.insert(found.inode, found.pod);
+        let mut pod = found.pod;
+        match self.by_inode.get_mut(&found.inode) {
+            Some(have) if have.source <= pod.source => {
+                // The better source names the pod; an engine's container record (cri-dockerd's
+                // sandbox seen by both CRI and Docker) still says which container it is.
+                if have.container.is_none() {
+                    have.container = pod.container;
+                }
+            }
+            Some(have) => {
+                if pod.container.is_none() {
+                    pod.container = have.container.take();
+                }
+                *have = pod;
+            }
+            None => {
+                self.by_inode.insert(found.inode, pod);
             }
         }
     }
 }
 
-/// Runs every source and keeps, per namespace inode, the best one (Cri > `CniCache` > Netns >
-/// Proc).
+/// Runs every source and keeps, per namespace inode, the best one (Cri > Docker > `CniCache` >
+/// Netns > Proc).
 pub async fn discover(cfg: &PodConfig) -> PodIndex {
     let host_inode = netns_inode(&cfg.proc_root.join("self/ns/net")).ok();
     let mut index = PodIndex::new(host_inode);
     for found in cri::discover(&cfg.cri_sockets, cfg.cri_timeout).await {
+        index.offer(found);
+    }
+    for found in docker::discover(&cfg.docker_sockets, &cfg.proc_root, cfg.docker_timeout).await {
         index.offer(found);
     }
     // The file sources are small and local; reading them inline keeps discovery simple.
@@ -142,7 +166,7 @@ pub async fn discover(cfg: &PodConfig) -> PodIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PodSource;
+    use crate::model::{Container, PodSource};
 
     fn found(inode: u64, path: &str, name: &str, source: PodSource) -> Found {
         Found {
@@ -153,6 +177,7 @@ mod tests {
                 name: name.into(),
                 uid: String::new(),
                 source,
+                container: None,
             },
         }
     }
@@ -169,6 +194,31 @@ mod tests {
         assert_eq!(idx.lookup(8).map(|p| p.source), Some(PodSource::Netns));
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.netns_paths().len(), 4);
+    }
+
+    #[test]
+    fn a_better_source_names_the_pod_and_the_engine_still_names_its_container() {
+        let sandbox = Container {
+            runtime: "docker".into(),
+            id: "abc".into(),
+            name: "k8s_POD_web_default_u1_0".into(),
+            image: "pause:3".into(),
+        };
+        let mut docker = found(7, "/run/docker/netns/x", "web", PodSource::Docker);
+        docker.pod.container = Some(sandbox.clone());
+        for order in [[0, 1], [1, 0]] {
+            let offers = [
+                found(7, "/proc/9/ns/net", "web", PodSource::Cri),
+                docker.clone(),
+            ];
+            let mut idx = PodIndex::new(Some(1));
+            for i in order {
+                idx.offer(offers[i].clone());
+            }
+            let pod = idx.lookup(7).unwrap();
+            assert_eq!(pod.source, PodSource::Cri);
+            assert_eq!(pod.container.as_ref(), Some(&sandbox));
+        }
     }
 
     #[test]

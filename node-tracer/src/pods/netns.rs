@@ -29,6 +29,7 @@ pub(super) fn discover(dir: &Path) -> Vec<Found> {
                     name,
                     uid: String::new(),
                     source: PodSource::Netns,
+                    container: None,
                 },
             }),
             // A leftover file whose mount is gone, or one deleted meanwhile.

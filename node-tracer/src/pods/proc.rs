@@ -51,6 +51,7 @@ pub(super) fn discover(proc_root: &Path, host_inode: Option<u64>) -> Vec<Found> 
                     name: format!("{}[{pid}]", comm.trim_end()),
                     uid,
                     source: PodSource::Proc,
+                    container: None,
                 },
             },
         );

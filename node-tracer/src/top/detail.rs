@@ -69,7 +69,8 @@ fn identity(p: &Port, now_ms: u64, width: usize) -> Vec<Line<'static>> {
             "pod",
             p.pod.as_ref().map_or_else(
                 || "- (not found)".to_owned(),
-                |pod| format!("{}/{} ({})", pod.namespace, pod.name, pod.source.as_str()),
+                // A Docker container has no Kubernetes namespace: `shop-web`, not `/shop-web`.
+                |pod| format!("{} ({})", pod.qualified_name(), pod.source.as_str()),
             ),
         ),
     ];

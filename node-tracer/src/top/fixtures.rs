@@ -72,6 +72,7 @@ pub fn veth(
             name: pod.1.to_owned(),
             uid: format!("uid-{ifindex}"),
             source: PodSource::Cri,
+            container: None,
         }),
         attached: true,
         promiscuous: false,

@@ -234,6 +234,7 @@ mod tests {
                 name: pod.into(),
                 uid: "u".into(),
                 source: PodSource::Cri,
+                container: None,
             }),
             ..Port::default()
         }

@@ -145,6 +145,7 @@ mod tests {
                 name: "web-1".into(),
                 uid: "u".into(),
                 source: PodSource::Cri,
+                container: None,
             }),
             ..Port::default()
         }

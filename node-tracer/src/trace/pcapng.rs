@@ -207,6 +207,7 @@ mod tests {
                 name: pod.into(),
                 uid: "u1".into(),
                 source: PodSource::Cri,
+                container: None,
             }),
             ..Port::default()
         }

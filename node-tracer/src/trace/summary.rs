@@ -236,6 +236,7 @@ mod tests {
                 name: p.into(),
                 uid: "u".into(),
                 source: PodSource::Cri,
+                container: None,
             }),
             ..Port::default()
         }

@@ -78,6 +78,7 @@ fn ports(ifindex: u32) -> Option<Port> {
             name: pod.into(),
             uid: "u".into(),
             source: PodSource::Cri,
+            container: None,
         }),
         ..Port::default()
     })
