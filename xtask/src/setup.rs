@@ -25,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "containernetworking-plugins",
+    // Docker Engine (started by tests/docker.rs on its own socket) and a static busybox, the
+    // rootfs of the image those tests import (no registry).
+    "docker.io",
+    "busybox-static",
     "libcap2-bin",
     "tmux",
     "ethtool",

@@ -2,11 +2,30 @@
 //! pods when containerd is here, plain namespaces otherwise. The lab itself is the
 //! `node-tracer-lab` crate.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
-use node_tracer::agent::AgentOptions;
+use node_tracer::{agent::AgentOptions, pods::docker};
 use node_tracer_lab as lab;
 
-use crate::cli::LabAction;
+use crate::cli::{LabAction, SourceArgs};
+
+/// Whether this host has pods of its own, so `run --lab` and `top` need no lab: a veth whose
+/// peer lives in another namespace, or a Docker Engine that runs containers (a host-network one
+/// has no veth, and a Docker host's own containers are what its user came to see).
+pub async fn host_has_pods(sources: &SourceArgs) -> bool {
+    if lab::host_has_pods() {
+        return true;
+    }
+    for socket in sources.docker_sockets.iter().filter(|s| s.exists()) {
+        match docker::running(socket, Duration::from_secs(2)).await {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => {}
+            Err(e) => log::warn!("Docker Engine at {}: {e}", socket.display()),
+        }
+    }
+    false
+}
 
 pub fn lab(
     action: LabAction,

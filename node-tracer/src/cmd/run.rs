@@ -2,9 +2,8 @@
 
 use anyhow::Context as _;
 use node_tracer::agent::{self, AgentOptions};
-use node_tracer_lab as lab;
 
-use super::lab::start_lab;
+use super::lab::{host_has_pods, start_lab};
 use crate::cli::{LabWhen, RunArgs, node_options};
 
 pub fn run(args: &RunArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
@@ -25,7 +24,7 @@ pub fn run(args: &RunArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         let lab = if args.lab == Some(LabWhen::Always)
-            || (args.lab == Some(LabWhen::Auto) && !lab::host_has_pods())
+            || (args.lab == Some(LabWhen::Auto) && !host_has_pods(&args.sources).await)
         {
             Some(start_lab(&mut opts).await?)
         } else {

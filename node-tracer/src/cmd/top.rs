@@ -9,9 +9,8 @@ use node_tracer::{
     node::{self, Node},
     top,
 };
-use node_tracer_lab as lab;
 
-use super::lab::start_lab;
+use super::lab::{host_has_pods, start_lab};
 use crate::cli::{TopArgs, TopLab, node_options};
 
 pub fn top(args: &TopArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
@@ -48,7 +47,7 @@ pub fn top(args: &TopArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
     };
     let lab = match args.lab {
         TopLab::Always => true,
-        TopLab::Auto => !lab::host_has_pods(),
+        TopLab::Auto => !rt.block_on(host_has_pods(&args.sources)),
         TopLab::Never => false,
     };
     let (node, lab) = rt.block_on(async {

@@ -175,18 +175,31 @@ pub(super) async fn discover(
     out
 }
 
-async fn from_socket(
-    socket: &Path,
-    proc_root: &Path,
-    timeout: Duration,
-    out: &mut Vec<Found>,
-) -> Result<(), DockerError> {
+/// How many containers the engine at `socket` runs (`docker ps | wc -l`).
+pub async fn running(socket: &Path, timeout: Duration) -> Result<usize, DockerError> {
+    let engine = engine(socket, timeout)?;
+    let listed: Vec<Listed> = get_json(&engine, "/containers/json").await?;
+    Ok(listed.len())
+}
+
+fn engine(socket: &Path, timeout: Duration) -> Result<Agent, DockerError> {
+    // `unix:` URLs take an absolute path; a relative --docker-socket means the working dir's.
     let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
     let mut engine = Agent::new(
         &format!("unix:{}", socket.display()),
         &Credentials::default(),
     )?;
     engine.timeout = timeout;
+    Ok(engine)
+}
+
+async fn from_socket(
+    socket: &Path,
+    proc_root: &Path,
+    timeout: Duration,
+    out: &mut Vec<Found>,
+) -> Result<(), DockerError> {
+    let engine = engine(socket, timeout)?;
     let listed: Vec<Listed> = get_json(&engine, "/containers/json").await?;
     log::debug!(
         "pods: Docker Engine at {}: {} running containers",
