@@ -12,19 +12,27 @@ async fn server(reply: &'static [u8]) -> (String, tokio::task::JoinHandle<String
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        let (mut c, _) = l.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = c.read(&mut buf).await.unwrap();
-            assert_ne!(n, 0, "client closed before its request head");
-            req.extend_from_slice(&buf[..n]);
-        }
-        c.write_all(reply).await.unwrap();
-        c.shutdown().await.unwrap();
-        String::from_utf8_lossy(&req).into_owned()
+        let (c, _) = l.accept().await.unwrap();
+        answer(c, reply).await
     });
     (format!("http://{addr}"), task)
+}
+
+/// Reads one request head from `c`, answers `reply`, closes; the request it read.
+async fn answer(
+    mut c: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    reply: &[u8],
+) -> String {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = c.read(&mut buf).await.unwrap();
+        assert_ne!(n, 0, "client closed before its request head");
+        req.extend_from_slice(&buf[..n]);
+    }
+    c.write_all(reply).await.unwrap();
+    c.shutdown().await.unwrap();
+    String::from_utf8_lossy(&req).into_owned()
 }
 
 fn token_file(text: &str) -> (tempdir::Dir, PathBuf) {
@@ -166,19 +174,8 @@ async fn a_unix_socket_carries_the_same_http() {
     let path = dir.0.join("engine.sock");
     let l = tokio::net::UnixListener::bind(&path).unwrap();
     let srv = tokio::spawn(async move {
-        let (mut c, _) = l.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = c.read(&mut buf).await.unwrap();
-            assert_ne!(n, 0, "client closed before its request head");
-            req.extend_from_slice(&buf[..n]);
-        }
-        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
-            .await
-            .unwrap();
-        c.shutdown().await.unwrap();
-        String::from_utf8_lossy(&req).into_owned()
+        let (c, _) = l.accept().await.unwrap();
+        answer(c, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]").await
     });
     let url = format!("unix:{}", path.display());
     let agent = Agent::new(&url, &Credentials::default()).unwrap();
