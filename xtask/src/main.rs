@@ -163,9 +163,10 @@ unsafe extern "C" {
 fn run_agent(listen: &str, extra: &[String]) -> Result<()> {
     require_root("cargo xtask run")?;
     step(&format!(
-        "node-tracer run --lab on {listen}: on a host without pods it first starts a lab node \
-         (real pods via containerd + CNI: cni0 with two pods, two routed pods, an empty docker0, \
-         pings). In another terminal:\n    \
+        "node-tracer run --lab on {listen}: on a host with pods or running Docker containers it \
+         shows those (containers by their Docker names); on one without, it first starts a lab \
+         node (real pods via containerd + CNI: cni0 with two pods, two routed pods, an empty \
+         docker0, pings). In another terminal:\n    \
          curl -s http://{listen}/metrics | grep node_tracer_transmit_packets_total\n    \
          ./target/debug/node-tracer peers --cri-socket /run/node-tracer-lab/lab/containerd.sock\n    \
          ./target/debug/node-tracer top --connect http://{listen}\n    \

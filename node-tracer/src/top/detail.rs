@@ -74,6 +74,14 @@ fn identity(p: &Port, now_ms: u64, width: usize) -> Vec<Line<'static>> {
             ),
         ),
     ];
+    // Which container holds the namespace, as `docker ps` shows it (name, short id, image).
+    if let Some(c) = p.pod.as_ref().and_then(|pod| pod.container.as_ref()) {
+        let id = c.id.get(..12).unwrap_or(&c.id);
+        out.push(field(
+            "ctr",
+            format!("{} {id} {} ({})", c.name, c.image, c.runtime),
+        ));
+    }
     let flags = [
         (p.hairpin, "hairpin"),
         (p.promiscuous, "promisc"),
