@@ -168,3 +168,46 @@ fn selected_row_is_reversed_and_ctrl_c_quits() {
         Action::Quit
     );
 }
+
+#[test]
+fn a_docker_container_reads_by_its_name_and_its_detail_names_the_container() {
+    let docker = |secs| {
+        let mut s = lab(secs);
+        s.ports[0].pod = Some(crate::model::Pod {
+            namespace: String::new(),
+            name: "shop-web".into(),
+            uid: String::new(),
+            source: crate::model::PodSource::Docker,
+            container: Some(crate::model::Container {
+                runtime: "docker".into(),
+                id: "3956c459e21361850e91b4b254af".into(),
+                name: "shop-web".into(),
+                image: "nginx:1".into(),
+            }),
+        });
+        s
+    };
+    let mut app = app_of(docker(100), docker(101));
+    let veth = app
+        .rows
+        .iter()
+        .find(|r| r.pod == "shop-web")
+        .unwrap()
+        .veth
+        .clone();
+    let pos = app
+        .view
+        .iter()
+        .position(|&i| app.rows[i].veth == veth)
+        .unwrap();
+    for _ in 0..pos {
+        app.on_key(ch('j'));
+    }
+    app.on_key(key(KeyCode::Enter));
+    let text = screen(&mut app, 120, 34);
+    assert!(text.contains("pod     shop-web (docker)"), "{text}");
+    assert!(
+        text.contains("ctr     shop-web 3956c459e213 nginx:1 (docker)"),
+        "{text}"
+    );
+}
