@@ -12,8 +12,7 @@ use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinHandle};
 
 use crate::{
     error::{Error, Result},
-    metrics::Health,
-    model::{Port, Snapshot},
+    model::{Health, Port, Snapshot},
     pods::{self, PodConfig, PodIndex},
     probe::{AttachMode, Probe, ProbeOptions, rcu},
     shutdown, snapshot,
@@ -359,18 +358,10 @@ impl Node {
     }
 }
 
-/// `top` without an agent: snapshots straight from our own programs' maps.
+/// `top` without an agent: snapshots straight from our own programs' maps (`top` implements
+/// its snapshot source for it: the view reads the model, not the other way round).
 pub struct LocalSource {
     pub state: Arc<Mutex<State>>,
-}
-
-impl crate::top::SnapshotSource for LocalSource {
-    fn next(
-        &mut self,
-    ) -> impl std::future::Future<Output = Result<Snapshot, crate::top::SourceError>> {
-        let snap = lock(&self.state).snapshot();
-        std::future::ready(Ok(snap))
-    }
 }
 
 /// Makes attachments match the topology: detach vanished veths, attach new ones. The lock is

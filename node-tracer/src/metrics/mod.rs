@@ -11,30 +11,7 @@ mod text;
 
 use text::{Exposition, Type};
 
-use crate::model::{Direction, PROTOCOLS, Port, Snapshot};
-
-/// The agent's view of itself.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    /// Attached interfaces: (tcx, netlink).
-    pub attached: (usize, usize),
-    pub attach_errors: u64,
-    /// Summed `AGENT_STATS` of the programs (index `STAT_*`).
-    pub program_stats: [u64; 8],
-    pub netlink_resyncs: u64,
-    pub link_events: u64,
-    /// Peer namespaces entered to read veth peers (see `topology::Scanner`).
-    pub netns_visits: u64,
-    /// `trace icmp --connect` clients streaming from this agent now.
-    pub trace_streams: u64,
-    /// Per program: (name, kernel program id, total run time, run count); times and counts are
-    /// zero unless `kernel.bpf_stats_enabled`.
-    pub program_runs: Vec<(&'static str, u32, std::time::Duration, u64)>,
-    /// Entries per map: (name, count).
-    pub map_entries: Vec<(&'static str, usize)>,
-    /// Refused API requests by reason (see `api::Denial`).
-    pub api_denied: Vec<(&'static str, u64)>,
-}
+use crate::model::{Direction, Health, PROTOCOLS, Port, Snapshot};
 
 /// (namespace, pod) label values; empty for a port whose pod is unknown.
 fn pod_labels(p: &Port) -> (&str, &str) {

@@ -7,8 +7,8 @@ use prometheus::{
     proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
 };
 
-use super::{Health, icmp_type_label};
-use crate::model::{Direction, PROTOCOLS, Snapshot};
+use super::icmp_type_label;
+use crate::model::{Direction, Health, PROTOCOLS, Snapshot};
 
 /// The text exposition of `snap` and `health` through `prometheus::TextEncoder`.
 pub fn encode(snap: &Snapshot, health: &Health) -> String {

@@ -1,36 +1,18 @@
 //! The view's state, free of any terminal: rows built from the latest two snapshots, sort,
 //! filter, selection and toggles. Keys come in as crossterm events but nothing here does I/O.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::TopError;
 use super::rates::{self, Rates};
+use super::row::build_row;
+pub use super::row::{Row, peer_label};
 pub use super::sort::SortKey;
 use super::sort::compare;
-use crate::model::{Mode, Port, Snapshot};
-
-/// One table row: everything the table shows, precomputed per snapshot so drawing a frame only
-/// formats the visible rows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// Index into the current snapshot's `ports`.
-    pub port: usize,
-    pub ifindex: u32,
-    /// `namespace/name`, or `-` when no pod was found.
-    pub pod: String,
-    pub veth: String,
-    /// Bridge name, `routed`, or `-`.
-    pub bridge: String,
-    pub port_no: Option<u16>,
-    pub peer: String,
-    pub rates: Rates,
-    pub macs: usize,
-    /// Lower-case text the filter matches: pod, namespace, veth, bridge.
-    haystack: String,
-}
+use crate::model::{Port, Snapshot};
 
 /// Sums over the ports of one bridge (or of all routed / unattached veths).
 #[derive(Debug, Clone, PartialEq)]
@@ -38,47 +20,6 @@ pub struct BridgeTotal {
     pub name: String,
     pub ports: usize,
     pub rates: Rates,
-}
-
-/// The peer as the pod's own `ip link` prints it: `eth0@ifN`, where N is the ifindex of the
-/// host-side veth (the link's other end, seen from inside the pod).
-pub fn peer_label(p: &Port) -> String {
-    match &p.peer {
-        Some(peer) => format!("{}@if{}", peer.name.as_deref().unwrap_or("?"), p.ifindex),
-        None => "-".to_owned(),
-    }
-}
-
-fn build_row(i: usize, p: &Port, prev: Option<&Port>, elapsed_ms: u64) -> Row {
-    let pod = p.pod.as_ref().map_or_else(
-        || "-".to_owned(),
-        // Named namespaces and processes have no Kubernetes namespace: show the name alone.
-        crate::model::Pod::qualified_name,
-    );
-    let bridge = match (p.mode, &p.master) {
-        (_, Some(m)) => m.clone(),
-        (Mode::Routed, None) => "routed".to_owned(),
-        _ => "-".to_owned(),
-    };
-    let macs = p
-        .macs
-        .iter()
-        .map(|m| m.mac.as_str())
-        .collect::<BTreeSet<_>>()
-        .len();
-    let haystack = format!("{pod}\n{}\n{bridge}", p.name).to_lowercase();
-    Row {
-        port: i,
-        ifindex: p.ifindex,
-        pod,
-        veth: p.name.clone(),
-        bridge,
-        port_no: p.port_no,
-        peer: peer_label(p),
-        rates: rates::port_rates(prev.map(|q| &q.counters), &p.counters, elapsed_ms),
-        macs,
-        haystack,
-    }
 }
 
 /// Which overlay or input currently owns the keyboard.

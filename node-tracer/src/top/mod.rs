@@ -12,8 +12,10 @@ mod detail;
 #[cfg(test)]
 mod fixtures;
 pub mod fmt;
+mod local;
 pub mod rates;
 pub mod render;
+mod row;
 mod sort;
 pub mod source;
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 
 use super::TopError;
-use super::app::Row;
+use super::row::Row;
 
 /// Columns the table can be sorted by, in the order `s` cycles through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
