@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use node_tracer_client::one_line;
 use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinHandle};
 
 use crate::{
@@ -76,7 +77,7 @@ impl State {
         let readings = match self.probe.read() {
             Ok(r) => r,
             Err(e) => {
-                log::warn!("reading counters: {e}");
+                log::warn!("reading counters: {}", one_line(&e));
                 std::collections::HashMap::default()
             }
         };
@@ -86,7 +87,7 @@ impl State {
         });
         match topology::fdb::read_blocking() {
             Ok(fdb) => fdb.apply(&mut snap),
-            Err(e) => log::warn!("reading the bridges' FDB: {e}"),
+            Err(e) => log::warn!("reading the bridges' FDB: {}", one_line(&e)),
         }
         if !self.only.is_empty() {
             snap.ports.retain(|p| self.only.contains(&p.name));
@@ -113,8 +114,10 @@ impl State {
 
     pub fn health(&mut self) -> Health {
         self.health.attached = self.probe.attached_by_mode();
-        if let Ok(s) = self.probe.program_stats() {
-            self.health.program_stats = s;
+        // Read per scrape: a failure would repeat at every scrape, so debug level, last sums kept.
+        match self.probe.program_stats() {
+            Ok(s) => self.health.program_stats = s,
+            Err(e) => log::debug!("reading AGENT_STATS: {}", one_line(&e)),
         }
         self.health.program_runs = self.probe.program_run_stats();
         self.health.map_entries = self.probe.map_entries();
@@ -193,9 +196,9 @@ impl State {
             self.health.attach_errors += 1;
             // A veth deleted between the event and the attach is not worth a warning.
             if ifindex_of(name) == Some(ifindex) {
-                log::warn!("{e}");
+                log::warn!("{}", one_line(&e));
             } else {
-                log::debug!("{e}");
+                log::debug!("{}", one_line(&e));
             }
         }
     }
@@ -281,7 +284,7 @@ impl Node {
         // Also with --interface: a named veth that vanishes must take its series with it at
         // the next scrape, and only the Removed event says so promptly (added veths are
         // filtered by name in `follow_links`).
-        let watcher = topology::watch().map_err(|e| Error::Netlink(e.to_string()))?;
+        let watcher = topology::watch()?;
         let pods = pods::discover(&opts.pods).await;
         let mut scan = opts.scan.clone();
         scan.extra_netns_paths.extend(pods.netns_paths());
@@ -292,7 +295,8 @@ impl Node {
                 rcu::Expediter::start()
                     .inspect_err(|e| {
                         log::warn!(
-                            "--expedite-rcu: {e}; attaching and detaching at the normal pace"
+                            "--expedite-rcu: {}; attaching and detaching at the normal pace",
+                            one_line(e)
                         );
                     })
                     .ok()
@@ -300,10 +304,7 @@ impl Node {
             })
             .flatten();
         let mut scanner = topology::Scanner::default();
-        let topology = scanner
-            .scan(&scan)
-            .await
-            .map_err(|e| Error::Netlink(e.to_string()))?;
+        let topology = scanner.scan(&scan).await?;
         let state = Arc::new(Mutex::new(State {
             probe,
             topology,
@@ -489,7 +490,7 @@ async fn relabel_loop(
         let topology = match scanner.scan(&scan).await {
             Ok(t) => t,
             Err(e) => {
-                log::warn!("rescan: {e}");
+                log::warn!("rescan: {}", one_line(&e));
                 continue;
             }
         };

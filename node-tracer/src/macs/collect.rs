@@ -4,20 +4,10 @@
 use std::time::Duration;
 
 use crate::{
+    error::{Error, Result},
     model::Snapshot,
     node::{Node, NodeOptions},
-    top::{HttpSource, SnapshotSource as _, SourceError},
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum MacsError {
-    #[error("no bridge named {0}")]
-    NoSuchBridge(String),
-    #[error("reading the agent's snapshot")]
-    Agent(#[from] SourceError),
-    #[error(transparent)]
-    Node(#[from] crate::error::Error),
-}
 
 /// Where to read from.
 #[derive(Debug, Clone)]
@@ -35,9 +25,17 @@ pub enum Source {
 }
 
 /// Takes one snapshot from `source`.
-pub async fn collect(source: Source) -> Result<Snapshot, MacsError> {
+pub async fn collect(source: Source) -> Result<Snapshot> {
     match source {
-        Source::Connect { url, creds } => Ok(HttpSource::new(&url, &creds)?.next().await?),
+        Source::Connect { url, creds } => {
+            // Straight from the API client: `macs` needs nothing of `top`.
+            let body = node_tracer_client::Agent::new(&url, &creds)
+                .map_err(Error::AgentSnapshot)?
+                .get("/snapshot")
+                .await
+                .map_err(Error::AgentSnapshot)?;
+            serde_json::from_slice(&body).map_err(Error::SnapshotJson)
+        }
         Source::Attach { node, duration } => {
             let node = Node::start(&node).await?;
             log::info!(
@@ -51,7 +49,7 @@ pub async fn collect(source: Source) -> Result<Snapshot, MacsError> {
             // A few syscalls and one netlink dump: short enough to run on this thread.
             let snap = node.snapshot();
             node.stop();
-            waited.map_err(|e| crate::error::Error::io("wait for a stop signal", e))?;
+            waited.map_err(|e| Error::io("wait for a stop signal", e))?;
             Ok(snap)
         }
     }

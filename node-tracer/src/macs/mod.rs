@@ -20,9 +20,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use anomaly::{Anomaly, AnomalyKind, anomalies};
-pub use collect::{MacsError, Source, collect};
+pub use collect::{Source, collect};
 pub use render::to_table;
 
+use crate::error::Error;
 use crate::model::{Direction, FdbEntry, FdbState, MacSeen, Pod, Port, Snapshot};
 
 /// What `macs --json` prints.
@@ -118,7 +119,7 @@ impl From<&FdbEntry> for FdbFacts {
 }
 
 /// Joins the snapshot into per-port rows; only `bridge` (and no routed veths) when given.
-pub fn report(snap: &Snapshot, bridge: Option<&str>) -> Result<Report, MacsError> {
+pub fn report(snap: &Snapshot, bridge: Option<&str>) -> Result<Report, Error> {
     let mut names: Vec<(u32, &str)> = snap
         .bridges
         .iter()
@@ -133,7 +134,7 @@ pub fn report(snap: &Snapshot, bridge: Option<&str>) -> Result<Report, MacsError
     if let Some(b) = bridge
         && !names.iter().any(|(_, n)| *n == b)
     {
-        return Err(MacsError::NoSuchBridge(b.to_string()));
+        return Err(Error::NoSuchBridge(b.to_string()));
     }
     let bridges = names
         .into_iter()

@@ -296,7 +296,7 @@ fn bridge_filter_drops_other_bridges_and_routed_veths() {
     assert!(one.routed.is_empty() && one.anomalies.is_empty());
     assert!(matches!(
         report(&s, Some("br-nope")),
-        Err(MacsError::NoSuchBridge(b)) if b == "br-nope"
+        Err(Error::NoSuchBridge(b)) if b == "br-nope"
     ));
 }
 

@@ -22,10 +22,11 @@ pub struct CniEntry {
     pub netns: PathBuf,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CniCacheError {
-    #[error("not JSON: {0}")]
-    Json(String),
+/// Why one cache file names no pod: logged and skipped, never an error of discovery.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CniCacheError {
+    #[error("not JSON")]
+    Json(#[source] serde_json::Error),
     #[error("no K8S_POD_NAME in cniArgs (not a pod)")]
     NotAPod,
     #[error("no interface with a sandbox in result")]
@@ -33,8 +34,8 @@ pub enum CniCacheError {
 }
 
 /// Parses one cache file's contents.
-pub fn parse_result(json: &str) -> Result<CniEntry, CniCacheError> {
-    let v: Value = serde_json::from_str(json).map_err(|e| CniCacheError::Json(e.to_string()))?;
+pub(crate) fn parse_result(json: &str) -> Result<CniEntry, CniCacheError> {
+    let v: Value = serde_json::from_str(json).map_err(CniCacheError::Json)?;
     let arg = |key: &str| -> Option<String> {
         v.get("cniArgs")?
             .as_array()?
@@ -97,7 +98,11 @@ pub(super) fn discover(dir: &Path) -> Vec<Found> {
                 continue;
             }
             Err(e) => {
-                log::warn!("pods: CNI cache {} skipped: {e}", path.display());
+                log::warn!(
+                    "pods: CNI cache {} skipped: {}",
+                    path.display(),
+                    node_tracer_client::one_line(&e)
+                );
                 continue;
             }
         };
@@ -161,23 +166,23 @@ mod tests {
             parse_result("{\"cniArgs\":"),
             Err(CniCacheError::Json(_))
         ));
-        assert_eq!(parse_result("[]"), Err(CniCacheError::NotAPod));
-        assert_eq!(
+        assert!(matches!(parse_result("[]"), Err(CniCacheError::NotAPod)));
+        assert!(matches!(
             parse_result(r#"{"cniArgs":"K8S_POD_NAME=x","result":{}}"#),
             Err(CniCacheError::NotAPod)
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             parse_result(
                 r#"{"cniArgs":[["K8S_POD_NAME"],[1,2],["K8S_POD_NAME","x"]],"result":{"interfaces":[{"name":"veth0"}]}}"#
             ),
             Err(CniCacheError::NoSandbox)
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             parse_result(
                 r#"{"cniArgs":[["K8S_POD_NAME","x"]],"result":{"interfaces":{"sandbox":"/x"}}}"#
             ),
             Err(CniCacheError::NoSandbox)
-        );
+        ));
     }
 
     #[test]

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::TopError;
 use super::rates::{self, Rates};
 use super::row::build_row;
 pub use super::row::{Row, peer_label};
 pub use super::sort::SortKey;
 use super::sort::compare;
+use crate::error::Error;
 use crate::model::{Port, Snapshot};
 
 /// Sums over the ports of one bridge (or of all routed / unattached veths).
@@ -76,7 +76,7 @@ impl App {
         interval: Duration,
         filter: Option<String>,
         sort: Option<&str>,
-    ) -> Result<App, TopError> {
+    ) -> Result<App, Error> {
         let (sort, reverse) = match sort {
             Some(s) => SortKey::parse(s)?,
             None => (SortKey::RxBps, false),

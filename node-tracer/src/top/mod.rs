@@ -51,19 +51,5 @@ impl Default for TopOptions {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TopError {
-    #[error(
-        "node-tracer top draws a full-screen view and needs a terminal on stdout; \
-         for scripts use `node-tracer peers --json` or the agent's /metrics"
-    )]
-    NotATerminal,
-    #[error("unknown sort column {given:?}; one of: {valid}")]
-    BadSort { given: String, valid: String },
-    #[error("refresh interval must be at least 100ms, got {0:?}")]
-    BadInterval(Duration),
-    #[error("terminal: {0}")]
-    Terminal(#[from] std::io::Error),
-    #[error("snapshot source stopped: {0}")]
-    SourceGone(String),
-}
+/// `top`'s errors are the library's; the name stays for callers written against it.
+pub type TopError = crate::error::Error;

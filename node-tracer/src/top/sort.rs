@@ -3,8 +3,8 @@
 
 use std::cmp::Ordering;
 
-use super::TopError;
 use super::row::Row;
+use crate::error::Error;
 
 /// Columns the table can be sorted by, in the order `s` cycles through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,13 +64,13 @@ impl SortKey {
     }
 
     /// Parses `--sort`: a column name, optionally prefixed with `-` to reverse its natural order.
-    pub fn parse(s: &str) -> Result<(SortKey, bool), TopError> {
+    pub fn parse(s: &str) -> Result<(SortKey, bool), Error> {
         let (name, reverse) = s.strip_prefix('-').map_or((s, false), |n| (n, true));
         SortKey::ALL
             .into_iter()
             .find(|k| k.name().eq_ignore_ascii_case(name))
             .map(|k| (k, reverse))
-            .ok_or_else(|| TopError::BadSort {
+            .ok_or_else(|| Error::BadSort {
                 given: s.to_owned(),
                 valid: SortKey::ALL.map(SortKey::name).join(", "),
             })

@@ -15,7 +15,8 @@ use ratatui::crossterm::{cursor, execute, terminal};
 
 use super::app::{Action, App};
 use super::source::{SnapshotSource, SourceError};
-use super::{TopError, TopOptions, render};
+use super::{TopOptions, render};
+use crate::error::Error;
 use crate::model::Snapshot;
 
 /// The saved stderr while the screen is ours, or -1; a static so the panic hook can put it back
@@ -27,18 +28,23 @@ static IN_ALTERNATE: AtomicBool = AtomicBool::new(false);
 /// Puts the terminal (and stderr) back. Safe to call twice (panic hook, then the guard): the
 /// second call finds nothing left to undo.
 fn restore() {
-    let _ = terminal::disable_raw_mode();
+    // Each step is tried whatever the others do: a half-restored terminal beats an early return.
+    if let Err(e) = terminal::disable_raw_mode() {
+        log::debug!("leaving raw mode: {e}");
+    }
     // Only once: a second `?1049l` on the main screen would restore an old cursor position and
     // make whatever prints next (the panic message) overwrite earlier lines.
     if IN_ALTERNATE.swap(false, Ordering::SeqCst) {
         // Blank the alternate screen first: tmux, when the window grew meanwhile, shows part of
         // the alternate grid above the restored screen; blank lines there beat stale rows.
-        let _ = execute!(
+        if let Err(e) = execute!(
             io::stdout(),
             terminal::Clear(terminal::ClearType::All),
             terminal::LeaveAlternateScreen,
             cursor::Show
-        );
+        ) {
+            log::debug!("leaving the alternate screen: {e}");
+        }
     }
     let saved = SAVED_STDERR.swap(-1, Ordering::SeqCst);
     if saved >= 0 {
@@ -59,7 +65,7 @@ struct Guard {
 }
 
 impl Guard {
-    fn enter() -> Result<Guard, TopError> {
+    fn enter() -> io::Result<Guard> {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             restore();
@@ -92,7 +98,11 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.terminal.backend_mut().flush();
+        // Restoring goes on whatever happens: a terminal that cannot take our last bytes has
+        // nobody left to show an error to.
+        if let Err(e) = self.terminal.backend_mut().flush() {
+            log::debug!("flushing the terminal: {e}");
+        }
         restore();
         // Leave the hook we installed: it only restores, which is harmless once restored.
     }
@@ -106,7 +116,7 @@ type Msg = Result<Snapshot, SourceError>;
 fn spawn_source<S: SnapshotSource>(
     mut source: S,
     interval: Duration,
-) -> Result<(Receiver<Msg>, JoinHandle<()>), TopError> {
+) -> Result<(Receiver<Msg>, JoinHandle<()>), Error> {
     let (tx, rx) = mpsc::channel::<Msg>();
     let handle = std::thread::Builder::new()
         .name("top-source".into())
@@ -117,6 +127,7 @@ fn spawn_source<S: SnapshotSource>(
             {
                 Ok(rt) => rt,
                 Err(e) => {
+                    // Dropped only when the view has already quit: nobody left to tell.
                     let _ = tx.send(Err(SourceError::Other(Box::new(e))));
                     return;
                 }
@@ -131,20 +142,21 @@ fn spawn_source<S: SnapshotSource>(
                     }
                 }
             });
-        })?;
+        })
+        .map_err(Error::SourceThread)?;
     Ok((rx, handle))
 }
 
 /// Runs the live view until the user quits. Owns the terminal for its whole duration and
 /// restores it on return, on error and on panic.
-pub fn run<S: SnapshotSource>(opts: TopOptions, source: S) -> Result<(), TopError> {
+pub fn run<S: SnapshotSource>(opts: TopOptions, source: S) -> Result<(), Error> {
     if opts.interval < Duration::from_millis(100) {
-        return Err(TopError::BadInterval(opts.interval));
+        return Err(Error::BadInterval(opts.interval));
     }
     let mut app = App::new(opts.interval, opts.filter, opts.sort.as_deref())?;
     require_terminal()?;
     let (rx, source_thread) = spawn_source(source, opts.interval)?;
-    let mut guard = Guard::enter()?;
+    let mut guard = Guard::enter().map_err(Error::Terminal)?;
     let result = event_loop(&mut guard.terminal, &mut app, &rx);
     drop(guard);
     if result.is_err() && matches!(rx.try_recv(), Err(TryRecvError::Disconnected)) {
@@ -152,7 +164,7 @@ pub fn run<S: SnapshotSource>(opts: TopOptions, source: S) -> Result<(), TopErro
         // whole before our caller prints anything. A live thread is left to end at its next
         // send, which it does within one interval now that `rx` is dropped.
         if source_thread.join().is_err() {
-            return Err(TopError::SourceGone("the snapshot source panicked".into()));
+            return Err(Error::SourcePanicked);
         }
     }
     result
@@ -162,7 +174,7 @@ fn event_loop(
     term: &mut Terminal<CrosstermBackend<Stdout>>,
     app: &mut App,
     rx: &Receiver<Msg>,
-) -> Result<(), TopError> {
+) -> Result<(), Error> {
     let mut dirty = true;
     loop {
         // SIGTERM or SIGHUP (a closed terminal) end the view like `q` does.
@@ -175,24 +187,25 @@ fn event_loop(
                 Ok(Err(e)) => app.on_error(e.one_line()),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    return Err(TopError::SourceGone("the snapshot thread ended".into()));
+                    return Err(Error::SourceEnded);
                 }
             }
             dirty = true;
         }
         if dirty {
-            let size = term.size()?;
+            let size = term.size().map_err(Error::Terminal)?;
             app.set_page(render::table_rows(
                 ratatui::layout::Rect::new(0, 0, size.width, size.height),
                 app,
             ));
-            term.draw(|f| render::render(f, app))?;
+            term.draw(|f| render::render(f, app))
+                .map_err(Error::Terminal)?;
             dirty = false;
         }
         // Wake at least every 100ms to pick up snapshots; one event per pass so a key press is
         // drawn at once.
-        if event::poll(Duration::from_millis(100))? {
-            match event::read()? {
+        if event::poll(Duration::from_millis(100)).map_err(Error::Terminal)? {
+            match event::read().map_err(Error::Terminal)? {
                 Event::Key(k) if k.kind != KeyEventKind::Release => {
                     if app.on_key(k) == Action::Quit {
                         return Ok(());
@@ -206,12 +219,12 @@ fn event_loop(
     }
 }
 
-/// Fails with [`TopError::NotATerminal`] unless stdout is a terminal: callers check before
+/// Fails with [`Error::NotATerminal`] unless stdout is a terminal: callers check before
 /// attaching anything or starting a lab.
-pub fn require_terminal() -> Result<(), TopError> {
+pub fn require_terminal() -> Result<(), Error> {
     if io::stdout().is_terminal() {
         Ok(())
     } else {
-        Err(TopError::NotATerminal)
+        Err(Error::NotATerminal)
     }
 }

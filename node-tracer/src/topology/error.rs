@@ -9,9 +9,9 @@ use std::{io, path::PathBuf};
 /// and go while we look at them and one dying pod must not hide the other thousand.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error("open a netlink route socket: {0}")]
+    #[error("open a netlink route socket")]
     Socket(#[source] io::Error),
-    #[error("netlink {what}: {source}")]
+    #[error("netlink {what}")]
     Netlink {
         what: &'static str,
         #[source]
@@ -19,14 +19,28 @@ pub enum TopologyError {
     },
     #[error("the netlink connection closed during the {0}")]
     ConnectionClosed(&'static str),
-    #[error("read {}: {source}", path.display())]
+    #[error("read {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("the namespace visit task failed: {0}")]
-    Visit(String),
+    /// A blocking task of a scan (listing namespaces, visiting them) panicked or was cancelled.
+    #[error("the {what} task failed")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A worker thread of ours (with its own runtime) could not start.
+    #[error("start the {what} thread")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
     #[error("topology::watch needs a tokio runtime (call it from async code)")]
     NoRuntime,
 }

@@ -184,6 +184,7 @@ fn ioctl_socket() -> Option<OwnedFd> {
 /// thread or inside `top`'s own runtime): runs on a short-lived thread with its own runtime, as
 /// namespace visits do, so it never blocks on, or nests inside, the caller's runtime.
 pub fn read_blocking() -> Result<FdbRead, TopologyError> {
+    const FDB: &str = "FDB read";
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("fdb-read".into())
@@ -191,15 +192,13 @@ pub fn read_blocking() -> Result<FdbRead, TopologyError> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_io()
                     .build()
-                    .map_err(TopologyError::Socket)?;
+                    .map_err(|source| TopologyError::Thread { what: FDB, source })?;
                 rt.block_on(dump::with_connection(|handle| async move {
                     read(&handle).await
                 }))
             })
-            .map_err(TopologyError::Socket)?;
-        worker
-            .join()
-            .map_err(|_| TopologyError::Visit("the FDB read thread panicked".into()))?
+            .map_err(|source| TopologyError::Thread { what: FDB, source })?;
+        worker.join().map_err(|_| TopologyError::Panicked(FDB))?
     })
 }
 

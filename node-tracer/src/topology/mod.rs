@@ -194,7 +194,10 @@ impl Scanner {
                     c
                 })
                 .await
-                .map_err(|e| TopologyError::Visit(e.to_string()))?;
+                .map_err(|source| TopologyError::Task {
+                    what: "namespace listing",
+                    source,
+                })?;
                 Ok(netns::resolve_nsids(&handle, candidates, &wanted).await)
             })
             .await?;
@@ -212,7 +215,10 @@ impl Scanner {
             } else {
                 tokio::task::spawn_blocking(move || netns::visit_all(&visits))
                     .await
-                    .map_err(|e| TopologyError::Visit(e.to_string()))?
+                    .map_err(|source| TopologyError::Task {
+                        what: "namespace visit",
+                        source,
+                    })?
             };
             (files, views)
         };

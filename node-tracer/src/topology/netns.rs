@@ -152,7 +152,10 @@ async fn query_nsid(mut handle: Handle, path: &Path) -> Option<i32> {
     msg.attributes = vec![NsidAttribute::Fd(file.as_raw_fd() as u32)];
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
     req.header.flags = NLM_F_REQUEST;
-    let mut responses = handle.request(req).ok()?;
+    let mut responses = handle
+        .request(req)
+        .inspect_err(|e| debug!("RTM_GETNSID {}: {e}", path.display()))
+        .ok()?;
     let mut nsid = None;
     while let Some(resp) = responses.next().await {
         match resp.payload {
@@ -227,9 +230,10 @@ fn visit_chunk(chunk: &[Visit]) -> Vec<(i32, NsView)> {
             Ok(view) => Some((visit.nsid, view)),
             Err(e) => {
                 debug!(
-                    "peer namespace nsid {} ({}): {e}",
+                    "peer namespace nsid {} ({}): {}",
                     visit.nsid,
-                    visit.path.display()
+                    visit.path.display(),
+                    node_tracer_client::one_line(&e)
                 );
                 None
             }

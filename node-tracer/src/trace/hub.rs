@@ -90,9 +90,13 @@ impl Hub {
     }
 
     fn refresh_lost(&self, state: &Mutex<State>) {
-        if let Ok(s) = lock(state).probe.program_stats() {
-            self.program_lost
-                .store(s[STAT_EVENTS_LOST as usize], Ordering::Relaxed);
+        // Read every tick: a failure would repeat each time, so it is logged at debug level and
+        // the last count kept.
+        match lock(state).probe.program_stats() {
+            Ok(s) => self
+                .program_lost
+                .store(s[STAT_EVENTS_LOST as usize], Ordering::Relaxed),
+            Err(e) => log::debug!("reading AGENT_STATS: {}", node_tracer_client::one_line(&e)),
         }
     }
 
@@ -109,7 +113,8 @@ impl Hub {
 
     fn set_tracing(state: &Mutex<State>, on: bool) {
         if let Err(e) = lock(state).probe.set_tracing(on) {
-            log::warn!("turning tracing {}: {e}", if on { "on" } else { "off" });
+            let on = if on { "on" } else { "off" };
+            log::warn!("turning tracing {on}: {}", node_tracer_client::one_line(&e));
         }
     }
 

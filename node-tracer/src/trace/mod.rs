@@ -19,7 +19,7 @@ pub mod wire;
 
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 pub use crate::icmp::{icmp_code_name, icmp_type_name};
 pub use decode::{Packet, decode};
-pub use filter::{AddressMatch, Filter, FilterError, TypeMatch};
+pub use filter::{AddressMatch, Filter, TypeMatch};
 pub use format::{format_line, rfc3339_micros, to_json};
 pub use hub::{Hub, Subscription, TICK};
 pub use pcapng::PcapngWriter;
@@ -37,21 +37,8 @@ pub use remote::{AgentTrace, RemoteEvents};
 pub use ringbuf::RingBufSource;
 pub use summary::Summary;
 
+use crate::error::Error;
 use crate::model::Port;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TraceError {
-    #[error("writing the trace output")]
-    Output(#[source] io::Error),
-    #[error("writing {path}")]
-    Pcapng {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("encoding a JSON line")]
-    Json(#[from] serde_json::Error),
-}
 
 /// Where events come from: the lead's ring-buffer reader in the agent, a `Vec` in tests.
 pub trait EventSource {
@@ -128,10 +115,10 @@ pub struct Tracer<'o> {
 
 impl<'o> Tracer<'o> {
     /// Opens the pcapng file (if any) and starts the `--timeout` clock.
-    pub fn new(opts: &'o TraceOptions, events: &dyn EventSource) -> Result<Self, TraceError> {
+    pub fn new(opts: &'o TraceOptions, events: &dyn EventSource) -> Result<Self, Error> {
         let pcapng = match &opts.write {
             Some(path) => {
-                let err = |source| TraceError::Pcapng {
+                let err = |source| Error::Pcapng {
                     path: path.clone(),
                     source,
                 };
@@ -171,7 +158,7 @@ impl<'o> Tracer<'o> {
         events: &mut dyn EventSource,
         ports: &dyn Fn(u32) -> Option<Port>,
         out: &mut dyn Write,
-    ) -> Result<Stop, TraceError> {
+    ) -> Result<Stop, Error> {
         loop {
             if self.opts.count.is_some_and(|n| self.stats.matched >= n) {
                 return Ok(Stop::Count);
@@ -201,7 +188,7 @@ impl<'o> Tracer<'o> {
         events: &mut dyn EventSource,
         ports: &dyn Fn(u32) -> Option<Port>,
         out: &mut dyn Write,
-    ) -> Result<(), TraceError> {
+    ) -> Result<(), Error> {
         while self.opts.count.is_none_or(|n| self.stats.matched < n) {
             let Some(ev) = events.try_next() else {
                 break;
@@ -217,7 +204,7 @@ impl<'o> Tracer<'o> {
         ev: &IcmpEvent,
         ports: &dyn Fn(u32) -> Option<Port>,
         out: &mut dyn Write,
-    ) -> Result<(), TraceError> {
+    ) -> Result<(), Error> {
         self.stats.seen += 1;
         let Some(p) = decode(ev, &*self.mono_to_wall) else {
             self.stats.undecoded += 1;
@@ -229,16 +216,17 @@ impl<'o> Tracer<'o> {
         }
         self.stats.matched += 1;
         if self.opts.json {
-            serde_json::to_writer(&mut *out, &to_json(&p, port.as_ref()))?;
-            out.write_all(b"\n").map_err(TraceError::Output)?;
+            serde_json::to_writer(&mut *out, &to_json(&p, port.as_ref()))
+                .map_err(Error::JsonLine)?;
+            out.write_all(b"\n").map_err(Error::TraceOutput)?;
         } else {
-            writeln!(out, "{}", format_line(&p, port.as_ref())).map_err(TraceError::Output)?;
+            writeln!(out, "{}", format_line(&p, port.as_ref())).map_err(Error::TraceOutput)?;
         }
         // Per packet, so `trace icmp | grep` and `--json | jq` see lines as they happen.
-        out.flush().map_err(TraceError::Output)?;
+        out.flush().map_err(Error::TraceOutput)?;
         if let Some(w) = &mut self.pcapng {
             w.write_event(ev, p.ts, port.as_ref())
-                .map_err(|source| TraceError::Pcapng {
+                .map_err(|source| Error::Pcapng {
                     path: self.opts.write.clone().unwrap_or_default(),
                     source,
                 })?;
@@ -251,7 +239,7 @@ impl<'o> Tracer<'o> {
 
     /// Says so, in the stream, as soon as the programs start dropping events: a gap in a trace
     /// must be visible where it happened, not only in the totals.
-    fn report_loss(&mut self, lost_now: u64, out: &mut dyn Write) -> Result<(), TraceError> {
+    fn report_loss(&mut self, lost_now: u64, out: &mut dyn Write) -> Result<(), Error> {
         if lost_now <= self.lost_reported {
             return Ok(());
         }
@@ -260,14 +248,14 @@ impl<'o> Tracer<'o> {
         let total = lost_now.saturating_sub(self.lost_at_start);
         if self.opts.json {
             let v = serde_json::json!({ "events_lost": delta, "events_lost_total": total });
-            serde_json::to_writer(&mut *out, &v)?;
-            out.write_all(b"\n").map_err(TraceError::Output)
+            serde_json::to_writer(&mut *out, &v).map_err(Error::JsonLine)?;
+            out.write_all(b"\n").map_err(Error::TraceOutput)
         } else {
             writeln!(
                 out,
                 "!! {delta} events lost (ring buffer full), {total} since the start"
             )
-            .map_err(TraceError::Output)
+            .map_err(Error::TraceOutput)
         }
     }
 
@@ -277,22 +265,23 @@ impl<'o> Tracer<'o> {
         mut self,
         events: &dyn EventSource,
         out: &mut dyn Write,
-    ) -> Result<TraceStats, TraceError> {
+    ) -> Result<TraceStats, Error> {
         self.stats.lost = events.lost().saturating_sub(self.lost_at_start);
         if let Some(mut w) = self.pcapng.take() {
-            w.flush().map_err(|source| TraceError::Pcapng {
+            w.flush().map_err(|source| Error::Pcapng {
                 path: self.opts.write.clone().unwrap_or_default(),
                 source,
             })?;
         }
         if self.opts.json {
-            serde_json::to_writer(&mut *out, &self.summary.to_json(&self.stats))?;
-            out.write_all(b"\n").map_err(TraceError::Output)?;
+            serde_json::to_writer(&mut *out, &self.summary.to_json(&self.stats))
+                .map_err(Error::JsonLine)?;
+            out.write_all(b"\n").map_err(Error::TraceOutput)?;
         } else {
             out.write_all(self.summary.render(&self.stats).as_bytes())
-                .map_err(TraceError::Output)?;
+                .map_err(Error::TraceOutput)?;
         }
-        out.flush().map_err(TraceError::Output)?;
+        out.flush().map_err(Error::TraceOutput)?;
         Ok(self.stats)
     }
 
@@ -310,7 +299,7 @@ pub async fn run(
     events: &mut dyn EventSource,
     ports: &dyn Fn(u32) -> Option<Port>,
     out: &mut dyn Write,
-) -> Result<TraceStats, TraceError> {
+) -> Result<TraceStats, Error> {
     let mut tracer = Tracer::new(opts, events)?;
     tracer.pump(events, ports, out).await?;
     tracer.drain(events, ports, out)?;

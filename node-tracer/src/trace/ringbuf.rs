@@ -29,7 +29,15 @@ impl EventSource for RingBufSource {
     fn next_event(&mut self) -> Pin<Box<dyn Future<Output = Option<IcmpEvent>> + Send + '_>> {
         Box::pin(async move {
             loop {
-                let mut guard = self.ring.readable_mut().await.ok()?;
+                // The epoll registration failing ends the source: the trace stops with what it
+                // has, and says why here.
+                let mut guard = match self.ring.readable_mut().await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        log::warn!("waiting on the event ring buffer: {e}; the trace ends");
+                        return None;
+                    }
+                };
                 if let Some(ev) = read_one(guard.get_inner_mut()) {
                     return Some(ev);
                 }
