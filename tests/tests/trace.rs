@@ -364,18 +364,7 @@ struct Stopped(Child);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: signalling our own child by its PID.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-            for _ in 0..200 {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        node_tracer_tests::stop_child(&mut self.0, Duration::from_secs(10));
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use node_tracer_tests::{TempDir, free_port, http_get, require_tool};
+use node_tracer_tests::{TempDir, free_port, http_get, require_tool, stop_child};
 
 /// `deploy/` of this repository.
 pub fn deploy_dir() -> PathBuf {
@@ -141,19 +141,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child by PID.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
