@@ -10,6 +10,7 @@ pub mod docker;
 pub mod runtime;
 
 use std::{
+    collections::HashSet,
     io::Read as _,
     net::{SocketAddr, TcpListener},
     path::PathBuf,
@@ -452,17 +453,44 @@ impl Agent {
         serde_json::from_str(&self.get("/snapshot")).expect("snapshot JSON")
     }
 
+    /// Kernel ids of the agent's programs, as it reports them (the `id` label of
+    /// `node_tracer_program_runs_total`).
+    pub fn program_ids(&self) -> HashSet<u32> {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("node_tracer_program_runs_total{"))
+            .filter_map(|l| l.split("id=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Packets the pod behind `veth` sent, all protocols, as the agent counts them now (0 while
+    /// it has no series for the veth).
+    pub fn transmit_packets(&self, veth: &str) -> u64 {
+        metric(
+            &self.metrics(),
+            "node_tracer_transmit_packets_total",
+            &[("interface", veth)],
+        )
+        .unwrap_or(0.0) as u64
+    }
+
     /// Sends `signal` and waits for the process; returns its stderr.
     pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, String) {
-        // SAFETY: signalling our own child by PID.
-        unsafe { libc::kill(self.pid(), signal) };
-        let status = self.child.wait().expect("wait agent");
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        (status, err)
+        signal_and_wait(&mut self.child, signal)
     }
+}
+
+/// Sends `signal` to a child of ours by its PID, waits for it to exit, and returns its exit
+/// status and whatever it wrote to its (piped) stderr.
+pub fn signal_and_wait(child: &mut Child, signal: i32) -> (std::process::ExitStatus, String) {
+    // SAFETY: signalling our own child by its PID; it is not reaped yet, so the PID is still its.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let status = child.wait().expect("wait for the child");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).expect("read the child's stderr");
+    }
+    (status, err)
 }
 
 impl Drop for Agent {

@@ -2,38 +2,19 @@
 //! netlink priority), programs after ours still run, and nothing of ours stays after SIGTERM or,
 //! in tcx mode, SIGKILL.
 
-use std::{collections::HashSet, fmt::Write as _, process::Command, time::Duration};
+use std::{fmt::Write as _, process::Command, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use node_tracer_tests::{
-    Agent, Link, Netns, Pod, attached_in, binary, free_port, http_get, metric, node_tracer_in,
-    quiet, require_root, require_tool, sh,
+    Agent, Link, Netns, Pod, attached_in, binary, free_port, http_get, node_tracer_in, quiet,
+    require_root, require_tool, sh, signal_and_wait,
 };
 use serde_json::Value;
-
-/// Kernel ids of the agent's programs, as it reports them.
-fn program_ids(agent: &Agent) -> HashSet<u32> {
-    agent
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with("node_tracer_program_runs_total{"))
-        .filter_map(|l| l.split("id=\"").nth(1)?.split('"').next()?.parse().ok())
-        .collect()
-}
 
 /// Program ids on a tcx hook, in chain order.
 fn chain(iface: &str, ty: TcAttachType) -> Vec<u32> {
     let (_, progs) = SchedClassifier::query_tcx(iface, ty).expect("query tcx");
     progs.iter().map(aya::programs::ProgramInfo::id).collect()
-}
-
-fn tx(agent: &Agent, veth: &str) -> u64 {
-    metric(
-        &agent.metrics(),
-        "node_tracer_transmit_packets_total",
-        &[("interface", veth)],
-    )
-    .unwrap_or(0.0) as u64
 }
 
 #[test]
@@ -46,10 +27,10 @@ fn tcx_first_in_chain_others_still_run_nothing_left_after_term_or_kill() {
     let args = ["--attach-mode", "tcx", "-i", veth];
 
     let earlier = Agent::start(&args);
-    let earlier_ids = program_ids(&earlier);
+    let earlier_ids = earlier.program_ids();
     // A second agent attaches later, and still goes first: "first in the chain" is ours to keep.
     let later = Agent::start(&args);
-    let later_ids = program_ids(&later);
+    let later_ids = later.program_ids();
     for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
         let order = chain(veth, ty);
         assert_eq!(order.len(), 2, "{ty:?}: {order:?}");
@@ -63,7 +44,7 @@ fn tcx_first_in_chain_others_still_run_nothing_left_after_term_or_kill() {
         );
     }
     // The program after ours still sees every packet: both count what the kernel counts.
-    let read = || (tx(&earlier, veth), tx(&later, veth));
+    let read = || (earlier.transmit_packets(veth), later.transmit_packets(veth));
     let (k0, (t_early, t_late)) = quiet(veth, read);
     a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
     let (k1, (early, late)) = quiet(veth, read);
@@ -102,7 +83,7 @@ fn fast_start_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step
     let b = Pod::bridged("ub", &br, "10.9.0.3", 24);
     let veth = a.veth.name.as_str();
     let other = Agent::start(&["--attach-mode", "tcx", "-i", veth]);
-    let other_ids = program_ids(&other);
+    let other_ids = other.program_ids();
 
     // Killed while still on netlink: its filters stay behind (no process owns them).
     let killed = Agent::start(&[
@@ -129,7 +110,7 @@ fn fast_start_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step
         "-i",
         veth,
     ]);
-    let ids = program_ids(&auto);
+    let ids = auto.program_ids();
     let start = std::time::Instant::now();
     while attached_with(&auto, "tcx") != 1 {
         assert!(
@@ -152,7 +133,7 @@ fn fast_start_ends_first_in_the_tcx_chain_and_leaves_nothing_of_the_netlink_step
         );
     }
     assert!(!sh(&format!("tc qdisc show dev {veth}")).contains("clsact"));
-    let read = || (tx(&auto, veth), tx(&other, veth));
+    let read = || (auto.transmit_packets(veth), other.transmit_packets(veth));
     let (k0, (t_auto, t_other)) = quiet(veth, read);
     a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
     let (k1, (t_auto1, t_other1)) = quiet(veth, read);
@@ -242,7 +223,7 @@ fn netlink_mode_runs_first_keeps_other_filters_and_leaves_only_them() {
     );
 
     // Our program returns TC_ACT_UNSPEC: the next filter still runs for every packet.
-    let read = || (mirror_hits(veth), tx(&agent, veth));
+    let read = || (mirror_hits(veth), agent.transmit_packets(veth));
     let (k0, (hits0, t0)) = quiet(veth, read);
     a.ns.exec(&format!("ping -c 25 -i 0.01 -q {}", b.ip));
     let (k1, (hits1, t1)) = quiet(veth, read);
@@ -685,14 +666,7 @@ struct Reaped(std::process::Child);
 
 impl Reaped {
     fn stop(&mut self, signal: i32) -> (std::process::ExitStatus, String) {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.0.id() as i32, signal) };
-        let status = self.0.wait().expect("wait");
-        let mut err = String::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        (status, err)
+        signal_and_wait(&mut self.0, signal)
     }
 }
 

@@ -63,23 +63,18 @@ fn icmp_tx(m: &str, veth: &str, pod: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// IDs of the agent's own programs, as it reports them.
-fn programs_of(agent: &Agent) -> std::collections::HashSet<u64> {
-    agent
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with("node_tracer_program_runs_total{"))
-        .filter_map(|l| l.split("id=\"").nth(1)?.split('"').next()?.parse().ok())
-        .collect()
-}
-
 /// bpf links (tcx: bpftool 7.1 prints type 11) running one of `progs`.
-fn links_of(progs: &std::collections::HashSet<u64>) -> usize {
+fn links_of(progs: &std::collections::HashSet<u32>) -> usize {
     let v: Value = serde_json::from_str(&node_tracer_tests::sh("bpftool -j link show")).unwrap();
     v.as_array()
         .into_iter()
         .flatten()
-        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| progs.contains(&id)))
+        .filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .is_some_and(|id| progs.contains(&id))
+        })
         .count()
 }
 
@@ -89,7 +84,7 @@ async fn pods_come_and_go_while_the_agent_runs() {
     let rt = runtime::start("ch").await;
     let sock = rt.socket().to_string_lossy().to_string();
     let agent = Agent::start(&["--cri-socket", &sock]);
-    let agents_programs = programs_of(&agent);
+    let agents_programs = agent.program_ids();
     assert_eq!(
         agents_programs.len(),
         4,

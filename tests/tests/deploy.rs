@@ -17,8 +17,8 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Link, Pod, TempDir, binary, free_port, http_get, require_root, require_tool, sh, unique,
-    unique_net,
+    Agent, Link, Pod, TempDir, binary, free_port, http_get, require_root, require_tool, sh,
+    signal_and_wait, unique, unique_net,
 };
 use prom::deploy_dir;
 use serde::Deserialize as _;
@@ -520,10 +520,8 @@ impl Capped {
 
     /// SIGTERM, then its stderr (all of it: the pipe closes when the agent exits).
     fn stop(mut self) -> String {
-        // SAFETY: signalling our own child (capsh exec'd bash exec'd the agent: same PID).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        self.stderr()
+        // capsh exec'd bash exec'd the agent: the child's PID is the agent's.
+        signal_and_wait(&mut self.child, libc::SIGTERM).1
     }
 }
 

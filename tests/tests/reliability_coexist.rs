@@ -10,18 +10,9 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Link, Pod, TempDir, attached_in, http_get, metric, node_tracer, quiet, require_root,
+    Agent, Link, Pod, TempDir, attached_in, http_get, node_tracer, quiet, require_root,
     require_tool, sh, unique, unique_net,
 };
-
-fn tx(agent: &Agent, veth: &str) -> u64 {
-    metric(
-        &agent.metrics(),
-        "node_tracer_transmit_packets_total",
-        &[("interface", veth)],
-    )
-    .unwrap_or(0.0) as u64
-}
 
 /// Packets handled by the mirror action of the clsact u32 filter on `veth` ingress.
 fn mirror_hits(veth: &str) -> u64 {
@@ -84,7 +75,7 @@ fn two_tcx_programs_and_a_clsact_filter_all_see_every_packet() {
 
     let round = |agents: &[&Agent]| {
         let read = || {
-            let counts: Vec<u64> = agents.iter().map(|a| tx(a, veth)).collect();
+            let counts: Vec<u64> = agents.iter().map(|a| a.transmit_packets(veth)).collect();
             (counts, mirror_hits(veth))
         };
         let (k_before, (before, m_before)) = quiet(veth, read);
@@ -138,10 +129,10 @@ fn a_veth_deleted_while_attached_takes_its_series_and_the_agent_goes_on() {
     wait_for("series of a deleted veth disappear", || {
         !agent.metrics().contains(&format!("interface=\"{gone}\""))
     });
-    let before = tx(&agent, &b.veth.name);
+    let before = agent.transmit_packets(&b.veth.name);
     b.ns.exec(&format!("ping -c 5 -i 0.01 -q {gw}"));
     assert!(
-        tx(&agent, &b.veth.name) >= before + 5,
+        agent.transmit_packets(&b.veth.name) >= before + 5,
         "the other veth still counted"
     );
     let m = agent.metrics();
@@ -191,7 +182,7 @@ fn the_bridge_deleted_under_its_ports_leaves_them_unattached_and_served() {
     );
     // Still attached and counting on the now bridgeless veths.
     // (No path to the other pod now: its ARP requests are what leaves.)
-    let read = || tx(&agent, &b.veth.name);
+    let read = || agent.transmit_packets(&b.veth.name);
     let (k_before, before) = quiet(&b.veth.name, read);
     b.ns.exec("ip neigh flush all; ping -c 2 -i 0.2 -W 1 -q 10.41.0.2 || true");
     // Let neighbour resolution give up (3 probes, 1 s apart) so nothing is in flight.
