@@ -14,7 +14,7 @@ use std::{
 use node_tracer_client::{Agent as Client, ClientError, Credentials, blocking};
 use node_tracer_tests::{
     Agent, Link, Netns, Pod, TempDir, binary, http_get, metric, node_tracer, node_tracer_in,
-    require_root, unique, unique_net,
+    require_root, signal_and_wait, stop_child, unique, unique_net,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -133,12 +133,9 @@ struct Running(Option<std::process::Child>);
 impl Running {
     /// SIGTERM, wait; its stderr, after checking it exited 0.
     fn stop(mut self) -> String {
-        let child = self.0.take().expect("running");
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let out = child.wait_with_output().expect("wait");
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "exit {}: {err}", out.status);
+        let mut child = self.0.take().expect("running");
+        let (status, err) = signal_and_wait(&mut child, libc::SIGTERM);
+        assert!(status.success(), "exit {status}: {err}");
         err
     }
 }
@@ -146,9 +143,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
-            // SAFETY: signalling our own child by its PID; not yet waited for.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
+            stop_child(&mut c, Duration::from_secs(10));
         }
     }
 }
