@@ -142,7 +142,14 @@ impl PodIndex {
 /// Runs every source and keeps, per namespace inode, the best one (Cri > Docker > `CniCache` >
 /// Netns > Proc).
 pub async fn discover(cfg: &PodConfig) -> PodIndex {
-    let host_inode = netns_inode(&cfg.proc_root.join("self/ns/net")).ok();
+    let host_inode = netns_inode(&cfg.proc_root.join("self/ns/net"))
+        .inspect_err(|e| {
+            log::warn!(
+                "pods: cannot tell the host's network namespace ({e}); \
+                 a process in it may be taken for a pod"
+            );
+        })
+        .ok();
     let mut index = PodIndex::new(host_inode);
     for found in cri::discover(&cfg.cri_sockets, cfg.cri_timeout).await {
         index.offer(found);
