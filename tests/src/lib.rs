@@ -525,7 +525,15 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut agent = node_tracer_client::Agent::plain(addr);
     agent.timeout = Duration::from_secs(10);
-    node_tracer_client::blocking::fetch(&agent, path)
+    let fetch = || node_tracer_client::blocking::fetch(&agent, path);
+    // The blocking client makes a runtime of its own, which tokio refuses inside an async test:
+    // there it runs on a thread of its own (which starts in this thread's network namespace).
+    let fetched = if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(fetch).join().expect("the GET thread panicked"))
+    } else {
+        fetch()
+    };
+    fetched
         .map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
         .map_err(|e| std::io::Error::other(node_tracer_client::one_line(&e)))
 }
