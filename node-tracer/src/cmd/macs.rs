@@ -22,7 +22,7 @@ pub async fn macs(args: &MacsArgs, log_level: log::LevelFilter) -> anyhow::Resul
         if let Some(bridge) = &args.bridge
             && !is_bridge(bridge)
         {
-            return Err(macs::MacsError::NoSuchBridge(bridge.clone()).into());
+            return Err(node_tracer::error::Error::NoSuchBridge(bridge.clone()).into());
         }
         macs::Source::Attach {
             node: Box::new(node_options(

@@ -26,7 +26,7 @@ pub fn top(args: &TopArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
     // Before any work: a standalone top would otherwise load and attach programs on every veth
     // of the node only to say it has nowhere to draw.
     if !std::io::stdout().is_terminal() {
-        return Err(top::TopError::NotATerminal.into());
+        return Err(node_tracer::error::Error::NotATerminal.into());
     }
     if let Some(url) = &args.connect {
         let source = top::HttpSource::new(url, &args.credentials.credentials())?;

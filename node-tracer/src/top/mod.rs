@@ -50,6 +50,3 @@ impl Default for TopOptions {
         }
     }
 }
-
-/// `top`'s errors are the library's; the name stays for callers written against it.
-pub type TopError = crate::error::Error;
