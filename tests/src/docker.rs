@@ -173,19 +173,10 @@ impl Engine {
     }
 
     fn stop(&mut self) {
-        let pid = self.daemon.id();
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_mins(1) {
-            if let Ok(Some(_)) = self.daemon.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if crate::stop_child(&mut self.daemon, Duration::from_mins(1)) {
+            return;
         }
         // It would not stop: its containerd (our grandchild, by its pidfile) goes with it.
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
         if let Ok(pid) = std::fs::read_to_string(self.root.0.join("exec/containerd/containerd.pid"))
             && let Ok(pid) = pid.trim().parse::<i32>()
         {

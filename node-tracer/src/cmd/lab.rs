@@ -21,7 +21,11 @@ pub async fn host_has_pods(sources: &SourceArgs) -> bool {
         match docker::running(socket, Duration::from_secs(2)).await {
             Ok(n) if n > 0 => return true,
             Ok(_) => {}
-            Err(e) => log::warn!("Docker Engine at {}: {e}", socket.display()),
+            Err(e) => log::warn!(
+                "Docker Engine at {}: {}",
+                socket.display(),
+                node_tracer_client::one_line(&e)
+            ),
         }
     }
     false

@@ -32,9 +32,9 @@ const K8S_UID: &str = "io.kubernetes.pod.uid";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("{}", one_line(.0))]
+    #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("{what}: not the Engine API's JSON: {source}")]
+    #[error("{what}: not the Engine API's JSON")]
     BadJson {
         what: String,
         #[source]
@@ -168,8 +168,12 @@ pub(super) async fn discover(
         }
         match from_socket(socket, proc_root, timeout, &mut out).await {
             Ok(()) => {}
-            Err(e) if e.is_absent() => log::debug!("pods: Docker Engine: {e}"),
-            Err(e) => log::warn!("pods: Docker Engine at {} skipped: {e}", socket.display()),
+            Err(e) if e.is_absent() => log::debug!("pods: Docker Engine: {}", one_line(&e)),
+            Err(e) => log::warn!(
+                "pods: Docker Engine at {} skipped: {}",
+                socket.display(),
+                one_line(&e)
+            ),
         }
     }
     out
@@ -214,7 +218,7 @@ async fn from_socket(
             Err(e) if e.is_timeout() => return Err(e),
             // One container going away between the list and now must not cost the others.
             Err(e) => {
-                log::warn!("pods: Docker container {}: {e}", short(&c.id));
+                log::warn!("pods: Docker container {}: {}", short(&c.id), one_line(&e));
                 continue;
             }
         };
