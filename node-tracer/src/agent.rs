@@ -3,12 +3,7 @@
 //! `trace icmp --connect` reads, see [`crate::trace::wire`]); who may read which is
 //! [`crate::api`]'s to say.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
@@ -24,7 +19,7 @@ use crate::{
     api::{Access, ApiOptions, Caller, Denial},
     error::{Error, Result},
     metrics,
-    node::{Node, NodeOptions, State, lock},
+    node::{Node, NodeOptions, Shared, lock},
     shutdown,
     trace::{self, Hub},
 };
@@ -120,12 +115,7 @@ const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// head: slow clients cannot hold a connection open forever.
 const FIRST_BYTES: Duration = Duration::from_secs(10);
 
-async fn serve(
-    listener: TcpListener,
-    state: Arc<Mutex<State>>,
-    hub: Arc<Hub>,
-    access: Arc<Access>,
-) {
+async fn serve(listener: TcpListener, state: Arc<Shared>, hub: Arc<Hub>, access: Arc<Access>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -182,7 +172,7 @@ async fn starts_with_tls(stream: &TcpStream) -> bool {
 async fn serve_connection<S>(
     stream: S,
     caller: Caller,
-    state: Arc<Mutex<State>>,
+    state: Arc<Shared>,
     hub: Arc<Hub>,
     access: Arc<Access>,
 ) where
@@ -203,7 +193,7 @@ async fn serve_connection<S>(
 async fn handle(
     req: Request<Incoming>,
     caller: Caller,
-    state: Arc<Mutex<State>>,
+    state: Arc<Shared>,
     hub: Arc<Hub>,
     access: Arc<Access>,
 ) -> std::result::Result<Response<Body>, Infallible> {
@@ -234,7 +224,7 @@ async fn handle(
     }
     // Reading maps is a few syscalls per port: do it off the async workers.
     let res = tokio::task::spawn_blocking(move || match path.as_str() {
-        "/healthz" => match lock(&state).starting {
+        "/healthz" => match state.read.starting() {
             // Not ready (a readiness or startup probe waits), but alive and serving.
             Some(p) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -244,10 +234,7 @@ async fn handle(
             None => reply(StatusCode::OK, "text/plain", "ok\n"),
         },
         "/metrics" => {
-            let mut s = lock(&state);
-            let snap = s.snapshot();
-            let mut health = s.health();
-            drop(s);
+            let (snap, mut health) = state.read.metrics();
             health.trace_streams = hub.streams() as u64;
             health.api_denied = access.denied();
             reply(
@@ -257,7 +244,7 @@ async fn handle(
             )
         }
         "/snapshot" => {
-            let snap = lock(&state).snapshot();
+            let snap = state.read.snapshot();
             match serde_json::to_vec(&snap) {
                 Ok(body) => reply(StatusCode::OK, "application/json", body),
                 Err(e) => reply(

@@ -7,15 +7,18 @@
 
 pub mod agent;
 pub mod api;
+pub mod clock;
 pub mod error;
 pub mod icmp;
 pub mod macs;
 pub mod metrics;
 pub mod model;
+pub mod netdev;
 pub mod node;
 pub mod peers;
 pub mod pods;
 pub mod probe;
+pub mod published;
 pub mod shutdown;
 pub mod snapshot;
 pub mod top;

@@ -341,6 +341,8 @@ pub struct Health {
     pub map_entries: Vec<(&'static str, usize)>,
     /// Refused API requests by reason (see `api::Denial`).
     pub api_denied: Vec<(&'static str, u64)>,
+    /// Map operations of the agent itself that failed: (map, operation, count).
+    pub map_errors: Vec<(&'static str, &'static str, u64)>,
 }
 
 #[cfg(test)]

@@ -89,22 +89,9 @@ fn start_and_kill(extra: &[&str]) -> u64 {
 /// and still attached is what a dead agent left behind.
 fn holders() -> HashMap<u32, Vec<i32>> {
     let mut out: HashMap<u32, Vec<i32>> = HashMap::new();
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-            if let Some(id) = info
-                .lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
-            {
-                out.entry(id).or_default().push(pid);
-            }
+    for h in node_tracer::probe::held::held_bpf_objects(None) {
+        if let Some(id) = h.prog_id {
+            out.entry(id).or_default().push(h.pid as i32);
         }
     }
     out

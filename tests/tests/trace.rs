@@ -629,20 +629,10 @@ fn pcapng_has_one_named_interface_per_veth_and_every_packet() {
 
 /// The map ids a process holds open (from `/proc/PID/fdinfo`).
 fn map_ids(pid: u32) -> Vec<u32> {
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
-        let Ok(text) = std::fs::read_to_string(entry.unwrap().path()) else {
-            continue;
-        };
-        if let Some(id) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("map_id:"))
-            .and_then(|v| v.trim().parse().ok())
-        {
-            ids.push(id);
-        }
-    }
-    ids
+    node_tracer::probe::held::held_bpf_objects(Some(pid))
+        .into_iter()
+        .filter_map(|h| h.map_id)
+        .collect()
 }
 
 /// The `EVENTS` ring buffer of the process `pid`, opened by id.

@@ -287,6 +287,15 @@ fn health_families(out: &mut Exposition, h: &Health) {
     for (name, n) in &h.map_entries {
         f.sample(&[("map", name)], *n);
     }
+    let mut f = out.family(
+        "node_tracer_map_errors_total",
+        "Map operations of the agent itself that failed (none fatal: an entry of a detached \
+         port left behind, a batch read done one entry at a time), by map and operation.",
+        Counter,
+    );
+    for (map, op, n) in &h.map_errors {
+        f.sample(&[("map", map), ("operation", op)], *n);
+    }
 }
 
 /// ICMP type as a label value, from the crate's one name table: `icmp_echo_request`,

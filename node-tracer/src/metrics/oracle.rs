@@ -317,8 +317,30 @@ fn health_families(h: &Health) -> Vec<Family> {
     for (name, n) in &h.map_entries {
         entries.push(&[("map", name)], *n as f64);
     }
+    let mut agent_map_errors = Family::new(
+        "node_tracer_map_errors_total",
+        "Map operations of the agent itself that failed (none fatal: an entry of a detached \
+         port left behind, a batch read done one entry at a time), by map and operation.",
+        COUNTER,
+    );
+    for (map, op, n) in &h.map_errors {
+        agent_map_errors.push(&[("map", map), ("operation", op)], *n as f64);
+    }
     vec![
-        attached, errors, map_errors, mac_new, lost, sent, resyncs, events, visits, streams,
-        denied, run_s, runs, entries,
+        attached,
+        errors,
+        map_errors,
+        mac_new,
+        lost,
+        sent,
+        resyncs,
+        events,
+        visits,
+        streams,
+        denied,
+        run_s,
+        runs,
+        entries,
+        agent_map_errors,
     ]
 }

@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsRawFd as _, BorrowedFd};
 
-use super::sys_bpf;
+use super::bpf::sys_bpf;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
@@ -100,7 +100,7 @@ pub fn per_cpu_entries<K: aya::Pod, V: aya::Pod>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
 
     use super::*;
@@ -111,7 +111,7 @@ mod tests {
     const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 
     /// A kernel map of `ty` with u32 keys and u64 values (needs root, as the tests run in CI).
-    fn map(ty: u32, max_entries: u32) -> OwnedFd {
+    pub(in crate::probe) fn map(ty: u32, max_entries: u32) -> OwnedFd {
         #[repr(C)]
         struct Create {
             map_type: u32,

@@ -15,26 +15,17 @@ pub fn filters_on(iface: &str) -> Result<usize> {
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|e| Error::io("netlink socket", e))?;
         tokio::spawn(conn);
-        let mut n = 0;
-        for egress in [false, true] {
-            let mut req = handle.traffic_filter(index).get();
-            req = if egress { req.egress() } else { req.ingress() };
-            let found: Vec<_> = req
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| Error::Netlink(format!("list filters on {iface}: {e}")))?;
-            // The kernel answers with one message per filter chain head as well; only messages
-            // carrying a filter kind are filters.
-            n += found
-                .iter()
-                .filter(|m| {
-                    m.attributes
-                        .iter()
-                        .any(|a| matches!(a, netlink_packet_route::tc::TcAttribute::Kind(_)))
-                })
-                .count();
-        }
+        // The kernel answers with one message per filter chain head as well; only messages
+        // carrying a filter kind are filters.
+        let n = list_filters(&handle, index, &iface)
+            .await?
+            .iter()
+            .filter(|m| {
+                m.attributes
+                    .iter()
+                    .any(|a| matches!(a, netlink_packet_route::tc::TcAttribute::Kind(_)))
+            })
+            .count();
         Ok(n)
     })
 }
@@ -61,82 +52,76 @@ pub fn remove_orphan_filters(iface: &str, names: &'static [&'static str]) -> Res
             rtnetlink::new_connection().map_err(|e| Error::io("netlink socket", e))?;
         tokio::spawn(conn);
         let mut removed = 0;
-        for egress in [false, true] {
-            let mut req = handle.traffic_filter(index).get();
-            req = if egress { req.egress() } else { req.ingress() };
-            let found: Vec<_> = req
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| Error::Netlink(format!("list filters on {iface}: {e}")))?;
-            for m in found {
-                let (mut name, mut id) = (None, None);
-                for a in &m.attributes {
-                    if let TcAttribute::Options(opts) = a {
-                        for o in opts {
-                            match o {
-                                TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n),
-                                TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
-                                _ => {}
-                            }
+        for m in list_filters(&handle, index, &iface).await? {
+            let (mut name, mut id) = (None, None);
+            for a in &m.attributes {
+                if let TcAttribute::Options(opts) = a {
+                    for o in opts {
+                        match o {
+                            TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n),
+                            TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                            _ => {}
                         }
                     }
                 }
-                let (Some(name), Some(id)) = (name, id) else {
-                    continue;
-                };
-                if !names.contains(&name.as_str())
-                    || held.get_or_insert_with(held_programs).contains(&id)
-                {
-                    continue;
-                }
-                // The listed header names exactly this filter: parent, priority and handle.
-                let mut del = netlink_packet_route::tc::TcMessage::default();
-                del.header = m.header.clone();
-                let mut msg = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(del));
-                msg.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-                let mut resp = handle
-                    .request(msg)
-                    .map_err(|e| Error::Netlink(format!("delete filter on {iface}: {e}")))?;
-                while let Some(r) = resp.next().await {
-                    if let NetlinkPayload::Error(e) = r.payload
-                        && e.code.is_some()
-                    {
-                        return Err(Error::Netlink(format!(
-                            "delete stale {name} filter on {iface}: {e}"
-                        )));
-                    }
-                }
-                removed += 1;
             }
+            let (Some(name), Some(id)) = (name, id) else {
+                continue;
+            };
+            if !names.contains(&name.as_str())
+                || held.get_or_insert_with(held_programs).contains(&id)
+            {
+                continue;
+            }
+            // The listed header names exactly this filter: parent, priority and handle.
+            let mut del = netlink_packet_route::tc::TcMessage::default();
+            del.header = m.header.clone();
+            let mut msg = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(del));
+            msg.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+            let mut resp = handle
+                .request(msg)
+                .map_err(|e| Error::Netlink(format!("delete filter on {iface}: {e}")))?;
+            while let Some(r) = resp.next().await {
+                if let NetlinkPayload::Error(e) = r.payload
+                    && e.code.is_some()
+                {
+                    return Err(Error::Netlink(format!(
+                        "delete stale {name} filter on {iface}: {e}"
+                    )));
+                }
+            }
+            removed += 1;
         }
         Ok(removed)
     })
 }
 
-/// Ids of the BPF programs some live process holds (a program or link fd), from
-/// `/proc/*/fdinfo`.
-fn held_programs() -> std::collections::HashSet<u32> {
-    let mut out = std::collections::HashSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Some(id) = std::fs::read_to_string(fd.path())
-                .ok()
-                .as_deref()
-                .and_then(|t| t.lines().find_map(|l| l.strip_prefix("prog_id:")))
-                .and_then(|v| v.trim().parse().ok())
-            {
-                out.insert(id);
-            }
-        }
+/// Every filter message under the clsact qdisc of `index`, ingress then egress.
+async fn list_filters(
+    handle: &rtnetlink::Handle,
+    index: i32,
+    iface: &str,
+) -> Result<Vec<netlink_packet_route::tc::TcMessage>> {
+    let mut out = Vec::new();
+    for egress in [false, true] {
+        let mut req = handle.traffic_filter(index).get();
+        req = if egress { req.egress() } else { req.ingress() };
+        let found: Vec<_> = req
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::Netlink(format!("list filters on {iface}: {e}")))?;
+        out.extend(found);
     }
-    out
+    Ok(out)
+}
+
+/// Ids of the BPF programs some live process holds (a program or link fd).
+fn held_programs() -> std::collections::HashSet<u32> {
+    super::held::held_bpf_objects(None)
+        .into_iter()
+        .filter_map(|h| h.prog_id)
+        .collect()
 }
 
 /// Deletes the clsact qdisc of `iface`.
@@ -164,14 +149,9 @@ pub fn delete_clsact(iface: &str) -> Result<()> {
 }
 
 fn ifindex(iface: &str) -> Result<i32> {
-    let c = std::ffi::CString::new(iface).map_err(|_| Error::NoSuchInterface(iface.to_string()))?;
-    // SAFETY: valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        Err(Error::NoSuchInterface(iface.to_string()))
-    } else {
-        Ok(i as i32)
-    }
+    crate::netdev::ifindex_of(iface)
+        .map(|i| i as i32)
+        .ok_or_else(|| Error::NoSuchInterface(iface.to_string()))
 }
 
 /// Runs a netlink exchange to completion from synchronous code, on a thread of its own so it

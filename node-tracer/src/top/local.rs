@@ -5,10 +5,11 @@ use std::future::{Future, ready};
 
 use super::source::{SnapshotSource, SourceError};
 use crate::model::Snapshot;
-use crate::node::{LocalSource, lock};
+use crate::node::LocalSource;
 
 impl SnapshotSource for LocalSource {
     fn next(&mut self) -> impl Future<Output = Result<Snapshot, SourceError>> {
-        ready(Ok(lock(&self.state).snapshot()))
+        // The read path: counters read now, no lock the attach side holds.
+        ready(Ok(self.state.read.snapshot()))
     }
 }

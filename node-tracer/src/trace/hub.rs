@@ -16,7 +16,7 @@ use node_tracer_common::{IcmpEvent, STAT_EVENTS_LOST};
 use tokio::sync::{Notify, mpsc};
 
 use super::{EventSource, RingBufSource, mono_to_wall_fn};
-use crate::node::{State, lock};
+use crate::node::{Shared, lock};
 
 /// Events a tracer may fall behind by before it misses some (and is told so).
 const BACKLOG: usize = 4096;
@@ -89,10 +89,10 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn refresh_lost(&self, state: &Mutex<State>) {
+    fn refresh_lost(&self, state: &Shared) {
         // Read every tick: a failure would repeat each time, so it is logged at debug level and
         // the last count kept.
-        match lock(state).probe.program_stats() {
+        match state.read.maps().program_stats() {
             Ok(s) => self
                 .program_lost
                 .store(s[STAT_EVENTS_LOST as usize], Ordering::Relaxed),
@@ -111,7 +111,7 @@ impl Hub {
         });
     }
 
-    fn set_tracing(state: &Mutex<State>, on: bool) {
+    fn set_tracing(state: &Shared, on: bool) {
         if let Err(e) = lock(state).probe.set_tracing(on) {
             let on = if on { "on" } else { "off" };
             log::warn!("turning tracing {on}: {}", node_tracer_client::one_line(&e));
@@ -120,7 +120,7 @@ impl Hub {
 
     /// Reads the programs' ring for as long as the agent runs: while a tracer is connected, the
     /// programs write events and every tracer gets each of them; while none is, they write none.
-    pub async fn run(self: Arc<Self>, mut ring: RingBufSource, state: Arc<Mutex<State>>) {
+    pub async fn run(self: Arc<Self>, mut ring: RingBufSource, state: Arc<Shared>) {
         loop {
             loop {
                 let joined = self.joined.notified();

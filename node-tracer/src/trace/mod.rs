@@ -310,29 +310,8 @@ pub async fn run(
 /// anchored once at the call: a wall-clock step during the trace then shifts nothing, and every
 /// event of one trace is on one consistent timeline.
 pub fn mono_to_wall_fn() -> impl Fn(u64) -> SystemTime + Send + Sync + 'static {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC is always available on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    let wall0 = SystemTime::now();
-    let mono0 = if rc == 0 {
-        (now.tv_sec as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(now.tv_nsec as u64)
-    } else {
-        0
-    };
-    move |mono_ns| {
-        if mono_ns >= mono0 {
-            wall0 + Duration::from_nanos(mono_ns - mono0)
-        } else {
-            wall0
-                .checked_sub(Duration::from_nanos(mono0 - mono_ns))
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        }
-    }
+    let clock = crate::clock::Clock::now();
+    move |mono_ns| clock.to_wall(mono_ns)
 }
 
 #[cfg(test)]

@@ -2,10 +2,14 @@
 //! `AF_BRIDGE` (what `bridge fdb show` sends), and two small link dumps to name the bridges and
 //! their ports.
 //!
-//! Read at snapshot time rather than with the topology: the topology is rescanned on veth churn,
-//! but the FDB changes whenever a frame teaches the bridge something or an entry ages out. The
-//! read also refreshes the ports' promiscuous and hairpin flags, which change without any veth
-//! coming or going.
+//! The FDB changes whenever a frame teaches the bridge something or an entry ages out, and the
+//! ports' promiscuous and hairpin flags change without any veth coming or going, so neither is
+//! read with the topology: [`LiveFdb`] keeps both current from the kernel's notifications, with
+//! one dump at start and after an overrun, never one per scrape. The entries' ageing timers are
+//! the one thing no notification carries (the kernel resets a learned entry's timer at every
+//! frame from its MAC and tells nobody): they run on from the last notification, and a learned
+//! entry is never older than the last frame our programs saw from its MAC on its port
+//! ([`FdbRead::apply`]).
 //!
 //! Not one full link dump: for every veth whose peer is in another namespace the kernel looks up
 //! that namespace's id with a linear walk over all the ids the host has given out, one per pod,
@@ -26,6 +30,10 @@ use netlink_packet_route::{
 };
 use rtnetlink::Handle;
 use rtnetlink::packet_core::Nla as _;
+
+mod live;
+
+pub use live::LiveFdb;
 
 use super::{
     TopologyError,
@@ -58,11 +66,49 @@ impl FdbRead {
             }
         }
         snap.fdb = self.entries;
+        refresh_from_frames_seen(snap);
     }
+}
+
+/// The bridge refreshes a learned entry at every frame from its MAC and tells nobody, but the
+/// programs saw those frames on the ports they are attached to: an entry is at most as old as
+/// the last frame they saw from its MAC on its port.
+fn refresh_from_frames_seen(snap: &mut Snapshot) {
+    let ports: HashMap<u32, &crate::model::Port> =
+        snap.ports.iter().map(|p| (p.ifindex, p)).collect();
+    for e in snap.fdb.iter_mut().filter(|e| e.state == FdbState::Learned) {
+        let Some(port) = ports.get(&e.ifindex) else {
+            continue;
+        };
+        let last_seen = port
+            .macs
+            .iter()
+            .filter(|m| m.direction == crate::model::Direction::Transmit && m.mac == e.mac)
+            .map(|m| m.last_seen_ms)
+            .max()
+            .unwrap_or(0);
+        if last_seen != 0 {
+            e.updated_ms = e.updated_ms.min(snap.taken_at_ms.saturating_sub(last_seen));
+        }
+    }
+}
+
+/// What the kernel holds, before it is joined into entries: the bridges and bridge ports, and
+/// the raw neighbour messages of family `AF_BRIDGE`.
+#[derive(Debug, Default)]
+pub(crate) struct FdbDump {
+    pub links: Vec<LinkRecord>,
+    pub raws: Vec<RawFdb>,
 }
 
 /// Reads every bridge's FDB in the calling thread's network namespace.
 pub async fn read(handle: &Handle) -> Result<FdbRead, TopologyError> {
+    let d = dump(handle).await?;
+    Ok(assemble(&d.links, &d.raws))
+}
+
+/// Three dumps: the bridges (filtered by kind), the bridge ports (`AF_BRIDGE`), the entries.
+pub(crate) async fn dump(handle: &Handle) -> Result<FdbDump, TopologyError> {
     let bridges = dump::dump_links(handle, |m| {
         m.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
@@ -85,18 +131,29 @@ pub async fn read(handle: &Handle) -> Result<FdbRead, TopologyError> {
             what: "bridge fdb dump",
             source,
         })?;
-    let links: Vec<LinkRecord> = bridges
+    let links = bridges
         .iter()
         .map(dump::parse_link)
         // The kind filter is only as old as kernel 4.x: keep bridges alone whatever answered.
         .filter(|l| l.kind == Kind::Bridge)
         .chain(ports.iter().map(parse_bridge_port))
         .collect();
-    let by_index: HashMap<u32, &LinkRecord> = links.iter().map(|l| (l.ifindex, l)).collect();
+    Ok(FdbDump {
+        links,
+        raws: neighbours.iter().filter_map(raw).collect(),
+    })
+}
+
+/// Joins raw entries with the links that name their bridge and port.
+pub(crate) fn assemble<'a>(
+    links: impl IntoIterator<Item = &'a LinkRecord>,
+    raws: impl IntoIterator<Item = &'a RawFdb>,
+) -> FdbRead {
+    let by_index: HashMap<u32, &LinkRecord> = links.into_iter().map(|l| (l.ifindex, l)).collect();
     let hz = user_hz();
-    let mut entries: Vec<FdbEntry> = neighbours
-        .iter()
-        .filter_map(|m| entry(&raw(m)?, &by_index, hz))
+    let mut entries: Vec<FdbEntry> = raws
+        .into_iter()
+        .filter_map(|r| entry(r, &by_index, hz))
         .collect();
     entries.sort_by(|a, b| {
         (a.bridge_ifindex, a.port_no, &a.mac, a.vlan).cmp(&(
@@ -106,11 +163,11 @@ pub async fn read(handle: &Handle) -> Result<FdbRead, TopologyError> {
             b.vlan,
         ))
     });
-    let flags = links
-        .iter()
+    let flags = by_index
+        .values()
         .map(|l| (l.ifindex, (l.promiscuous, l.hairpin)))
         .collect();
-    Ok(FdbRead { entries, flags })
+    FdbRead { entries, flags }
 }
 
 /// `IFLA_BRPORT_MODE` (hairpin) and `IFLA_BRPORT_NO` inside an `AF_BRIDGE` link message's
@@ -120,7 +177,7 @@ const IFLA_BRPORT_NO: u16 = 18;
 
 /// A bridge port from an `AF_BRIDGE` link dump: the fields a full dump's record would have for
 /// it (the same kernel function fills the port attributes of both).
-fn parse_bridge_port(msg: &LinkMessage) -> LinkRecord {
+pub(crate) fn parse_bridge_port(msg: &LinkMessage) -> LinkRecord {
     let mut record = LinkRecord::from_header(msg);
     for attr in &msg.attributes {
         match attr {
@@ -180,10 +237,10 @@ fn ioctl_socket() -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// [`read`] for synchronous callers (the snapshot is built under a mutex, on a blocking
-/// thread or inside `top`'s own runtime): runs on a short-lived thread with its own runtime, as
-/// namespace visits do, so it never blocks on, or nests inside, the caller's runtime.
-pub fn read_blocking() -> Result<FdbRead, TopologyError> {
+/// [`dump`] for synchronous callers (a resync after notifications were lost): runs on a
+/// short-lived thread with its own runtime, as namespace visits do, so it never blocks on, or
+/// nests inside, the caller's runtime.
+pub(crate) fn dump_blocking() -> Result<FdbDump, TopologyError> {
     const FDB: &str = "FDB read";
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
@@ -194,7 +251,7 @@ pub fn read_blocking() -> Result<FdbRead, TopologyError> {
                     .build()
                     .map_err(|source| TopologyError::Thread { what: FDB, source })?;
                 rt.block_on(dump::with_connection(|handle| async move {
-                    read(&handle).await
+                    dump(&handle).await
                 }))
             })
             .map_err(|source| TopologyError::Thread { what: FDB, source })?;
@@ -218,7 +275,7 @@ pub(crate) struct RawFdb {
     pub used_ticks: u32,
 }
 
-fn raw(msg: &NeighbourMessage) -> Option<RawFdb> {
+pub(crate) fn raw(msg: &NeighbourMessage) -> Option<RawFdb> {
     if msg.header.family != AddressFamily::Bridge {
         return None;
     }

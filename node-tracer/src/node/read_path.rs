@@ -1,0 +1,165 @@
+//! What every scrape reads: the slow-changing part of the model (topology and pods) as one
+//! published value, the bridges' FDB as netlink notifications keep it, and the counters read
+//! from the maps at that moment. Nothing here takes the lock that attach, churn and relabel
+//! hold, so a scrape never waits behind an attach pass, and a pass never waits for scrapes.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use crate::{
+    model::{Health, Port, Snapshot},
+    pods::PodIndex,
+    probe::{MapReader, Readings},
+    published::Published,
+    snapshot,
+    topology::{Topology, fdb::LiveFdb},
+};
+
+use super::Progress;
+
+/// Topology and pods, replaced whole by every rescan (and by a veth's removal).
+#[derive(Debug, Default, Clone)]
+pub struct Model {
+    pub topology: Topology,
+    pub pods: PodIndex,
+}
+
+impl Model {
+    /// One port with its peer and pod, without counters.
+    pub fn port(&self, ifindex: u32) -> Option<Port> {
+        let p = self.topology.ports.iter().find(|p| p.ifindex == ifindex)?;
+        let mut port = p.clone();
+        port.pod = p
+            .peer
+            .as_ref()
+            .and_then(|x| x.netns_inode)
+            .and_then(|i| self.pods.lookup(i))
+            .cloned();
+        Some(port)
+    }
+}
+
+/// Counts of the agent's own work, bumped by the attach side and read by scrapes, lock-free.
+#[derive(Debug, Default)]
+pub struct WorkCounters {
+    pub attach_errors: AtomicU64,
+    pub netlink_resyncs: AtomicU64,
+    pub link_events: AtomicU64,
+    pub netns_visits: AtomicU64,
+}
+
+impl WorkCounters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The read side of a node.
+pub struct ReadPath {
+    maps: Arc<MapReader>,
+    pub(super) model: Published<Model>,
+    fdb: Arc<LiveFdb>,
+    /// Interfaces the user named with --interface (empty: all veths).
+    only: HashSet<String>,
+    pub counters: WorkCounters,
+    /// While the first attach pass runs: how far it is (`/healthz` answers 503 with it).
+    pub(super) starting: Published<Option<Progress>>,
+}
+
+impl ReadPath {
+    pub(super) fn new(
+        maps: Arc<MapReader>,
+        model: Arc<Model>,
+        fdb: Arc<LiveFdb>,
+        only: HashSet<String>,
+    ) -> Self {
+        Self {
+            maps,
+            model: Published::new(model),
+            fdb,
+            only,
+            counters: WorkCounters::default(),
+            starting: Published::new(Arc::new(Some(Progress::default()))),
+        }
+    }
+
+    /// How far the first attach pass is; `None` once it is done.
+    pub fn starting(&self) -> Option<Progress> {
+        *self.starting.load()
+    }
+
+    /// The latest topology and pods.
+    pub fn model(&self) -> Arc<Model> {
+        self.model.load()
+    }
+
+    /// The maps' reader (program statistics for the trace hub, counters).
+    pub fn maps(&self) -> &MapReader {
+        &self.maps
+    }
+
+    /// Reads the maps and joins them with the latest model and FDB.
+    pub fn snapshot(&self) -> Snapshot {
+        self.join().0
+    }
+
+    /// A snapshot and the agent's health, read together (what `/metrics` serves).
+    pub fn metrics(&self) -> (Snapshot, Health) {
+        let (snap, icmp_entries) = self.join();
+        (snap, self.health(icmp_entries))
+    }
+
+    /// The agent's view of itself; `icmp_entries` as a map read just before counted them.
+    pub fn health(&self, icmp_entries: Option<usize>) -> Health {
+        let c = &self.counters;
+        Health {
+            attached: self.maps.attached().by_mode,
+            attach_errors: c.attach_errors.load(Ordering::Relaxed),
+            // Read per scrape: a failure would repeat at every scrape, so debug level.
+            program_stats: self.maps.program_stats().unwrap_or_else(|e| {
+                log::debug!("reading AGENT_STATS: {}", node_tracer_client::one_line(&e));
+                [0; node_tracer_common::STAT_COUNT as usize]
+            }),
+            netlink_resyncs: c.netlink_resyncs.load(Ordering::Relaxed),
+            link_events: c.link_events.load(Ordering::Relaxed),
+            netns_visits: c.netns_visits.load(Ordering::Relaxed),
+            program_runs: self.maps.program_run_stats(),
+            map_entries: self.maps.map_entries(icmp_entries),
+            map_errors: self.maps.map_errors(),
+            ..Health::default()
+        }
+    }
+
+    /// The snapshot, and how many `ICMP_STATS` entries its read saw.
+    fn join(&self) -> (Snapshot, Option<usize>) {
+        let (readings, icmp_entries) = match self.maps.read() {
+            Ok(r) => {
+                let n = r.icmp_entries;
+                (r, Some(n))
+            }
+            Err(e) => {
+                log::warn!("reading counters: {}", node_tracer_client::one_line(&e));
+                (Readings::default(), None)
+            }
+        };
+        let model = self.model.load();
+        let attached = self.maps.attached();
+        let mut snap = snapshot::build(&model.topology, &model.pods, &readings.ports, |i| {
+            attached.attached.contains(&i)
+        });
+        self.fdb.read().apply(&mut snap);
+        if !self.only.is_empty() {
+            snap.ports.retain(|p| self.only.contains(&p.name));
+            // The databases of the bridges the named ports belong to, and no others.
+            let bridges: HashSet<String> =
+                snap.ports.iter().filter_map(|p| p.master.clone()).collect();
+            snap.fdb.retain(|e| bridges.contains(&e.bridge));
+        }
+        (snap, icmp_entries)
+    }
+}
