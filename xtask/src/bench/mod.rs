@@ -9,6 +9,7 @@ mod lab;
 mod prog;
 mod report;
 mod scale;
+mod scrapes;
 mod sys;
 mod tc;
 mod traffic;
@@ -360,6 +361,31 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
             b.metrics_ms.clone(),
             Stat::Median,
             g(Goal::AtMost(20.0)),
+            "ms",
+        ),
+        row(
+            "metrics_p99_quiet_ms",
+            format!(
+                "/metrics, quiet, {n} veths ({} scrapes)",
+                b.scrapes.quiet_ms.len()
+            ),
+            b.scrapes.quiet_ms.clone(),
+            Stat::P99,
+            None,
+            "ms",
+        ),
+        row(
+            "metrics_p99_churn_ms",
+            format!(
+                "/metrics while {} new veths attach ({} scrapes); goal 2 x quiet p99",
+                b.scrapes.burst,
+                b.scrapes.churn_ms.len()
+            ),
+            b.scrapes.churn_ms.clone(),
+            Stat::P99,
+            g(Goal::AtMost(
+                2.0 * report::percentile(&b.scrapes.quiet_ms, 99.0),
+            )),
             "ms",
         ),
         row(

@@ -50,6 +50,8 @@ pub struct Results {
     pub stop_expedited_s: Option<f64>,
     /// [`Results::attach_ms`] with `--expedite-rcu`.
     pub attach_expedited_ms: Vec<f64>,
+    /// `/metrics` quiet and during a burst of attaches.
+    pub scrapes: super::scrapes::Results,
 }
 
 pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
@@ -64,6 +66,7 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
         super::lab::SERVER_VETH.to_string(),
     ]);
     let late_pods = lab.add_empty_pods("a", s.new_veths)?;
+    let burst_pods = lab.add_empty_pods("b", s.new_veths)?;
     let mut r = Results {
         veths: veths.len(),
         ..Results::default()
@@ -121,6 +124,7 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
         r.idle_cpu_pct, r.rss_mib, r.metrics_bytes
     );
 
+    r.scrapes = super::scrapes::run(&node, &burst_pods, if s.quick { 20 } else { 50 })?;
     r.attach_ms = attach_latency(&node, &late_pods)?;
     // SIGTERM to exit: the agent detaches every hook, each again an RCU grace period (the
     // process is killed after 20 s, which detaches the rest as its links close).
