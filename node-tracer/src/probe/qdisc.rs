@@ -9,12 +9,7 @@ use crate::error::{Error, Result};
 
 /// Filters attached under the clsact qdisc of `iface`, both directions.
 pub fn filters_on(iface: &str) -> Result<usize> {
-    let index = ifindex(iface)?;
-    let iface = iface.to_string();
-    block_on(async move {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| Error::io("netlink socket", e))?;
-        tokio::spawn(conn);
+    on_link(iface, |handle, index, iface| async move {
         // The kernel answers with one message per filter chain head as well; only messages
         // carrying a filter kind are filters.
         let n = list_filters(&handle, index, &iface)
@@ -42,15 +37,10 @@ pub fn remove_orphan_filters(iface: &str, names: &'static [&'static str]) -> Res
     };
     use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 
-    let index = ifindex(iface)?;
-    let iface = iface.to_string();
-    block_on(async move {
+    on_link(iface, move |mut handle, index, iface| async move {
         // Scanning every process's fds takes tens of milliseconds on a busy node: only when a
         // filter of ours is actually there (after a crash), not on every attach.
         let mut held: Option<std::collections::HashSet<u32>> = None;
-        let (conn, mut handle, _) =
-            rtnetlink::new_connection().map_err(|e| Error::io("netlink socket", e))?;
-        tokio::spawn(conn);
         let mut removed = 0;
         for m in list_filters(&handle, index, &iface).await? {
             let (mut name, mut id) = (None, None);
@@ -126,12 +116,7 @@ fn held_programs() -> std::collections::HashSet<u32> {
 
 /// Deletes the clsact qdisc of `iface`.
 pub fn delete_clsact(iface: &str) -> Result<()> {
-    let index = ifindex(iface)?;
-    let iface = iface.to_string();
-    block_on(async move {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| Error::io("netlink socket", e))?;
-        tokio::spawn(conn);
+    on_link(iface, |handle, index, iface| async move {
         let mut req = handle.qdisc().del(index);
         let m = req.message_mut();
         m.header.parent = TcHandle {
@@ -152,6 +137,23 @@ fn ifindex(iface: &str) -> Result<i32> {
     crate::netdev::ifindex_of(iface)
         .map(|i| i as i32)
         .ok_or_else(|| Error::NoSuchInterface(iface.to_string()))
+}
+
+/// Runs `work` with a fresh netlink handle and the ifindex and name of `iface`, to completion.
+fn on_link<T, F, Fut>(iface: &str, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(rtnetlink::Handle, i32, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let index = ifindex(iface)?;
+    let iface = iface.to_string();
+    block_on(async move {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("netlink socket", e))?;
+        tokio::spawn(conn);
+        work(handle, index, iface).await
+    })
 }
 
 /// Runs a netlink exchange to completion from synchronous code, on a thread of its own so it

@@ -266,3 +266,60 @@ fn messages(buf: &[u8]) -> impl Iterator<Item = RouteNetlinkMessage> + '_ {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
+
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            sock: Socket::new(NETLINK_ROUTE).unwrap(),
+            links: HashMap::new(),
+            entries: HashMap::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn neighbour(ifindex: u32, mac: [u8; 6]) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = ifindex;
+        m.header.state = NeighbourState::Reachable;
+        m.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+            NeighbourAttribute::Controller(3),
+        ];
+        m
+    }
+
+    #[test]
+    fn notifications_add_move_and_remove_entries() {
+        let mut t = table();
+        let mac = [2, 0, 0, 0, 0, 1];
+        t.apply(RouteNetlinkMessage::NewNeighbour(neighbour(7, mac)));
+        // The MAC moved to another port of the same bridge: one entry, on the new port.
+        t.apply(RouteNetlinkMessage::NewNeighbour(neighbour(8, mac)));
+        let ports: Vec<u32> = t.entries.values().map(|(r, _)| r.ifindex).collect();
+        assert_eq!(ports, [8]);
+        t.apply(RouteNetlinkMessage::DelNeighbour(neighbour(8, mac)));
+        assert!(t.entries.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_link_takes_its_entries_and_flags_along() {
+        let mut t = table();
+        t.apply(RouteNetlinkMessage::NewNeighbour(neighbour(
+            7,
+            [2, 0, 0, 0, 0, 1],
+        )));
+        let mut link = LinkMessage::default();
+        link.header.index = 7;
+        link.header.flags = netlink_packet_route::link::LinkFlags::Promisc;
+        t.apply(RouteNetlinkMessage::NewLink(link.clone()));
+        assert!(t.links[&7].promiscuous);
+        t.apply(RouteNetlinkMessage::DelLink(link));
+        assert!(t.links.is_empty() && t.entries.is_empty());
+    }
+}
