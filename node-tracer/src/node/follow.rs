@@ -48,11 +48,8 @@ pub(super) async fn follow_links(
             match ev {
                 LinkEvent::Added { .. } => {}
                 LinkEvent::Removed { ifindex, name } => {
-                    s.probe.detach(ifindex);
                     // Its series go at the next scrape, not at the next rescan.
-                    let mut model = (*s.model).clone();
-                    model.topology.ports.retain(|p| p.ifindex != ifindex);
-                    s.publish(model);
+                    s.remove_port(ifindex);
                     log::debug!("veth {name} ({ifindex}) removed");
                 }
                 LinkEvent::Resync => {

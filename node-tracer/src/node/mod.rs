@@ -87,24 +87,47 @@ pub struct Progress {
 impl State {
     /// One port with its peer and pod, without reading counters (cheap: for per-event labels).
     pub fn port(&self, ifindex: u32) -> Option<Port> {
+        if self.read.gone.load().contains(&ifindex) {
+            return None;
+        }
         self.model.port(ifindex)
     }
 
-    /// Replaces the model and hands it to readers.
+    /// Replaces the model and hands it to readers. A veth whose removal came after the scan
+    /// stays left out.
     fn publish(&mut self, model: Model) {
         self.model = Arc::new(model);
         self.read.model.store_arc(self.model.clone());
+        let gone: HashSet<u32> = self
+            .read
+            .gone
+            .load()
+            .iter()
+            .copied()
+            .filter(|i| self.model.topology.ports.iter().any(|p| p.ifindex == *i))
+            .collect();
+        self.read.gone.store(gone);
+    }
+
+    /// A veth left: detached, and left out of every view from now on.
+    fn remove_port(&mut self, ifindex: u32) {
+        self.probe.detach(ifindex);
+        let mut gone = (*self.read.gone.load()).clone();
+        gone.insert(ifindex);
+        self.read.gone.store(gone);
     }
 
     /// Detaches from vanished veths and returns the ones still to attach. Detaching is quick;
     /// attaching is not (a tcx attach waits for an RCU grace period, ~14 ms), so the caller
     /// attaches one at a time without holding the lock throughout: see [`reconcile`].
     fn plan(&mut self) -> Vec<(u32, String)> {
+        let gone = self.read.gone.load();
         let wanted: Vec<(u32, String)> = if self.only.is_empty() {
             self.model
                 .topology
                 .ports
                 .iter()
+                .filter(|p| !gone.contains(&p.ifindex))
                 .filter(|p| {
                     self.filter.as_ref().is_none_or(|f| {
                         self.port(p.ifindex)

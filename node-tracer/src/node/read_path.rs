@@ -63,6 +63,10 @@ impl WorkCounters {
 pub struct ReadPath {
     maps: Arc<MapReader>,
     pub(super) model: Published<Model>,
+    /// Veths removed since the model was read (their removal events came after): left out of
+    /// every view until a rescan no longer has them. Cheaper than a new model per removal, which
+    /// a burst of hundreds of deletions would copy hundreds of times.
+    pub(super) gone: Published<HashSet<u32>>,
     fdb: Arc<LiveFdb>,
     /// Interfaces the user named with --interface (empty: all veths).
     only: HashSet<String>,
@@ -81,6 +85,7 @@ impl ReadPath {
         Self {
             maps,
             model: Published::new(model),
+            gone: Published::default(),
             fdb,
             only,
             counters: WorkCounters::default(),
@@ -148,10 +153,12 @@ impl ReadPath {
             }
         };
         let model = self.model.load();
+        let gone = self.gone.load();
         let attached = self.maps.attached();
         let mut snap = snapshot::build(&model.topology, &model.pods, &readings.ports, |i| {
             attached.attached.contains(&i)
         });
+        snap.ports.retain(|p| !gone.contains(&p.ifindex));
         self.fdb.read().apply(&mut snap);
         if !self.only.is_empty() {
             snap.ports.retain(|p| self.only.contains(&p.name));
