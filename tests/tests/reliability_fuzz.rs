@@ -84,8 +84,11 @@ fn fuzzed_frames_always_return_tcx_next_and_are_all_counted() {
                 // The kernel itself refuses some frames before running anything (an IPv4
                 // ethertype with less than an IPv4 header, for one); the counts below prove
                 // that no program ran for them.
-                Err(e) if e.to_string().contains("Invalid argument") => refused += 1,
-                Err(e) => panic!("{prog}: {e}"),
+                // The cause is the error's source: the whole chain is what says EINVAL.
+                Err(e) if node_tracer_client::one_line(&e).contains("Invalid argument") => {
+                    refused += 1;
+                }
+                Err(e) => panic!("{prog}: {}", node_tracer_client::one_line(&e)),
             }
         }
     }
