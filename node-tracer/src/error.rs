@@ -92,14 +92,53 @@ pub enum Error {
     #[error("encoding a JSON line")]
     JsonLine(#[source] serde_json::Error),
 
-    /// The qdisc and filter calls of `probe/qdisc.rs`, until they carry rtnetlink's error.
-    #[error("netlink: {0}")]
-    Netlink(String),
-    /// The capability check of `probe`, until it names the missing capability as a type.
-    #[error("{0}")]
-    Privilege(String),
+    /// A qdisc or filter request of the netlink attach mode (`probe/qdisc.rs`).
+    #[error("{what} on {interface}")]
+    Tc {
+        what: &'static str,
+        interface: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// The kernel refused to delete a stale filter of ours.
+    #[error("delete stale {program} filter on {interface}")]
+    TcRefused {
+        program: String,
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the netlink thread panicked")]
+    NetlinkThreadPanicked,
+    #[error("not attaching {interface}: --max-ports {max} reached")]
+    MaxPorts { interface: String, max: u32 },
+    /// The capability check of `probe`: what is missing, each with what it is needed for.
+    #[error(
+        "missing capability {} ({}); grant it or run as root (deploy/README.md, \"Least privilege\")",
+        names(.0),
+        reasons(.0)
+    )]
+    MissingCapabilities(Vec<MissingCapability>),
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+}
+
+/// A capability the agent cannot run without, and what for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingCapability {
+    pub name: &'static str,
+    pub needed_for: &'static str,
+}
+
+fn names(m: &[MissingCapability]) -> String {
+    m.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+}
+
+fn reasons(m: &[MissingCapability]) -> String {
+    m.iter()
+        .map(|c| c.needed_for)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {

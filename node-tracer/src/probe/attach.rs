@@ -55,10 +55,10 @@ impl Probe {
             return Ok(());
         }
         if self.attached.len() >= self.max_ports as usize {
-            return Err(Error::Netlink(format!(
-                "not attaching {name}: --max-ports {} reached",
-                self.max_ports
-            )));
+            return Err(Error::MaxPorts {
+                interface: name.to_owned(),
+                max: self.max_ports,
+            });
         }
         // Create the counters first so the first packet is counted without an insert on the hot
         // path.

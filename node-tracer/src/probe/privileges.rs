@@ -2,7 +2,7 @@
 //! EPERM from bpf(2) or a silently unresolved peer.
 
 use super::AttachMode;
-use crate::error::{Error, Result};
+use crate::error::{Error, MissingCapability, Result};
 
 /// Capability bits (linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;
@@ -27,13 +27,12 @@ pub(super) fn check_privileges(mode: AttachMode) -> Result<()> {
         }
         return Ok(());
     }
-    let names: Vec<&str> = missing.iter().map(|(n, _)| *n).collect();
-    let why: Vec<&str> = missing.iter().map(|(_, w)| *w).collect();
-    Err(Error::Privilege(format!(
-        "missing capability {} ({}); grant it or run as root (deploy/README.md, \"Least privilege\")",
-        names.join(", "),
-        why.join("; ")
-    )))
+    Err(Error::MissingCapabilities(
+        missing
+            .into_iter()
+            .map(|(name, needed_for)| MissingCapability { name, needed_for })
+            .collect(),
+    ))
 }
 
 fn effective_capabilities() -> Result<u64> {

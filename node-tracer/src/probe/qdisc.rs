@@ -68,16 +68,20 @@ pub fn remove_orphan_filters(iface: &str, names: &'static [&'static str]) -> Res
             del.header = m.header.clone();
             let mut msg = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(del));
             msg.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-            let mut resp = handle
-                .request(msg)
-                .map_err(|e| Error::Netlink(format!("delete filter on {iface}: {e}")))?;
+            let mut resp = handle.request(msg).map_err(|source| Error::Tc {
+                what: "delete filter",
+                interface: iface.clone(),
+                source,
+            })?;
             while let Some(r) = resp.next().await {
                 if let NetlinkPayload::Error(e) = r.payload
                     && e.code.is_some()
                 {
-                    return Err(Error::Netlink(format!(
-                        "delete stale {name} filter on {iface}: {e}"
-                    )));
+                    return Err(Error::TcRefused {
+                        program: name.clone(),
+                        interface: iface,
+                        source: e.to_io(),
+                    });
                 }
             }
             removed += 1;
@@ -100,7 +104,11 @@ async fn list_filters(
             .execute()
             .try_collect()
             .await
-            .map_err(|e| Error::Netlink(format!("list filters on {iface}: {e}")))?;
+            .map_err(|source| Error::Tc {
+                what: "list filters",
+                interface: iface.to_owned(),
+                source,
+            })?;
         out.extend(found);
     }
     Ok(out)
@@ -127,9 +135,11 @@ pub fn delete_clsact(iface: &str) -> Result<()> {
             major: 0xffff,
             minor: 0,
         };
-        req.execute()
-            .await
-            .map_err(|e| Error::Netlink(format!("delete clsact on {iface}: {e}")))
+        req.execute().await.map_err(|source| Error::Tc {
+            what: "delete clsact",
+            interface: iface,
+            source,
+        })
     })
 }
 
@@ -169,5 +179,5 @@ fn block_on<T: Send + 'static>(
             .block_on(fut)
     })
     .join()
-    .map_err(|_| Error::Netlink("netlink thread panicked".into()))?
+    .map_err(|_| Error::NetlinkThreadPanicked)?
 }
