@@ -72,8 +72,14 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             t.abort();
         }
         if let Some(node) = node {
-            // Per-packet events exist only while someone traces.
-            let _ = lock(&node.state).probe.set_tracing(false);
+            // Per-packet events exist only while someone traces (detaching next ends them anyway,
+            // so a failure here is only worth a line).
+            if let Err(e) = lock(&node.state).probe.set_tracing(false) {
+                log::warn!(
+                    "turning trace events off: {}",
+                    node_tracer_client::one_line(&e)
+                );
+            }
             node.stop();
         }
     };
