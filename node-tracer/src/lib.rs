@@ -13,7 +13,6 @@ pub mod icmp;
 pub mod macs;
 pub mod metrics;
 pub mod model;
-pub mod netdev;
 pub mod node;
 pub mod peers;
 pub mod pods;

@@ -499,27 +499,8 @@ impl Drop for Agent {
     }
 }
 
-/// Stops a child of ours by its PID and reaps it: SIGTERM, up to `grace` for it to exit, then
-/// SIGKILL. Nothing to do when it has already exited. The tests' one way to end a process that
-/// should get the chance to clean up after itself. Whether it went without the SIGKILL.
-pub fn stop_child(child: &mut Child, grace: Duration) -> bool {
-    if !matches!(child.try_wait(), Ok(None)) {
-        return true;
-    }
-    // SAFETY: signalling our own child by its PID; it is not reaped yet, so the PID is still its.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Killing and reaping a process that will not stop: a failure here leaves nothing to do.
-    let _ = child.kill();
-    let _ = child.wait();
-    false
-}
+/// SIGTERM, a grace period, SIGKILL, reaped: node-tracer-sys's one copy.
+pub use node_tracer_sys::process::stop_child;
 
 /// A GET through the project's one API client (plain HTTP, no credentials): (status, body).
 /// Bounded by a generous timeout, so a server that never answers is an error, not a hang.

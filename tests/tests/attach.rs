@@ -594,8 +594,8 @@ fn veths_that_carry_traffic_are_attached_before_idle_ones() {
             veths
                 .iter()
                 .map(|v| {
-                    let ifindex =
-                        node_tracer::netdev::ifindex_of(v).unwrap_or_else(|| panic!("{v} is gone"));
+                    let ifindex = node_tracer_sys::netdev::ifindex_of(v)
+                        .unwrap_or_else(|| panic!("{v} is gone"));
                     let mut ids = tcx_link_ids(ifindex, BPF_TCX_INGRESS);
                     ids.extend(tcx_link_ids(ifindex, BPF_TCX_EGRESS));
                     assert_eq!(ids.len(), 2, "{v}: links {ids:?}");

@@ -89,7 +89,7 @@ fn start_and_kill(extra: &[&str]) -> u64 {
 /// and still attached is what a dead agent left behind.
 fn holders() -> HashMap<u32, Vec<i32>> {
     let mut out: HashMap<u32, Vec<i32>> = HashMap::new();
-    for h in node_tracer::probe::held::held_bpf_objects(None) {
+    for h in node_tracer_sys::held::held_bpf_objects(None) {
         if let Some(id) = h.prog_id {
             out.entry(id).or_default().push(h.pid as i32);
         }

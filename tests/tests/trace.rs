@@ -629,7 +629,7 @@ fn pcapng_has_one_named_interface_per_veth_and_every_packet() {
 
 /// The map ids a process holds open (from `/proc/PID/fdinfo`).
 fn map_ids(pid: u32) -> Vec<u32> {
-    node_tracer::probe::held::held_bpf_objects(Some(pid))
+    node_tracer_sys::held::held_bpf_objects(Some(pid))
         .into_iter()
         .filter_map(|h| h.map_id)
         .collect()

@@ -369,30 +369,13 @@ fn leftover_programs(before: &[u32]) -> Vec<String> {
 
 /// (program id, executable of a process holding it through a program or link fd).
 fn program_holders() -> Vec<(u32, PathBuf)> {
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let dir = p.path();
-        let Ok(exe) = std::fs::read_link(dir.join("exe")) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(dir.join("fdinfo")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-            if let Some(id) = info
-                .lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
-            {
-                out.push((id, exe.clone()));
-            }
-        }
-    }
-    out
+    node_tracer_sys::held::held_bpf_objects(None)
+        .into_iter()
+        .filter_map(|h| {
+            let exe = std::fs::read_link(format!("/proc/{}/exe", h.pid)).ok()?;
+            Some((h.prog_id?, exe))
+        })
+        .collect()
 }
 
 /// Processes the tests started and did not end: this workspace's binaries, and tools

@@ -16,12 +16,12 @@ use std::{
 };
 
 use node_tracer_client::one_line;
+use node_tracer_sys::netdev::{ifindex_of, link_exists};
 use tokio::{sync::Notify, task::JoinHandle};
 
 use crate::{
     error::{Error, Result},
     model::{Port, Snapshot},
-    netdev::{ifindex_of, link_exists},
     pods::{self, PodConfig},
     probe::{AttachMode, Probe, ProbeOptions, rcu},
     shutdown,

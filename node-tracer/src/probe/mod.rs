@@ -18,7 +18,6 @@
 mod attach;
 mod batch;
 mod bpf;
-pub mod held;
 mod map_errors;
 mod privileges;
 mod qdisc;
@@ -316,5 +315,19 @@ mod tests {
     fn log_levels_map_to_aya_log_bytes() {
         assert_eq!(log_level_byte(log::LevelFilter::Off), 0);
         assert_eq!(log_level_byte(log::LevelFilter::Trace), 5);
+    }
+
+    /// The fdinfo scan (node-tracer-sys) finds a map this process holds: a live BPF object, so
+    /// it lives here, where the tests can make one.
+    #[test]
+    fn our_own_maps_are_found_among_what_we_hold() {
+        use node_tracer_sys::held::held_bpf_objects;
+        // A per-CPU array (type 6) of one entry, held by this process.
+        let fd = super::batch::tests::map(6, 1);
+        let me = std::process::id();
+        let mine = held_bpf_objects(Some(me));
+        assert!(mine.iter().any(|h| h.map_id.is_some()), "{mine:?}");
+        assert!(held_bpf_objects(None).iter().any(|h| h.pid == me));
+        drop(fd);
     }
 }

@@ -116,7 +116,7 @@ async fn list_filters(
 
 /// Ids of the BPF programs some live process holds (a program or link fd).
 fn held_programs() -> std::collections::HashSet<u32> {
-    super::held::held_bpf_objects(None)
+    node_tracer_sys::held::held_bpf_objects(None)
         .into_iter()
         .filter_map(|h| h.prog_id)
         .collect()
@@ -144,7 +144,7 @@ pub fn delete_clsact(iface: &str) -> Result<()> {
 }
 
 fn ifindex(iface: &str) -> Result<i32> {
-    crate::netdev::ifindex_of(iface)
+    node_tracer_sys::netdev::ifindex_of(iface)
         .map(|i| i as i32)
         .ok_or_else(|| Error::NoSuchInterface(iface.to_string()))
 }

@@ -65,12 +65,7 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> Result<T> + Send) -> R
 }
 
 /// Ifindex of `name` in the calling thread's namespace.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
-}
+pub use node_tracer_sys::netdev::ifindex_of as ifindex;
 
 /// Runs a shell command line; fails with its stderr.
 pub fn sh(cmd: &str) -> Result<String> {
@@ -147,19 +142,7 @@ impl Proc {
 
     /// SIGTERM, wait up to 20 s, then SIGKILL.
     pub fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child by its PID.
-            unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(20) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        node_tracer_sys::process::stop_child(&mut self.child, Duration::from_secs(20));
     }
 }
 
