@@ -104,7 +104,13 @@ impl State {
             .load()
             .iter()
             .copied()
-            .filter(|i| self.model.topology.ports.iter().any(|p| p.ifindex == *i))
+            // Still gone: the new model was read before the removal (it still has the veth)
+            // and the link really is no more. A veth whose "removal" was a port leaving its
+            // bridge (the kernel's RTM_DELLINK of family AF_BRIDGE) still exists: it is back in
+            // every view, and the next plan attaches it again.
+            .filter(|i| {
+                self.model.topology.ports.iter().any(|p| p.ifindex == *i) && !link_exists(*i)
+            })
             .collect();
         self.read.gone.store(gone);
     }
