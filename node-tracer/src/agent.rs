@@ -126,6 +126,7 @@ async fn serve(listener: TcpListener, state: Arc<Shared>, hub: Arc<Hub>, access:
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                crate::failures::count("accept");
                 log::warn!("accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod clock;
 pub mod error;
+pub mod failures;
 pub mod icmp;
 pub mod macs;
 pub mod metrics;

@@ -343,6 +343,8 @@ pub struct Health {
     pub api_denied: Vec<(&'static str, u64)>,
     /// Map operations of the agent itself that failed: (map, operation, count).
     pub map_errors: Vec<(&'static str, &'static str, u64)>,
+    /// Failures the agent survived, by operation (see `failures`).
+    pub errors: Vec<(&'static str, u64)>,
 }
 
 #[cfg(test)]

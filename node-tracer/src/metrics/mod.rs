@@ -296,6 +296,14 @@ fn health_families(out: &mut Exposition, h: &Health) {
     for (map, op, n) in &h.map_errors {
         f.sample(&[("map", map), ("operation", op)], *n);
     }
+    let mut f = out.family(
+        "node_tracer_errors_total",
+        "Failures the agent logged and survived (a rescan, a pod source, a counter read), by operation.",
+        Counter,
+    );
+    for (op, n) in &h.errors {
+        f.sample(&[("operation", op)], *n);
+    }
 }
 
 /// ICMP type as a label value, from the crate's one name table: `icmp_echo_request`,

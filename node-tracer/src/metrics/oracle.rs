@@ -326,6 +326,14 @@ fn health_families(h: &Health) -> Vec<Family> {
     for (map, op, n) in &h.map_errors {
         agent_map_errors.push(&[("map", map), ("operation", op)], *n as f64);
     }
+    let mut survived = Family::new(
+        "node_tracer_errors_total",
+        "Failures the agent logged and survived (a rescan, a pod source, a counter read), by operation.",
+        COUNTER,
+    );
+    for (op, n) in &h.errors {
+        survived.push(&[("operation", op)], *n as f64);
+    }
     vec![
         attached,
         errors,
@@ -342,5 +350,6 @@ fn health_families(h: &Health) -> Vec<Family> {
         runs,
         entries,
         agent_map_errors,
+        survived,
     ]
 }

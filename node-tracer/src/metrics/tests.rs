@@ -195,6 +195,7 @@ fn hostile_fixture() -> (Snapshot, Health) {
         ],
         map_entries: vec![("PORT_COUNTERS", 3), ("PORT_STATS", 1), ("ICMP_STATS", 8)],
         api_denied: vec![("wrong_token", 4), ("missing_credentials", 0)],
+        errors: vec![("rescan", 2), ("pods_cri", 1)],
         map_errors: vec![("MAC_SEEN", "remove", 2), ("ICMP_STATS", "batch lookup", 1)],
         ..Health::default()
     };
@@ -222,6 +223,7 @@ fn the_exposition_is_what_the_prometheus_crate_writes() {
         "map_entries",
         "api_denied_total",
         "map_errors_total",
+        "errors_total",
     ] {
         assert!(
             ours.contains(&format!("# TYPE node_tracer_{family} ")),

@@ -100,6 +100,7 @@ pub(super) async fn relabel_loop(
         let topology = match scanner.scan(&scan).await {
             Ok(t) => t,
             Err(e) => {
+                crate::failures::count("rescan");
                 log::warn!("rescan: {}", node_tracer_client::one_line(&e));
                 continue;
             }

@@ -136,6 +136,7 @@ impl ReadPath {
             program_runs: self.maps.program_run_stats(),
             map_entries: self.maps.map_entries(icmp_entries),
             map_errors: self.maps.map_errors(),
+            errors: crate::failures::counts(),
             ..Health::default()
         }
     }
@@ -148,6 +149,7 @@ impl ReadPath {
                 (r, Some(n))
             }
             Err(e) => {
+                crate::failures::count("read_counters");
                 log::warn!("reading counters: {}", node_tracer_client::one_line(&e));
                 (Readings::default(), None)
             }

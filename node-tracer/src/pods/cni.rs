@@ -87,6 +87,7 @@ pub(super) fn discover(dir: &Path) -> Vec<Found> {
             }
             // Not UTF-8, unreadable: a corrupt entry someone should look at.
             Err(e) => {
+                crate::failures::count("pods_cni_cache");
                 log::warn!("pods: CNI cache {} skipped: {e}", path.display());
                 continue;
             }

@@ -23,7 +23,10 @@ pub(super) async fn discover(sockets: &[PathBuf], timeout: Duration) -> Vec<Foun
         match from_socket(socket, timeout).await {
             Ok(found) => out.extend(found),
             Err(e) if e.is_absent() => log::debug!("pods: {e}"),
-            Err(e) => log::warn!("pods: CRI at {} skipped: {e}", socket.display()),
+            Err(e) => {
+                crate::failures::count("pods_cri");
+                log::warn!("pods: CRI at {} skipped: {e}", socket.display());
+            }
         }
     }
     out

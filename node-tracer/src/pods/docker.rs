@@ -169,11 +169,14 @@ pub(super) async fn discover(
         match from_socket(socket, proc_root, timeout, &mut out).await {
             Ok(()) => {}
             Err(e) if e.is_absent() => log::debug!("pods: Docker Engine: {}", one_line(&e)),
-            Err(e) => log::warn!(
-                "pods: Docker Engine at {} skipped: {}",
-                socket.display(),
-                one_line(&e)
-            ),
+            Err(e) => {
+                crate::failures::count("pods_docker");
+                log::warn!(
+                    "pods: Docker Engine at {} skipped: {}",
+                    socket.display(),
+                    one_line(&e)
+                );
+            }
         }
     }
     out

@@ -114,6 +114,7 @@ impl Hub {
     fn set_tracing(state: &Shared, on: bool) {
         if let Err(e) = lock(state).probe.set_tracing(on) {
             let on = if on { "on" } else { "off" };
+            crate::failures::count("set_tracing");
             log::warn!("turning tracing {on}: {}", node_tracer_client::one_line(&e));
         }
     }
@@ -139,6 +140,7 @@ impl Hub {
                 tokio::select! {
                     ev = ring.next_event() => {
                         let Some(mut ev) = ev else {
+                            crate::failures::count("event_ring");
                             log::warn!("the event ring buffer closed: no more traces");
                             return;
                         };

@@ -154,13 +154,17 @@ impl Table {
                     log::info!("FDB notifications overran; reading the bridges' FDB again");
                     match dump_blocking() {
                         Ok(d) => self.reset(d),
-                        Err(e) => log::warn!(
-                            "reading the bridges' FDB: {}",
-                            node_tracer_client::one_line(&e)
-                        ),
+                        Err(e) => {
+                            crate::failures::count("fdb_dump");
+                            log::warn!(
+                                "reading the bridges' FDB: {}",
+                                node_tracer_client::one_line(&e)
+                            );
+                        }
                     }
                 }
                 Err(e) => {
+                    crate::failures::count("fdb_notifications");
                     log::warn!("FDB notifications: {e}");
                     return;
                 }
