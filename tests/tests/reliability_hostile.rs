@@ -297,6 +297,13 @@ fn cri_socket_that_hangs_or_answers_garbage_never_blocks_the_agent() {
         agent.metrics().contains(&pod.veth.name),
         "veth attached and labelled"
     );
+    // Survived, logged, and counted: both sockets failed at least once (the first discovery).
+    let failed = metric(
+        &agent.metrics(),
+        "node_tracer_errors_total",
+        &[("operation", "pods_cri")],
+    );
+    assert!(failed.is_some_and(|n| n >= 2.0), "{failed:?}");
     let mut peers = vec!["peers", "--json"];
     peers.extend(sources);
     let out = node_tracer(&peers);
