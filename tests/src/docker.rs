@@ -36,6 +36,7 @@ impl Engine {
         require_tool("dockerd");
         require_tool("docker");
         require_tool("busybox");
+        host_dirs().enter();
         let root = TempDir::new(tag);
         let net = crate::unique_net();
         let bridge = Link::bridge(&format!("{tag}b"));
@@ -207,7 +208,69 @@ impl Drop for Engine {
             }
         }
         unmount_under(&self.root.0);
+        host_dirs().leave();
         // `bridge` and `root` are dropped after this: the link deleted, the directory removed.
+    }
+}
+
+/// What every dockerd makes on the host whatever its own directories: a `docker` cgroup in each
+/// hierarchy, and `/run/containerd/s` for its shims' sockets. Those that did not exist before
+/// this process's first engine are removed when its last engine stops (engines of one test
+/// binary run in parallel and share them).
+struct HostDirs {
+    inner: std::sync::Mutex<(usize, Option<Vec<PathBuf>>)>,
+}
+
+fn host_dirs() -> &'static HostDirs {
+    static DIRS: std::sync::OnceLock<HostDirs> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| HostDirs {
+        inner: std::sync::Mutex::new((0, None)),
+    })
+}
+
+impl HostDirs {
+    fn watched() -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|h| h.path().join("docker"))
+            .collect();
+        // Deepest first, so the parent is empty when its turn comes.
+        dirs.extend(["/run/containerd/s", "/run/containerd"].map(PathBuf::from));
+        dirs
+    }
+
+    fn enter(&self) {
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.1.is_none() {
+            g.1 = Some(
+                Self::watched()
+                    .into_iter()
+                    .filter(|d| !d.exists())
+                    .collect(),
+            );
+        }
+        g.0 += 1;
+    }
+
+    fn leave(&self) {
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.0 -= 1;
+        if g.0 > 0 {
+            return;
+        }
+        for d in g.1.take().unwrap_or_default() {
+            // Only empty ones go (rmdir): a cgroup with a process in it, or a socket another
+            // runtime still uses, stays.
+            let _ = std::fs::remove_dir(&d);
+        }
     }
 }
 
