@@ -340,8 +340,9 @@ pub struct ProbeArgs {
 
 #[derive(Args, Clone)]
 pub struct SourceArgs {
-    /// CRI runtime socket to ask for pods (repeatable; absent sockets are skipped).
-    #[arg(long = "cri-socket", default_values = ["/run/containerd/containerd.sock", "/run/crio/crio.sock"])]
+    /// CRI runtime socket to ask for pods (repeatable; absent sockets are skipped). The defaults
+    /// are containerd, CRI-O, k3s and RKE2, MicroK8s and cri-dockerd.
+    #[arg(long = "cri-socket", default_values = node_tracer::pods::DEFAULT_CRI_SOCKETS)]
     pub cri_sockets: Vec<PathBuf>,
     /// Docker Engine API socket to ask for containers (repeatable; absent sockets are skipped).
     #[arg(long = "docker-socket", default_value = node_tracer::pods::docker::DEFAULT_SOCKET)]

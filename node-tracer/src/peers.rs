@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::{Bridge, Container, Peer, Pod, PodSource, Port, Snapshot};
+use crate::{
+    model::{Bridge, Container, Peer, Pod, PodSource, Port, Snapshot},
+    pods::Answered,
+};
 
 /// One row of `peers --json` (the contract of DESIGN.md).
 #[derive(Debug, Serialize)]
@@ -137,6 +140,40 @@ pub fn to_table(snap: &Snapshot) -> String {
     out
 }
 
+/// The line `peers` ends with: which pod sources answered and how many ports each named, so a
+/// port with no pod is told from a source that never answered.
+pub fn sources_line(answered: &[Answered], snap: &Snapshot) -> String {
+    let mut parts = Vec::new();
+    let mut seen = Vec::new();
+    for a in answered {
+        if seen.contains(&a.source) {
+            continue;
+        }
+        seen.push(a.source);
+        let at: Vec<String> = answered
+            .iter()
+            .filter(|b| b.source == a.source)
+            .filter_map(|b| b.at.as_ref().map(|p| p.display().to_string()))
+            .collect();
+        let named = snap
+            .ports
+            .iter()
+            .filter(|p| p.pod.as_ref().is_some_and(|pod| pod.source == a.source))
+            .count();
+        let at = if at.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", at.join(", "))
+        };
+        let ports = if named == 1 { "port" } else { "ports" };
+        parts.push(format!("{}{at} {named} {ports}", a.source.as_str()));
+    }
+    if parts.is_empty() {
+        return "sources: none answered\n".into();
+    }
+    format!("sources: {}\n", parts.join(", "))
+}
+
 fn first_global(addrs: &[String]) -> String {
     addrs
         .iter()
@@ -216,6 +253,49 @@ mod tests {
             }],
             ..Snapshot::default()
         }
+    }
+
+    #[test]
+    fn the_last_line_says_which_sources_answered_and_what_each_named() {
+        let snap = snap();
+        let named = |source| {
+            snap.ports
+                .iter()
+                .filter(|p| p.pod.as_ref().is_some_and(|pod| pod.source == source))
+                .count()
+        };
+        let answered = [
+            Answered {
+                source: PodSource::Cri,
+                at: Some("/run/a.sock".into()),
+            },
+            Answered {
+                source: PodSource::Cri,
+                at: Some("/run/b.sock".into()),
+            },
+            Answered {
+                source: PodSource::Proc,
+                at: None,
+            },
+        ];
+        let line = sources_line(&answered, &snap);
+        let cri = named(PodSource::Cri);
+        assert!(cri > 0, "the fixture has CRI pods");
+        assert!(
+            line.starts_with(&format!(
+                "sources: cri (/run/a.sock, /run/b.sock) {cri} port"
+            )),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("proc {} port", named(PodSource::Proc))),
+            "{line}"
+        );
+        assert!(
+            !line.contains("docker"),
+            "only sources that answered: {line}"
+        );
+        assert_eq!(sources_line(&[], &snap), "sources: none answered\n");
     }
 
     #[test]

@@ -159,6 +159,12 @@ fn containers_are_named_as_docker_inspect_names_them() {
             .unwrap_or_else(|| panic!("no line for {veth}: {table}"));
         assert!(line.ends_with(&shown), "{line:?} should end with {shown:?}");
     }
+    // And ends saying the engine answered and named those three ports.
+    let last = table.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("docker ({}) 3 ports", engine.socket.display())),
+        "{last}"
+    );
 }
 
 #[test]

@@ -157,6 +157,14 @@ async fn peers_names_every_pod_and_agrees_with_the_kernel_and_the_cri() {
         );
     }
     assert!(table.contains(bridge.as_str()));
+    // It ends saying which sources answered and what each named: the runtime named our pods
+    // (its socket is this test's own, so exactly them).
+    let last = table.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("sources: cri ({sock}) {} ports", pods.len())),
+        "{last}"
+    );
+    assert!(!last.contains("docker"), "no Docker Engine answered here: {last}");
     rt.stop().await.unwrap();
 }
 

@@ -17,6 +17,7 @@ pub async fn peers(json: bool, sources: &SourceArgs) -> anyhow::Result<()> {
         println!("{}", peers::to_json(&snap)?);
     } else {
         print!("{}", peers::to_table(&snap));
+        print!("{}", peers::sources_line(pods.answered(), &snap));
     }
     Ok(())
 }

@@ -12,16 +12,20 @@ use node_tracer_cri::{CriClient, CriError, parse_sandbox_info};
 use super::Found;
 use crate::model::{Pod, PodSource};
 
-/// Every ready sandbox of every runtime socket that answers.
-pub(super) async fn discover(sockets: &[PathBuf], timeout: Duration) -> Vec<Found> {
+/// Every ready sandbox of every runtime socket that answers, and the sockets that answered.
+pub(super) async fn discover(sockets: &[PathBuf], timeout: Duration) -> (Vec<Found>, Vec<PathBuf>) {
     let mut out = Vec::new();
+    let mut answered = Vec::new();
     for socket in sockets {
         if !socket.exists() {
             log::debug!("pods: no CRI socket at {}", socket.display());
             continue;
         }
         match from_socket(socket, timeout).await {
-            Ok(found) => out.extend(found),
+            Ok(found) => {
+                out.extend(found);
+                answered.push(socket.clone());
+            }
             Err(e) if e.is_absent() => log::debug!("pods: {e}"),
             Err(e) => {
                 crate::failures::count("pods_cri");
@@ -29,7 +33,7 @@ pub(super) async fn discover(sockets: &[PathBuf], timeout: Duration) -> Vec<Foun
             }
         }
     }
-    out
+    (out, answered)
 }
 
 async fn from_socket(socket: &Path, timeout: Duration) -> Result<Vec<Found>, CriError> {

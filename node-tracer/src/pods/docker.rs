@@ -154,20 +154,21 @@ impl Inspect {
     }
 }
 
-/// Every running container of every engine socket that answers.
+/// Every running container of every engine socket that answers, and the sockets that answered.
 pub(super) async fn discover(
     sockets: &[PathBuf],
     proc_root: &Path,
     timeout: Duration,
-) -> Vec<Found> {
+) -> (Vec<Found>, Vec<PathBuf>) {
     let mut out = Vec::new();
+    let mut answered = Vec::new();
     for socket in sockets {
         if !socket.exists() {
             log::debug!("pods: no Docker Engine socket at {}", socket.display());
             continue;
         }
         match from_socket(socket, proc_root, timeout, &mut out).await {
-            Ok(()) => {}
+            Ok(()) => answered.push(socket.clone()),
             Err(e) if e.is_absent() => log::debug!("pods: Docker Engine: {}", one_line(&e)),
             Err(e) => {
                 crate::failures::count("pods_docker");
@@ -179,7 +180,7 @@ pub(super) async fn discover(
             }
         }
     }
-    out
+    (out, answered)
 }
 
 /// How many containers the engine at `socket` runs (`docker ps | wc -l`).
@@ -374,7 +375,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let stale = dir.join("stale.sock");
         drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-        let found = discover(
+        let (found, answered) = discover(
             &[dir.join("absent.sock"), stale],
             Path::new("/proc"),
             Duration::from_secs(1),
@@ -382,5 +383,6 @@ mod tests {
         .await;
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(found.is_empty());
+        assert!(answered.is_empty(), "{answered:?}");
     }
 }

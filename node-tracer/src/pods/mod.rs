@@ -18,7 +18,7 @@ pub mod proc;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -26,7 +26,7 @@ use std::{
 /// path too.
 pub use node_tracer_cri::netns_inode;
 
-use crate::model::Pod;
+use crate::model::{Pod, PodSource};
 
 /// Where to look for pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +46,21 @@ pub struct PodConfig {
     pub docker_timeout: Duration,
 }
 
+/// Where the CRI runtimes of the common distributions listen: containerd, CRI-O, k3s and RKE2
+/// (their own containerd), MicroK8s (a snap's), and cri-dockerd (Docker behind the CRI). Absent
+/// ones are skipped quietly.
+pub const DEFAULT_CRI_SOCKETS: [&str; 5] = [
+    "/run/containerd/containerd.sock",
+    "/run/crio/crio.sock",
+    "/run/k3s/containerd/containerd.sock",
+    "/var/snap/microk8s/common/run/containerd.sock",
+    "/run/cri-dockerd.sock",
+];
+
 impl Default for PodConfig {
     fn default() -> Self {
         Self {
-            cri_sockets: vec![
-                PathBuf::from("/run/containerd/containerd.sock"),
-                PathBuf::from("/run/crio/crio.sock"),
-            ],
+            cri_sockets: DEFAULT_CRI_SOCKETS.iter().map(PathBuf::from).collect(),
             cni_results_dir: PathBuf::from("/var/lib/cni/results"),
             netns_dir: PathBuf::from("/run/netns"),
             proc_root: PathBuf::from("/proc"),
@@ -71,12 +79,20 @@ pub struct Found {
     pub pod: Pod,
 }
 
+/// A source that answered this discovery: where (a socket or a directory; none for `/proc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    pub source: PodSource,
+    pub at: Option<PathBuf>,
+}
+
 /// Pods by network-namespace inode, best source kept.
 #[derive(Debug, Clone, Default)]
 pub struct PodIndex {
     by_inode: HashMap<u64, Pod>,
     paths: BTreeSet<PathBuf>,
     host_inode: Option<u64>,
+    answered: Vec<Answered>,
 }
 
 impl PodIndex {
@@ -85,6 +101,18 @@ impl PodIndex {
             host_inode,
             ..Self::default()
         }
+    }
+
+    /// The sources that answered, best first (for `peers`' last line).
+    pub fn answered(&self) -> &[Answered] {
+        &self.answered
+    }
+
+    fn answered_by(&mut self, source: PodSource, at: Option<&Path>) {
+        self.answered.push(Answered {
+            source,
+            at: at.map(Path::to_path_buf),
+        });
     }
 
     pub fn lookup(&self, netns_inode: u64) -> Option<&Pod> {
@@ -151,19 +179,38 @@ pub async fn discover(cfg: &PodConfig) -> PodIndex {
         })
         .ok();
     let mut index = PodIndex::new(host_inode);
-    for found in cri::discover(&cfg.cri_sockets, cfg.cri_timeout).await {
+    let (found, answered) = cri::discover(&cfg.cri_sockets, cfg.cri_timeout).await;
+    for socket in &answered {
+        index.answered_by(PodSource::Cri, Some(socket));
+    }
+    for found in found {
         index.offer(found);
     }
-    for found in docker::discover(&cfg.docker_sockets, &cfg.proc_root, cfg.docker_timeout).await {
+    let (found, answered) =
+        docker::discover(&cfg.docker_sockets, &cfg.proc_root, cfg.docker_timeout).await;
+    for socket in &answered {
+        index.answered_by(PodSource::Docker, Some(socket));
+    }
+    for found in found {
         index.offer(found);
     }
-    // The file sources are small and local; reading them inline keeps discovery simple.
+    // The file sources are small and local; reading them inline keeps discovery simple. A
+    // directory that exists answered, even when it names nothing.
+    for (source, dir) in [
+        (PodSource::CniCache, &cfg.cni_results_dir),
+        (PodSource::Netns, &cfg.netns_dir),
+    ] {
+        if dir.is_dir() {
+            index.answered_by(source, Some(dir));
+        }
+    }
     for found in cni::discover(&cfg.cni_results_dir) {
         index.offer(found);
     }
     for found in netns::discover(&cfg.netns_dir) {
         index.offer(found);
     }
+    index.answered_by(PodSource::Proc, None);
     for found in proc::discover(&cfg.proc_root, host_inode) {
         index.offer(found);
     }
