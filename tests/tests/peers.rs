@@ -164,7 +164,10 @@ async fn peers_names_every_pod_and_agrees_with_the_kernel_and_the_cri() {
         last.starts_with(&format!("sources: cri ({sock}) {} ports", pods.len())),
         "{last}"
     );
-    assert!(!last.contains("docker"), "no Docker Engine answered here: {last}");
+    assert!(
+        !last.contains("docker"),
+        "no Docker Engine answered here: {last}"
+    );
     rt.stop().await.unwrap();
 }
 
