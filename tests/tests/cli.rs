@@ -153,7 +153,7 @@ for t in range(100, 124):
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_mins(1),
             "no ICMP_STATS failure counted"
         );
         std::thread::sleep(Duration::from_millis(100));

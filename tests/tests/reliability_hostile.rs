@@ -75,7 +75,7 @@ fn http_answers_only_get_refuses_oversized_and_survives_slow_and_concurrent_clie
         let req = format!(
             "{method} /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
-        assert_eq!(raw(addr, req.as_bytes(), &method), Some(405), "{method}");
+        assert_eq!(raw(addr, req.as_bytes(), method), Some(405), "{method}");
     }
     for path in ["/nope", "/metrics/x", "/healthz/..", "/snapshot.json"] {
         assert_eq!(http_get(addr, path).unwrap().0, 404, "{path}");

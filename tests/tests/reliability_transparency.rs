@@ -8,7 +8,11 @@
 //! what left `va`'s tc ingress (our `nt_ingress`, then the redirect) and `vb`'s tc egress (our
 //! `nt_egress`). The redirect is also "another tool's tc program" running after ours.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use node_tracer_tests::{
     Agent, Capture, KernelCounters, Link, Netns, TempDir, metric, quiet_ipv6, require_root,
@@ -321,7 +325,7 @@ fn tx_dropped(veth: &str) -> u64 {
 /// Attaching and detaching do not drop either. tcx (the default) never touches a qdisc; adding
 /// or removing a clsact qdisc on an up device deactivates it for a moment and drops what is sent
 /// to it meanwhile, which is why netlink mode and fast-start are not the default. Ten agent
-/// starts and stops under a ping flood lose no packet in the default mode.
+/// starts and stops, all under one ping flood, lose no packet in the default mode.
 #[test]
 fn starting_and_stopping_in_the_default_mode_drops_nothing() {
     require_root();
@@ -332,23 +336,36 @@ fn starting_and_stopping_in_the_default_mode_drops_nothing() {
     let b = node_tracer_tests::Pod::bridged("tdb", &br, &format!("{net}.3"), 24);
     std::thread::sleep(Duration::from_millis(500));
     let (da, db) = (tx_dropped(&a.veth.name), tx_dropped(&b.veth.name));
-    let flood = {
-        let (ns, ip) = (a.ns.name.clone(), b.ip.clone());
-        std::thread::spawn(move || {
-            sh(&format!(
-                "ip netns exec {ns} ping -f -w 8 -q {ip} | grep -o '[0-9]* received'"
-            ))
-        })
-    };
-    let mut cycles = 0;
-    while !flood.is_finished() {
+    // The flood runs until the ten cycles are done (its own deadline, ten minutes, only
+    // catches a hang): every start and stop happens under it, however slow the machine.
+    let mut flood = Command::new("ip")
+        .args([
+            "netns", "exec", &a.ns.name, "ping", "-f", "-q", "-w", "600", &b.ip,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the ping flood");
+    for cycle in 0..10 {
         let agent = Agent::start(&["-i", &a.veth.name, "-i", &b.veth.name]);
         std::thread::sleep(Duration::from_millis(100));
         drop(agent);
-        cycles += 1;
+        assert!(
+            flood.try_wait().expect("poll the flood").is_none(),
+            "the flood ended before cycle {cycle} was over"
+        );
     }
-    let received = flood.join().unwrap();
-    assert!(cycles >= 5, "{cycles} starts and stops during the flood");
+    // SIGINT: ping stops and prints its summary (`ip netns exec` execs ping, same PID).
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(flood.id() as i32, libc::SIGINT) };
+    let out = flood.wait_with_output().expect("the flood's summary");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let received = summary
+        .split(',')
+        .find(|part| part.contains("received"))
+        .unwrap_or_else(|| panic!("no summary from the flood: {summary}"))
+        .trim()
+        .to_owned();
     assert_eq!(
         (tx_dropped(&a.veth.name) - da, tx_dropped(&b.veth.name) - db),
         (0, 0),

@@ -359,6 +359,76 @@ fn trace_through_the_agent_sees_the_same_and_attaches_nothing() {
     assert_one_line_error(&out, "--connect to no agent");
 }
 
+/// `trace icmp --connect --write`: the pcapng made from the agent's events holds what the trace
+/// printed (so what tcpdump saw, which the printed lines match), packet for packet, with one
+/// interface per veth, named after the veth and its pod.
+#[test]
+fn trace_through_the_agent_writes_a_pcapng_of_what_tcpdump_sees() {
+    preconditions();
+    let lab = Lab::new();
+    let veths = lab.veths();
+    let mut args = vec![];
+    for v in veths {
+        args.extend(["-i", v]);
+    }
+    let agent = Agent::start(&args);
+    let url = format!("http://{}", agent.addr);
+    let tmp = TempDir::new("cpcap");
+    let file = tmp.0.join("trace.pcapng");
+    let file_arg = file.display().to_string();
+    let pkts = trace_matches_tcpdump(&lab, || {
+        let mut args = vec!["--connect", url.as_str(), "--write", file_arg.as_str()];
+        args.extend(lab.veth_args());
+        Trace::start(&args, 4)
+    });
+
+    // Every frame of the file: its interface (id, name) and its outer ICMP header.
+    let out = sh(&format!(
+        "tshark -r {file_arg} -n -T fields -E occurrence=f \
+         -e frame.interface_id -e frame.interface_name \
+         -e icmp.type -e icmp.ident -e icmp.seq \
+         -e icmpv6.type -e icmpv6.echo.identifier -e icmpv6.echo.sequence_number 2>/dev/null"
+    ));
+    let frames: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        frames.len(),
+        pkts.len(),
+        "pcapng frames vs printed lines:\n{out}"
+    );
+    let mut interfaces = BTreeMap::new();
+    for (f, p) in frames.iter().zip(&pkts) {
+        assert_eq!(f.len(), 8, "{f:?}");
+        let (veth, pod) = (p["interface"].as_str().unwrap(), p["pod"].as_str().unwrap());
+        assert!(
+            f[1].starts_with(&format!("{veth} (")) && f[1].ends_with(&format!("{pod})")),
+            "interface {:?} for {p}",
+            f[1]
+        );
+        // One interface per veth: a veth always comes back with the id it was given first.
+        let id = *interfaces.entry(veth.to_owned()).or_insert(f[0]);
+        assert_eq!(f[0], id, "{veth} on two interfaces: {out}");
+        let (ty, ident, seq) = if f[2].is_empty() {
+            (f[5], f[6], f[7])
+        } else {
+            (f[2], f[3], f[4])
+        };
+        let (_, _, _, want_ty, want_id, want_seq) = key_of_json(p);
+        assert_eq!(
+            (field(ty), field(ident), field(seq)),
+            (Some(u16::from(want_ty)), want_id, want_seq),
+            "frame {f:?} for {p}"
+        );
+    }
+    let mut ids: Vec<&str> = interfaces.values().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        (interfaces.len(), ids.len()),
+        (veths.len(), veths.len()),
+        "one interface per veth: {interfaces:?}"
+    );
+}
+
 /// A process ended with SIGTERM by its PID (then killed) when the test ends, also on failure.
 struct Stopped(Child);
 
@@ -476,7 +546,9 @@ fn trace_through_the_agent_names_a_pod_that_appears_during_the_trace() {
 
 /// Runs `start`ed trace while the lab sends every flow, and compares its lines with tcpdump on
 /// both directions of every veth.
-fn trace_matches_tcpdump(lab: &Lab, start: impl FnOnce() -> Trace) {
+/// Runs the trace `start` gives around `lab.send()`; checks its lines against tcpdump on every
+/// veth and returns them, in the order printed.
+fn trace_matches_tcpdump(lab: &Lab, start: impl FnOnce() -> Trace) -> Vec<Value> {
     let tmp = TempDir::new("trc");
     let veths = lab.veths();
     // tcpdump -Q in on the host veth sees what the pod transmits.
@@ -567,6 +639,7 @@ fn trace_matches_tcpdump(lab: &Lab, start: impl FnOnce() -> Trace) {
         let veth = p["interface"].as_str().unwrap();
         assert_eq!(p["pod"].as_str(), Some(pods[veth]), "{p}");
     }
+    pkts
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Screens of `top`, drawn on ratatui's `TestBackend` and compared with the `.snap` files in
 //! `snapshots/` (review a changed one with `cargo insta review` or by reading it).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -125,26 +125,30 @@ fn a_thousand_veths() {
     insta::assert_snapshot!("thousand_end", screen(&mut app, 120, 30));
 }
 
+/// Ten refreshes of a thousand veths, each a rebuild, a sort, a key and a frame: every one
+/// lands (the selection follows its veth through each re-sort and each key moves it, the view
+/// still holds them all). How long they take is
+/// a figure for the bench, not a bound here: a debug build on a busy box varies too much.
 #[test]
-fn a_thousand_veths_redraw_well_within_a_second() {
+fn a_thousand_veths_redraw_ten_times() {
     let (a, b) = (many(1000, 10), many(1000, 11));
-    let started = Instant::now();
     let mut app = app_of(a, b.clone());
     let mut t = Terminal::new(TestBackend::new(200, 60)).unwrap();
+    let name = |app: &App| app.selected_port().map(|p| p.name.clone());
+    let mut moved_to = name(&app);
     for i in 0..10 {
         app.on_snapshot(Snapshot {
             taken_at_ms: b.taken_at_ms + 1000 * (i + 1),
             ..b.clone()
         });
+        // The refresh re-sorts; the selection stays on its veth.
+        assert_eq!(name(&app), moved_to, "refresh {i} lost the selection");
         app.on_key(ch('j'));
+        assert_ne!(name(&app), moved_to, "refresh {i}: j did not move");
+        moved_to = name(&app);
         t.draw(|f| render(f, &app)).unwrap();
     }
-    // Ten rebuilds, sorts and frames; a debug build on a loaded 2-core box stays far under 10s.
-    let spent = started.elapsed();
-    assert!(
-        spent < Duration::from_secs(5),
-        "10 refreshes of 1000 veths took {spent:?}"
-    );
+    assert_eq!(app.view.len(), 1000);
 }
 
 #[test]
