@@ -9,6 +9,7 @@
 //! `nt_egress`). The redirect is also "another tool's tc program" running after ours.
 
 use std::{
+    io::Read as _,
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -322,6 +323,18 @@ fn tx_dropped(veth: &str) -> u64 {
     node_tracer_tests::iface_stat(veth, "tx_dropped")
 }
 
+/// A ping flood, killed when the test ends (also on failure) if still running.
+struct Flood(std::process::Child);
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Attaching and detaching do not drop either. tcx (the default) never touches a qdisc; adding
 /// or removing a clsact qdisc on an up device deactivates it for a moment and drops what is sent
 /// to it meanwhile, which is why netlink mode and fast-start are not the default. Ten agent
@@ -338,28 +351,37 @@ fn starting_and_stopping_in_the_default_mode_drops_nothing() {
     let (da, db) = (tx_dropped(&a.veth.name), tx_dropped(&b.veth.name));
     // The flood runs until the ten cycles are done (its own deadline, ten minutes, only
     // catches a hang): every start and stop happens under it, however slow the machine.
-    let mut flood = Command::new("ip")
-        .args([
-            "netns", "exec", &a.ns.name, "ping", "-f", "-q", "-w", "600", &b.ip,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the ping flood");
+    let mut flood = Flood(
+        Command::new("ip")
+            .args([
+                "netns", "exec", &a.ns.name, "ping", "-f", "-q", "-w", "600", &b.ip,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the ping flood"),
+    );
     for cycle in 0..10 {
         let agent = Agent::start(&["-i", &a.veth.name, "-i", &b.veth.name]);
         std::thread::sleep(Duration::from_millis(100));
         drop(agent);
         assert!(
-            flood.try_wait().expect("poll the flood").is_none(),
+            flood.0.try_wait().expect("poll the flood").is_none(),
             "the flood ended before cycle {cycle} was over"
         );
     }
     // SIGINT: ping stops and prints its summary (`ip netns exec` execs ping, same PID).
     // SAFETY: signalling our own child by PID.
-    unsafe { libc::kill(flood.id() as i32, libc::SIGINT) };
-    let out = flood.wait_with_output().expect("the flood's summary");
-    let summary = String::from_utf8_lossy(&out.stdout);
+    unsafe { libc::kill(flood.0.id() as i32, libc::SIGINT) };
+    let mut summary = String::new();
+    flood
+        .0
+        .stdout
+        .take()
+        .expect("the flood's stdout")
+        .read_to_string(&mut summary)
+        .expect("the flood's summary");
+    let _ = flood.0.wait();
     let received = summary
         .split(',')
         .find(|part| part.contains("received"))
