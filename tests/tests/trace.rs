@@ -259,6 +259,14 @@ impl Lab {
         ]
     }
 
+    /// An agent on the lab's veths, and its URL for `--connect`.
+    fn agent(&self) -> (Agent, String) {
+        let args: Vec<&str> = self.veths().iter().flat_map(|v| ["-i", *v]).collect();
+        let agent = Agent::start(&args);
+        let url = format!("http://{}", agent.addr);
+        (agent, url)
+    }
+
     fn veth_args(&self) -> Vec<&str> {
         self.veths().iter().flat_map(|v| ["--veth", *v]).collect()
     }
@@ -316,12 +324,7 @@ fn trace_through_the_agent_sees_the_same_and_attaches_nothing() {
     preconditions();
     let lab = Lab::new();
     let veths = lab.veths();
-    let mut args = vec![];
-    for v in veths {
-        args.extend(["-i", v]);
-    }
-    let agent = Agent::start(&args);
-    let url = format!("http://{}", agent.addr);
+    let (agent, url) = lab.agent();
     let streams = |agent: &Agent| metric(&agent.metrics(), "node_tracer_trace_streams", &[]);
     assert_eq!(streams(&agent), Some(0.0));
     trace_matches_tcpdump(&lab, || {
@@ -367,12 +370,7 @@ fn trace_through_the_agent_writes_a_pcapng_of_what_tcpdump_sees() {
     preconditions();
     let lab = Lab::new();
     let veths = lab.veths();
-    let mut args = vec![];
-    for v in veths {
-        args.extend(["-i", v]);
-    }
-    let agent = Agent::start(&args);
-    let url = format!("http://{}", agent.addr);
+    let (_agent, url) = lab.agent();
     let tmp = TempDir::new("cpcap");
     let file = tmp.0.join("trace.pcapng");
     let file_arg = file.display().to_string();
