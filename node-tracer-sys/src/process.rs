@@ -28,7 +28,10 @@ pub fn stop_child(child: &mut Child, grace: Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
+    use std::{
+        io::{BufRead as _, BufReader},
+        process::{Command, Stdio},
+    };
 
     use super::*;
 
@@ -37,13 +40,19 @@ mod tests {
         let mut polite = Command::new("sleep").arg("600").spawn().unwrap();
         assert!(stop_child(&mut polite, Duration::from_mins(1)));
         assert!(polite.try_wait().unwrap().is_some(), "reaped");
+        // A shell that ignores SIGTERM, and says so once the trap is in place (so the test
+        // never races the trap), then waits on a pipe we never write: no child to leave behind.
         let mut stubborn = Command::new("sh")
-            .args(["-c", "trap '' TERM; while :; do sleep 1; done"])
+            .args(["-c", "trap '' TERM; echo ready; read _"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        // Give the shell time to install its trap: without it SIGTERM would end it too, and
-        // the assertion below would fail (never pass wrongly).
-        std::thread::sleep(Duration::from_millis(300));
+        let mut line = String::new();
+        BufReader::new(stubborn.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
         assert!(!stop_child(&mut stubborn, Duration::from_millis(200)));
         assert!(stubborn.try_wait().unwrap().is_some(), "reaped");
     }
