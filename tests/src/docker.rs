@@ -214,7 +214,7 @@ impl Drop for Engine {
 }
 
 /// What every dockerd makes on the host whatever its own directories: a `docker` cgroup in each
-/// hierarchy, and `/run/containerd/s` for its shims' sockets. Those that did not exist before
+/// hierarchy, `/run/containerd/s` for its shims' sockets and `/run/docker/plugins`. Those that did not exist before
 /// this process's first engine are removed when its last engine stops (engines of one test
 /// binary run in parallel and share them).
 struct HostDirs {
@@ -236,8 +236,17 @@ impl HostDirs {
             .flatten()
             .map(|h| h.path().join("docker"))
             .collect();
-        // Deepest first, so the parent is empty when its turn comes.
-        dirs.extend(["/run/containerd/s", "/run/containerd"].map(PathBuf::from));
+        // Deepest first, so the parent is empty when its turn comes. (dockerd makes its plugin
+        // directory under /run/docker whatever its --exec-root.)
+        dirs.extend(
+            [
+                "/run/containerd/s",
+                "/run/containerd",
+                "/run/docker/plugins",
+                "/run/docker",
+            ]
+            .map(PathBuf::from),
+        );
         dirs
     }
 
