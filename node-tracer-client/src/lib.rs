@@ -7,6 +7,7 @@
 //! (`--api-token-file`). The token is never printed: not in `Debug`, not in an error.
 
 mod pem;
+mod token;
 mod url;
 
 use std::{
@@ -32,6 +33,7 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 pub use pem::{PemError, certs, key, provider, roots};
+pub use token::{TokenFileError, read_token_file};
 pub use url::AgentUrl;
 
 /// What a client proves itself with. Every field is a path: secrets live in files, never on a
@@ -63,6 +65,8 @@ pub enum ClientError {
     },
     #[error("the API token file {} holds no token", path.display())]
     EmptyToken { path: PathBuf },
+    #[error("the API token file {} holds characters an HTTP header cannot carry", path.display())]
+    BadToken { path: PathBuf },
     #[error("TLS credentials")]
     Pem(#[from] PemError),
     #[error("TLS client configuration")]
@@ -128,9 +132,10 @@ pub fn one_line(e: &(dyn StdError + 'static)) -> String {
 /// so a wrong URL cannot make us buffer without end.
 pub const MAX_BODY: usize = 64 << 20;
 
-/// The token, kept out of `Debug` and every message.
+/// The `Authorization` header, made once from the token file and marked sensitive (kept out
+/// of hyper's debug logs); kept out of `Debug` and every message.
 #[derive(Clone)]
-struct Token(Arc<str>);
+struct Token(HeaderValue);
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -339,15 +344,8 @@ impl Agent {
                 USER_AGENT,
                 concat!("node-tracer/", env!("CARGO_PKG_VERSION")),
             );
-        if let Some(Token(t)) = &self.token {
-            let mut v = HeaderValue::try_from(format!("Bearer {t}")).map_err(|_| {
-                ClientError::EmptyToken {
-                    path: PathBuf::from("(token with characters a header cannot carry)"),
-                }
-            })?;
-            // Kept out of hyper's debug logs.
-            v.set_sensitive(true);
-            req = req.header(AUTHORIZATION, v);
+        if let Some(Token(header)) = &self.token {
+            req = req.header(AUTHORIZATION, header.clone());
         }
         let req = req
             .body(Empty::<Bytes>::new())
@@ -423,17 +421,18 @@ impl Stream {
 }
 
 fn read_token(path: &Path) -> Result<Token, ClientError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ClientError::TokenFile {
-        path: path.to_owned(),
-        source,
+    let token = read_token_file(path).map_err(|e| match e {
+        TokenFileError::Read { path, source } => ClientError::TokenFile { path, source },
+        TokenFileError::Empty { path } => ClientError::EmptyToken { path },
     })?;
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(ClientError::EmptyToken {
-            path: path.to_owned(),
-        });
-    }
-    Ok(Token(Arc::from(t)))
+    let mut header =
+        HeaderValue::from_bytes(&[b"Bearer ".as_slice(), &token].concat()).map_err(|_| {
+            ClientError::BadToken {
+                path: path.to_owned(),
+            }
+        })?;
+    header.set_sensitive(true);
+    Ok(Token(header))
 }
 
 fn client_config(ca: &Path, creds: &Credentials) -> Result<Arc<rustls::ClientConfig>, ClientError> {

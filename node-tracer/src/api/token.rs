@@ -29,17 +29,9 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
     })
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("reading the API token file {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the API token file {} holds no token", path.display())]
-    Empty { path: PathBuf },
-}
+/// A token file that cannot be read or holds nothing: the clients' error, since both ends read
+/// the file the same way.
+pub use node_tracer_client::TokenFileError as TokenError;
 
 /// The token file and the digest of what it held when last read. Only the digest is kept: the
 /// token itself is in memory just while it is read and hashed.
@@ -100,17 +92,8 @@ impl TokenFile {
 }
 
 fn read(path: &Path) -> Result<[u8; 32], TokenError> {
-    let text = std::fs::read(path).map_err(|source| TokenError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let t = text.trim_ascii();
-    if t.is_empty() {
-        return Err(TokenError::Empty {
-            path: path.to_owned(),
-        });
-    }
-    Ok(Sha256::digest(t).into())
+    let token = node_tracer_client::read_token_file(path)?;
+    Ok(Sha256::digest(token).into())
 }
 
 /// Equal digests, taking the same time whatever the first difference: both sides are
