@@ -107,6 +107,8 @@ pub struct Peer {
 /// - Docker next: the Engine knows each container's name, id and image for certain, and the
 ///   Kubernetes pod too where dockershim / cri-dockerd labelled the sandbox; but it knows
 ///   Kubernetes only through labels, so a CRI answer about the same namespace wins.
+/// - Podman next: its `conmon` processes name each container (id and name) for certain, but
+///   never a Kubernetes pod.
 /// - The CNI result cache: the pod's name as the runtime passed it to CNI, but a cache (it can
 ///   outlive the pod until CNI DEL runs).
 /// - Named namespaces: only a file name.
@@ -117,6 +119,8 @@ pub enum PodSource {
     Cri,
     #[serde(rename = "docker")]
     Docker,
+    #[serde(rename = "podman")]
+    Podman,
     #[serde(rename = "cni-cache")]
     CniCache,
     #[serde(rename = "netns")]
@@ -130,6 +134,7 @@ impl PodSource {
         match self {
             PodSource::Cri => "cri",
             PodSource::Docker => "docker",
+            PodSource::Podman => "podman",
             PodSource::CniCache => "cni-cache",
             PodSource::Netns => "netns",
             PodSource::Proc => "proc",
@@ -171,7 +176,7 @@ impl Pod {
 /// A container as its engine names it (`docker ps`, `docker inspect`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Container {
-    /// The engine: `docker`.
+    /// The engine: `docker` or `podman`.
     pub runtime: String,
     /// The full id (`docker ps` shows its first 12 characters).
     pub id: String,
@@ -379,7 +384,7 @@ mod tests {
     #[test]
     fn the_runtime_that_knows_kubernetes_outranks_docker_which_outranks_the_files() {
         assert!(PodSource::Cri < PodSource::Docker);
-        assert!(PodSource::Docker < PodSource::CniCache);
+        assert!(PodSource::Docker < PodSource::Podman && PodSource::Podman < PodSource::CniCache);
         assert!(PodSource::CniCache < PodSource::Netns && PodSource::Netns < PodSource::Proc);
     }
 

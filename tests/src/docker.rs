@@ -156,17 +156,7 @@ impl Engine {
     /// The host-side veth of a container's `eth0` (its `iflink` names the host end's ifindex).
     pub fn host_veth(&self, container: &str) -> String {
         let iflink = self.docker(&format!("exec {container} cat /sys/class/net/eth0/iflink"));
-        let iflink = iflink.trim();
-        std::fs::read_dir("/sys/class/net")
-            .unwrap()
-            .flatten()
-            .find(|e| {
-                std::fs::read_to_string(e.path().join("ifindex")).is_ok_and(|i| i.trim() == iflink)
-            })
-            .map_or_else(
-                || panic!("no host link with ifindex {iflink} for {container}"),
-                |e| e.file_name().to_string_lossy().into_owned(),
-            )
+        crate::link_by_ifindex(iflink.trim())
     }
 
     pub fn log(&self) -> String {
@@ -284,7 +274,7 @@ impl HostDirs {
 }
 
 /// Unmounts everything mounted under `dir` (namespace bind mounts, overlays), deepest first.
-fn unmount_under(dir: &Path) {
+pub(crate) fn unmount_under(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };

@@ -7,6 +7,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 pub mod docker;
+pub mod podman;
 pub mod runtime;
 
 use std::{
@@ -192,6 +193,20 @@ impl Drop for Link {
     fn drop(&mut self) {
         let _ = sh_output(&format!("ip link del {}", self.name));
     }
+}
+
+/// The host link whose ifindex is `ifindex` (a container's `eth0` `iflink` names its host veth).
+pub fn link_by_ifindex(ifindex: &str) -> String {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("ifindex")).is_ok_and(|i| i.trim() == ifindex)
+        })
+        .map_or_else(
+            || panic!("no host link with ifindex {ifindex}"),
+            |e| e.file_name().to_string_lossy().into_owned(),
+        )
 }
 
 pub fn ifindex(name: &str) -> u32 {

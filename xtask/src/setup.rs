@@ -29,6 +29,9 @@ const PACKAGES: &[&str] = &[
     // rootfs of the image those tests import (no registry).
     "docker.io",
     "busybox-static",
+    // Rootful Podman (tests/podman.rs runs it with its own storage and CNI network; conmon
+    // comes with it).
+    "podman",
     "libcap2-bin",
     "tmux",
     "ethtool",

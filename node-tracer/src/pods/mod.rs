@@ -1,8 +1,8 @@
 //! Which pod owns a network namespace.
 //!
-//! Five sources, best first (why in that order: [`crate::model::PodSource`]): the container
-//! runtime over CRI ([`cri`]), the Docker Engine's API ([`docker`]), the CNI result cache
-//! ([`cni`]), named namespaces under `/run/netns` ([`netns`]) and processes ([`proc`]). Everything
+//! Six sources, best first (why in that order: [`crate::model::PodSource`]): the container
+//! runtime over CRI ([`cri`]), the Docker Engine's API ([`docker`]), Podman's `conmon`
+//! processes ([`podman`]), the CNI result cache ([`cni`]), named namespaces under `/run/netns` ([`netns`]) and processes ([`proc`]). Everything
 //! is keyed by the namespace's inode (`stat(path).st_ino`): every pod's `eth0` is ifindex 2 in its
 //! own namespace, so an ifindex never identifies a pod.
 //!
@@ -14,6 +14,7 @@ pub mod cni;
 pub mod cri;
 pub mod docker;
 pub mod netns;
+pub mod podman;
 pub mod proc;
 
 use std::{
@@ -167,8 +168,8 @@ impl PodIndex {
     }
 }
 
-/// Runs every source and keeps, per namespace inode, the best one (Cri > Docker > `CniCache` >
-/// Netns > Proc).
+/// Runs every source and keeps, per namespace inode, the best one (Cri > Docker > Podman >
+/// `CniCache` > Netns > Proc).
 pub async fn discover(cfg: &PodConfig) -> PodIndex {
     let host_inode = netns_inode(&cfg.proc_root.join("self/ns/net"))
         .inspect_err(|e| {
@@ -190,6 +191,14 @@ pub async fn discover(cfg: &PodConfig) -> PodIndex {
         docker::discover(&cfg.docker_sockets, &cfg.proc_root, cfg.docker_timeout).await;
     for socket in &answered {
         index.answered_by(PodSource::Docker, Some(socket));
+    }
+    for found in found {
+        index.offer(found);
+    }
+    // Podman answered where any of its containers runs (it has no daemon to ask).
+    let (found, answered) = podman::discover(&cfg.proc_root);
+    if answered {
+        index.answered_by(PodSource::Podman, None);
     }
     for found in found {
         index.offer(found);
