@@ -297,6 +297,49 @@ fn one_mac_in_two_pods_is_flagged_on_both_ports() {
 }
 
 #[test]
+fn one_mac_configured_in_two_pods_is_a_duplicate_without_any_traffic() {
+    setup();
+    let (br, pods) = bridge_with(3);
+    let dup = "02:00:5e:10:00:03";
+    for p in &pods {
+        // Quiet pods: no IPv6 chatter (MLD, DAD) while macs watches.
+        p.ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    }
+    for p in &pods[..2] {
+        p.ns.exec(&format!("ip link set eth0 address {dup}"));
+    }
+    let mut args = vec!["macs", "--bridge", &br.name, "--json", "--duration", "1"];
+    for p in &pods {
+        args.extend(["-i", p.veth.name.as_str()]);
+    }
+    let out = node_tracer(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("macs --json output");
+    let dups = |veth: &str| -> Vec<(String, Option<String>)> {
+        flags(&r, veth)
+            .into_iter()
+            .filter(|(k, _)| k == "duplicate_mac")
+            .collect()
+    };
+    for p in &pods[..2] {
+        assert!(
+            sent(&r, &p.veth.name).is_empty(),
+            "no frame was sent: {r:#}"
+        );
+        assert_eq!(
+            dups(&p.veth.name),
+            [("duplicate_mac".to_string(), Some(dup.to_string()))],
+            "{r:#}"
+        );
+    }
+    assert!(dups(&pods[2].veth.name).is_empty(), "{r:#}");
+}
+
+#[test]
 fn entries_learned_while_nobody_watched_are_flagged_until_traffic_is_seen() {
     setup();
     let (br, pods) = bridge_with(2);

@@ -195,42 +195,65 @@ fn pod_name(p: &Port) -> String {
     }
 }
 
-/// A unicast MAC sent from more than one port of the same bridge (one L2 domain). Routed veths
-/// are point-to-point links each: the same MAC on two of them harms nothing.
+/// A unicast MAC behind more than one port of the same bridge (one L2 domain): sent from
+/// there, or simply configured on the pod's eth0. The configuration alone is enough: two pods
+/// whose eth0 carry the same MAC collide the moment they talk, whether or not either sent a frame
+/// while we watched. Routed veths are point-to-point links each: the same MAC on two of them
+/// harms nothing.
 fn duplicates(snap: &Snapshot, out: &mut Vec<Anomaly>) {
-    let mut by_mac: BTreeMap<(&str, &str), Vec<&Port>> = BTreeMap::new();
+    // Per (bridge, MAC): each port once, and whether it was seen sending it.
+    let mut by_mac: BTreeMap<(&str, String), Vec<(&Port, bool)>> = BTreeMap::new();
     for p in &snap.ports {
         let Some(bridge) = p.master.as_deref() else {
             continue;
         };
-        for m in transmitted(p).filter(|m| is_unicast(&m.mac)) {
-            by_mac.entry((bridge, &m.mac)).or_default().push(p);
+        let mut macs: BTreeMap<String, bool> = transmitted(p)
+            .filter(|m| is_unicast(&m.mac))
+            .map(|m| (m.mac.to_ascii_lowercase(), true))
+            .collect();
+        if let Some(own) = p.peer.as_ref().and_then(|x| x.mac.as_deref())
+            && is_unicast(own)
+        {
+            macs.entry(own.to_ascii_lowercase()).or_insert(false);
+        }
+        for (mac, sent) in macs {
+            by_mac.entry((bridge, mac)).or_default().push((p, sent));
         }
     }
     for ((bridge, mac), ports) in by_mac.into_iter().filter(|(_, v)| v.len() > 1) {
         let fdb = snap
             .fdb
             .iter()
-            .find(|e| e.bridge == bridge && e.mac == mac && e.state == FdbState::Learned)
+            .find(|e| {
+                e.bridge == bridge
+                    && e.mac.eq_ignore_ascii_case(&mac)
+                    && e.state == FdbState::Learned
+            })
             .map_or_else(String::new, |e| {
                 format!("; the bridge now forwards it to {}", e.interface)
             });
-        for p in &ports {
+        let all_sent = ports.iter().all(|(_, sent)| *sent);
+        for (p, _) in &ports {
             let others: Vec<String> = ports
                 .iter()
-                .filter(|o| o.ifindex != p.ifindex)
-                .map(|o| pod_name(o))
+                .filter(|(o, _)| o.ifindex != p.ifindex)
+                .map(|(o, _)| pod_name(o))
                 .collect();
-            out.push(flag(
-                p,
-                AnomalyKind::DuplicateMac,
-                Some(mac),
+            let detail = if all_sent {
                 format!(
                     "also sent from {}: two pods share this MAC, or it moves between ports \
                      (flapping){fdb}",
                     others.join(", ")
-                ),
-            ));
+                )
+            } else {
+                format!(
+                    "also behind {} (an eth0 configured with it, or frames sent from it): two \
+                     pods on one bridge share this MAC, and frames for it reach only one of \
+                     them{fdb}",
+                    others.join(", ")
+                )
+            };
+            out.push(flag(p, AnomalyKind::DuplicateMac, Some(&mac), detail));
         }
     }
 }

@@ -205,6 +205,24 @@ fn a_mac_on_two_ports_of_one_bridge_flags_both() {
 }
 
 #[test]
+fn two_eth0_with_one_mac_on_a_bridge_are_a_duplicate_before_any_frame() {
+    let a = port(7, 1, A, vec![]);
+    let b = port(8, 2, &A.to_ascii_uppercase(), vec![]);
+    let c = port(9, 3, B, vec![seen(B, 1, 9)]);
+    let found = anomalies(&snap(vec![a, b, c], vec![]));
+    let dup: Vec<(&str, Option<&str>)> = found
+        .iter()
+        .filter(|a| a.kind == AnomalyKind::DuplicateMac)
+        .map(|a| (a.interface.as_str(), a.mac.as_deref()))
+        .collect();
+    assert_eq!(dup, [("veth7", Some(A)), ("veth8", Some(A))], "{found:#?}");
+    assert!(found[0].detail.contains("configured"), "{found:#?}");
+    // One port sending its own MAC is one port, not a duplicate of itself.
+    let d = port(10, 4, &B.to_ascii_uppercase(), vec![seen(B, 1, 9)]);
+    assert!(anomalies(&snap(vec![d], vec![])).is_empty());
+}
+
+#[test]
 fn the_same_mac_on_two_bridges_or_routed_veths_is_no_duplicate() {
     let a = port(7, 1, A, vec![seen(A, 1, 9)]);
     let mut b = port(8, 1, A, vec![seen(A, 1, 9)]);
