@@ -350,6 +350,10 @@ pub struct SourceArgs {
     /// CNI result cache.
     #[arg(long, default_value = "/var/lib/cni/results")]
     pub cni_results_dir: PathBuf,
+    /// CNI network configuration: a bridge whose network asks for `"hairpinMode": true` has
+    /// hairpin ports by design (`macs` notes them instead of warning).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
     /// Named network namespaces.
     #[arg(long, default_value = "/run/netns")]
     pub netns_dir: PathBuf,
@@ -363,6 +367,7 @@ impl SourceArgs {
         PodConfig {
             cri_sockets: self.cri_sockets.clone(),
             cni_results_dir: self.cni_results_dir.clone(),
+            cni_conf_dir: self.cni_conf_dir.clone(),
             netns_dir: self.netns_dir.clone(),
             proc_root: self.proc_root.clone(),
             cri_timeout: Duration::from_secs(2),

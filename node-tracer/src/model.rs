@@ -56,6 +56,9 @@ impl Mode {
 }
 
 /// A host-side veth and everything joined to it.
+// Its flags are independent facts the kernel and the configuration report (attached,
+// promiscuous, hairpin, hairpin asked for), not states of one machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Port {
     pub ifindex: u32,
@@ -76,6 +79,10 @@ pub struct Port {
     pub attached: bool,
     pub promiscuous: bool,
     pub hairpin: bool,
+    /// The bridge's CNI configuration asks for hairpin mode (`"hairpinMode": true`): a hairpin
+    /// port here is expected, not an anomaly. Absent in JSON from agents older than it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hairpin_expected: bool,
     pub counters: PortCounters,
     /// Source MACs the programs saw on this port.
     pub macs: Vec<MacSeen>,

@@ -22,12 +22,7 @@ pub fn build(
         .iter()
         .map(|p| {
             let mut port: Port = p.clone();
-            port.pod = p
-                .peer
-                .as_ref()
-                .and_then(|peer| peer.netns_inode)
-                .and_then(|ino| pods.lookup(ino))
-                .cloned();
+            pods.label(&mut port);
             port.attached = is_attached(p.ifindex);
             if let Some(r) = readings.get(&p.ifindex) {
                 port.counters.clone_from(&r.counters);

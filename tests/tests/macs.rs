@@ -6,7 +6,8 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use node_tracer_tests::{
-    Agent, Link, Pod, metric, node_tracer, require_root, require_tool, sh, sh_output, unique_net,
+    Agent, Link, Pod, TempDir, metric, node_tracer, require_root, require_tool, sh, sh_output,
+    unique_net,
 };
 use serde_json::Value;
 
@@ -423,6 +424,64 @@ fn hairpin_and_promiscuous_ports_are_flagged_while_they_last() {
     assert!(flags(&r, &b.veth.name).is_empty(), "{r:#}");
     assert_eq!(anomaly_gauge(&agent, "hairpin", &a.veth.name), 0);
     assert_eq!(anomaly_gauge(&agent, "promiscuous", &b.veth.name), 0);
+}
+
+#[test]
+fn hairpin_is_a_note_where_the_cni_configuration_asks_for_it_and_a_warning_elsewhere() {
+    setup();
+    let (asked, pods_a) = bridge_with(1);
+    // A bridge no CNI configuration names (kept until the end).
+    let (_other, pods_b) = bridge_with(1);
+    let (a, b) = (&pods_a[0], &pods_b[0]);
+    for p in [a, b] {
+        sh(&format!("bridge link set dev {} hairpin on", p.veth.name));
+    }
+    // flannel's shape: the bridge plugin as a delegate with hairpinMode.
+    let conf = TempDir::new("mchp");
+    std::fs::write(
+        conf.0.join("10-flannel.conflist"),
+        format!(
+            r#"{{"name":"cbr0","cniVersion":"0.3.1","plugins":[{{"type":"flannel",
+            "delegate":{{"bridge":"{}","hairpinMode":true,"isDefaultGateway":true}}}}]}}"#,
+            asked.name
+        ),
+    )
+    .unwrap();
+    let conf_dir = conf.0.display().to_string();
+    let out = node_tracer(&[
+        "macs",
+        "--json",
+        "--duration",
+        "1",
+        "--cni-conf-dir",
+        &conf_dir,
+        "-i",
+        &a.veth.name,
+        "-i",
+        &b.veth.name,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("macs --json output");
+    let on = |list: &str, veth: &str| -> Vec<String> {
+        r[list]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|x| x["interface"] == veth)
+            .map(|x| x["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // (The bridges learned the pods' MACs before macs watched: other flags, other tests.)
+    let hairpin = |list: &str, veth: &str| on(list, veth).iter().any(|k| k == "hairpin");
+    assert_eq!(on("notes", &a.veth.name), ["hairpin"], "{r:#}");
+    assert!(!hairpin("anomalies", &a.veth.name), "{r:#}");
+    assert!(hairpin("anomalies", &b.veth.name), "{r:#}");
+    assert!(on("notes", &b.veth.name).is_empty(), "{r:#}");
 }
 
 #[test]

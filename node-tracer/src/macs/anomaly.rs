@@ -91,7 +91,7 @@ fn port_flags(p: &Port, out: &mut Vec<Anomaly>) {
                 .into(),
         ));
     }
-    if p.hairpin {
+    if p.hairpin && !p.hairpin_expected {
         out.push(flag(
             p,
             AnomalyKind::Hairpin,
@@ -102,6 +102,27 @@ fn port_flags(p: &Port, out: &mut Vec<Anomaly>) {
                 .into(),
         ));
     }
+}
+
+/// What is worth knowing but is no anomaly: hairpin ports on a bridge whose CNI configuration
+/// asks for hairpin mode (flannel's default, Podman's). Sorted like [`anomalies`].
+pub fn notes(snap: &Snapshot) -> Vec<Anomaly> {
+    snap.ports
+        .iter()
+        .filter(|p| p.hairpin && p.hairpin_expected)
+        .map(|p| {
+            flag(
+                p,
+                AnomalyKind::Hairpin,
+                None,
+                format!(
+                    "hairpin mode, as the CNI configuration of {} asks (\"hairpinMode\": true): \
+                     a pod can reach itself through its Service; expected",
+                    p.master.as_deref().unwrap_or("its bridge")
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Frames from a MAC other than the pod's eth0 MAC: spoofing when both were in use over the same

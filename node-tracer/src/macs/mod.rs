@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use anomaly::{Anomaly, AnomalyKind, anomalies};
+pub use anomaly::{Anomaly, AnomalyKind, anomalies, notes};
 pub use collect::{Source, collect};
 pub use render::to_table;
 
@@ -35,6 +35,10 @@ pub struct Report {
     /// Veths with no bridge (routed, or unattached): only what they sent.
     pub routed: Vec<PortMacs>,
     pub anomalies: Vec<Anomaly>,
+    /// Information, not anomalies: what looks odd but is the configuration working (a hairpin
+    /// port where the CNI configuration asks for hairpin mode). Absent from older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Anomaly>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -150,15 +154,15 @@ pub fn report(snap: &Snapshot, bridge: Option<&str>) -> Result<Report, Error> {
             .map(port_row)
             .collect()
     };
-    let anomalies = anomalies(snap)
-        .into_iter()
-        .filter(|a| bridge.is_none_or(|b| a.bridge.as_deref() == Some(b)))
-        .collect();
+    let on_bridge = |a: &Anomaly| bridge.is_none_or(|b| a.bridge.as_deref() == Some(b));
+    let anomalies = anomalies(snap).into_iter().filter(on_bridge).collect();
+    let notes = notes(snap).into_iter().filter(on_bridge).collect();
     Ok(Report {
         taken_at_ms: snap.taken_at_ms,
         bridges,
         routed,
         anomalies,
+        notes,
     })
 }
 

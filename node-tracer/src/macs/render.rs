@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{MacRow, PortMacs, Report};
+use super::{Anomaly, MacRow, PortMacs, Report};
 use crate::model::Pod;
 
 const HEADER: [&str; 10] = [
@@ -51,33 +51,44 @@ pub fn to_table(r: &Report) -> String {
     } else {
         let _ = writeln!(out, "anomalies ({})", r.anomalies.len());
         for a in &r.anomalies {
-            let mut whereabouts: Vec<String> = Vec::new();
-            if let Some(n) = a.port_no {
-                whereabouts.push(format!("port {n}"));
-            }
-            if let Some(p) = &a.pod {
-                whereabouts.push(pod_text(p));
-            }
-            let whereabouts = if whereabouts.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", whereabouts.join(", "))
-            };
-            let mac = a
-                .mac
-                .as_deref()
-                .map(|m| format!(" {m}"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {:<24} {}{whereabouts}{mac}\n      {}",
-                a.kind.as_str(),
-                a.interface,
-                a.detail
-            );
+            flag_lines(&mut out, a);
+        }
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(out, "notes ({}), expected", r.notes.len());
+        for a in &r.notes {
+            flag_lines(&mut out, a);
         }
     }
     out
+}
+
+/// One flag: kind, port, where it is, the MAC; its explanation on the next line.
+fn flag_lines(out: &mut String, a: &Anomaly) {
+    let mut whereabouts: Vec<String> = Vec::new();
+    if let Some(n) = a.port_no {
+        whereabouts.push(format!("port {n}"));
+    }
+    if let Some(p) = &a.pod {
+        whereabouts.push(pod_text(p));
+    }
+    let whereabouts = if whereabouts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", whereabouts.join(", "))
+    };
+    let mac = a
+        .mac
+        .as_deref()
+        .map(|m| format!(" {m}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "  {:<24} {}{whereabouts}{mac}\n      {}",
+        a.kind.as_str(),
+        a.interface,
+        a.detail
+    );
 }
 
 fn pod_text(p: &Pod) -> String {

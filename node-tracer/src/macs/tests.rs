@@ -223,6 +223,30 @@ fn two_eth0_with_one_mac_on_a_bridge_are_a_duplicate_before_any_frame() {
 }
 
 #[test]
+fn hairpin_the_cni_configuration_asks_for_is_a_note_not_an_anomaly() {
+    let mut asked = port(7, 1, A, vec![seen(A, 1, 9)]);
+    asked.hairpin = true;
+    asked.hairpin_expected = true;
+    let mut not_asked = port(8, 1, B, vec![seen(B, 1, 9)]);
+    not_asked.hairpin = true;
+    not_asked.master = Some("br0".into());
+    // The configuration asks, the port is not in hairpin mode: nothing to say.
+    let mut off = port(9, 2, "0a:58:0a:f4:01:07", vec![]);
+    off.hairpin_expected = true;
+    let s = snap(vec![asked, not_asked, off], vec![]);
+    assert_eq!(kinds(&s), [("veth8".into(), AnomalyKind::Hairpin, None)]);
+    let n = notes(&s);
+    assert_eq!(n.len(), 1, "{n:#?}");
+    assert_eq!(
+        (n[0].interface.as_str(), n[0].kind),
+        ("veth7", AnomalyKind::Hairpin)
+    );
+    assert!(n[0].detail.contains("cni0") && n[0].detail.contains("expected"));
+    let text = to_table(&report(&s, None).unwrap());
+    assert!(text.contains("notes (1), expected"), "{text}");
+}
+
+#[test]
 fn the_same_mac_on_two_bridges_or_routed_veths_is_no_duplicate() {
     let a = port(7, 1, A, vec![seen(A, 1, 9)]);
     let mut b = port(8, 1, A, vec![seen(A, 1, 9)]);

@@ -34,12 +34,7 @@ impl Model {
     pub fn port(&self, ifindex: u32) -> Option<Port> {
         let p = self.topology.ports.iter().find(|p| p.ifindex == ifindex)?;
         let mut port = p.clone();
-        port.pod = p
-            .peer
-            .as_ref()
-            .and_then(|x| x.netns_inode)
-            .and_then(|i| self.pods.lookup(i))
-            .cloned();
+        self.pods.label(&mut port);
         Some(port)
     }
 }

@@ -11,6 +11,7 @@
 //! them simply has no pods.
 
 pub mod cni;
+pub mod cni_conf;
 pub mod cri;
 pub mod docker;
 pub mod netns;
@@ -27,7 +28,7 @@ use std::{
 /// path too.
 pub use node_tracer_cri::netns_inode;
 
-use crate::model::{Pod, PodSource};
+use crate::model::{Pod, PodSource, Port};
 
 /// Where to look for pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,8 @@ pub struct PodConfig {
     pub cri_sockets: Vec<PathBuf>,
     /// libcni's result cache (`<network>-<sandboxID>-<ifname>` JSON files).
     pub cni_results_dir: PathBuf,
+    /// The CNI network configuration (which bridges ask for hairpin mode).
+    pub cni_conf_dir: PathBuf,
     /// Named namespaces (`ip netns add`, and where containerd mounts pod namespaces).
     pub netns_dir: PathBuf,
     pub proc_root: PathBuf,
@@ -63,6 +66,7 @@ impl Default for PodConfig {
         Self {
             cri_sockets: DEFAULT_CRI_SOCKETS.iter().map(PathBuf::from).collect(),
             cni_results_dir: PathBuf::from("/var/lib/cni/results"),
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             netns_dir: PathBuf::from("/run/netns"),
             proc_root: PathBuf::from("/proc"),
             cri_timeout: Duration::from_secs(2),
@@ -94,6 +98,8 @@ pub struct PodIndex {
     paths: BTreeSet<PathBuf>,
     host_inode: Option<u64>,
     answered: Vec<Answered>,
+    /// Bridges whose CNI configuration asks for hairpin mode.
+    hairpin_bridges: BTreeSet<String>,
 }
 
 impl PodIndex {
@@ -118,6 +124,21 @@ impl PodIndex {
 
     pub fn lookup(&self, netns_inode: u64) -> Option<&Pod> {
         self.by_inode.get(&netns_inode)
+    }
+
+    /// Labels a topology port: the pod behind its peer, and whether its bridge's CNI
+    /// configuration asks for hairpin mode (the port's own mode is read fresh elsewhere).
+    pub fn label(&self, port: &mut Port) {
+        port.pod = port
+            .peer
+            .as_ref()
+            .and_then(|peer| peer.netns_inode)
+            .and_then(|ino| self.lookup(ino))
+            .cloned();
+        port.hairpin_expected = port
+            .master
+            .as_ref()
+            .is_some_and(|b| self.hairpin_bridges.contains(b));
     }
 
     /// Every namespace path any source learned (several may open the same namespace), so the
@@ -180,6 +201,7 @@ pub async fn discover(cfg: &PodConfig) -> PodIndex {
         })
         .ok();
     let mut index = PodIndex::new(host_inode);
+    index.hairpin_bridges = cni_conf::hairpin_bridges(&cfg.cni_conf_dir);
     let (found, answered) = cri::discover(&cfg.cri_sockets, cfg.cri_timeout).await;
     for socket in &answered {
         index.answered_by(PodSource::Cri, Some(socket));

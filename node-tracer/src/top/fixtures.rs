@@ -77,6 +77,7 @@ pub fn veth(
         attached: true,
         promiscuous: false,
         hairpin: bridge.is_some(),
+        hairpin_expected: false,
         counters: c,
         macs: vec![MacSeen {
             mac: pod_mac,
