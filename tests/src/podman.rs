@@ -154,6 +154,24 @@ impl Podman {
     }
 }
 
+impl Podman {
+    /// Whether a process still names this instance's storage in its arguments (a conmon).
+    fn conmons_alive(&self) -> bool {
+        let root = self.root.0.display().to_string();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| String::from_utf8_lossy(&c).contains(&root))
+    }
+}
+
 impl Drop for Podman {
     fn drop(&mut self) {
         // Containers first: Podman tears down their veths, namespaces, CNI cache entries and
@@ -182,6 +200,12 @@ impl Drop for Podman {
             }
         }
         crate::docker::unmount_under(&self.root.0);
+        // Each conmon outlives its container's removal for a moment (it runs Podman's cleanup);
+        // its cgroup can go only once it has.
+        let start = std::time::Instant::now();
+        while self.conmons_alive() && start.elapsed() < std::time::Duration::from_mins(1) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         host_dirs().leave();
         // `bridge` and `root` are dropped after this: the link deleted, the directory removed.
     }

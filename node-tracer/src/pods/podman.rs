@@ -30,7 +30,8 @@ struct Conmon {
 
 impl Conmon {
     /// Parses a NUL-separated `/proc/PID/cmdline`; `None` unless it is a Podman container's
-    /// conmon (CRI-O's conmon has no `-n`; Podman always passes it).
+    /// conmon: Podman always names the container (`-n`) and has conmon run `podman … container
+    /// cleanup` when it exits (`--exit-command`); CRI-O's conmons (whose pods CRI names) do not.
     fn parse(cmdline: &[u8]) -> Option<Self> {
         let args: Vec<&str> = cmdline
             .split(|b| *b == 0)
@@ -45,6 +46,7 @@ impl Conmon {
         let mut id = None;
         let mut name = None;
         let mut bundle = None;
+        let mut exit_command = None;
         let mut it = rest.iter();
         while let Some(arg) = it.next() {
             // Both `-c ID` and `--cid=ID` spellings exist across conmon versions.
@@ -57,9 +59,10 @@ impl Conmon {
                 "-c" | "--cid" => &mut id,
                 "-n" | "--name" => &mut name,
                 "-b" | "--bundle" => &mut bundle,
+                "--exit-command" => &mut exit_command,
                 // Their values are another program's arguments (Podman's cleanup command, the
                 // OCI runtime's): a `-n` there is not the container's name.
-                "--exit-command-arg" | "--runtime-arg" | "--exit-command" if inline.is_none() => {
+                "--exit-command-arg" | "--runtime-arg" if inline.is_none() => {
                     it.next();
                     continue;
                 }
@@ -70,6 +73,13 @@ impl Conmon {
                 None => *it.next()?,
             };
             *slot = Some(value.to_owned());
+        }
+        let by_podman = exit_command
+            .as_deref()
+            .and_then(|c| Path::new(c).file_name())
+            .is_some_and(|n| n == "podman");
+        if !by_podman {
+            return None;
         }
         let id = id.filter(|i| !i.is_empty())?;
         Some(Self {
@@ -254,13 +264,15 @@ mod tests {
             &bundle,
             "-n",
             "shop-web",
+            "--exit-command",
+            "/usr/bin/podman",
             "--exit-command-arg",
             "-n",
         ]);
         let c = Conmon::parse(&line).unwrap();
         assert_eq!((c.id.as_str(), c.name.as_str()), (ID, "shop-web"));
         assert_eq!(c.bundle, Some(PathBuf::from(bundle)));
-        let long = cmdline(&["conmon", "--cid=abc", "--name=db"]);
+        let long = cmdline(&["conmon", "--cid=abc", "--name=db", "--exit-command=podman"]);
         let c = Conmon::parse(&long).unwrap();
         assert_eq!(
             (c.id.as_str(), c.name.as_str(), c.bundle),
@@ -270,15 +282,13 @@ mod tests {
 
     #[test]
     fn other_processes_and_cri_o_conmons_are_not_podman_containers() {
-        assert_eq!(
-            Conmon::parse(&cmdline(&["sleep", "-c", "x", "-n", "y"])),
-            None
-        );
-        // CRI-O passes no name; its pods come from CRI.
-        assert_eq!(
-            Conmon::parse(&cmdline(&["/usr/bin/conmon", "-c", ID])),
-            None
-        );
+        let podman = ["--exit-command", "/usr/bin/podman"];
+        let with = |args: &[&str]| cmdline(&[args, &podman[..]].concat());
+        assert_eq!(Conmon::parse(&with(&["sleep", "-c", "x", "-n", "y"])), None);
+        // CRI-O's conmon: no Podman cleanup command (its pods come from CRI).
+        let crio = cmdline(&["/usr/bin/conmon", "-c", ID, "-n", "k8s_x"]);
+        assert_eq!(Conmon::parse(&crio), None);
+        assert_eq!(Conmon::parse(&with(&["conmon", "-c", ID])), None);
         assert_eq!(Conmon::parse(&cmdline(&["conmon", "-c", ID, "-n"])), None);
         assert_eq!(Conmon::parse(b""), None);
         assert_eq!(Conmon::parse(b"conmon\0-c\0\xff\0-n\0x\0"), None);
@@ -322,7 +332,7 @@ mod tests {
             std::fs::write(dir.join("comm"), "conmon\n").unwrap();
             std::fs::write(
                 dir.join("cmdline"),
-                cmdline(&["conmon", "-c", ID, "-n", name]),
+                cmdline(&["conmon", "-c", ID, "-n", name, "--exit-command", "podman"]),
             )
             .unwrap();
             std::fs::write(
