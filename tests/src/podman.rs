@@ -155,7 +155,8 @@ impl Podman {
 }
 
 impl Podman {
-    /// Whether a process still names this instance's storage in its arguments (a conmon).
+    /// Whether a process still names this instance's storage in its arguments (a conmon, or
+    /// the `podman container cleanup` it runs).
     fn conmons_alive(&self) -> bool {
         let root = self.root.0.display().to_string();
         std::fs::read_dir("/proc")
@@ -199,13 +200,13 @@ impl Drop for Podman {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        crate::docker::unmount_under(&self.root.0);
-        // Each conmon outlives its container's removal for a moment (it runs Podman's cleanup);
-        // its cgroup can go only once it has.
+        // Each conmon outlives its container's removal for a moment: it runs Podman's cleanup
+        // (which mounts the storage again), and its cgroup can go only once it has exited.
         let start = std::time::Instant::now();
         while self.conmons_alive() && start.elapsed() < std::time::Duration::from_mins(1) {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        crate::docker::unmount_under(&self.root.0);
         host_dirs().leave();
         // `bridge` and `root` are dropped after this: the link deleted, the directory removed.
     }
