@@ -119,7 +119,52 @@ pub const STAT_MAC_INSERT_FAILED: u32 = 2;
 pub const STAT_MAC_NEW: u32 = 3;
 pub const STAT_EVENTS_LOST: u32 = 4;
 pub const STAT_EVENTS_SENT: u32 = 5;
+/// `DROP_STATS` / `RETX_STATS` full: a drop or retransmit that could not be counted.
+pub const STAT_DROP_INSERT_FAILED: u32 = 6;
+pub const STAT_RETX_INSERT_FAILED: u32 = 7;
 pub const STAT_COUNT: u32 = 8;
+
+/// Tracepoint program names (drops and TCP retransmits).
+pub const PROG_KFREE_SKB: &str = "nt_kfree_skb";
+pub const PROG_TCP_RETX: &str = "nt_tcp_retx";
+
+/// Key of `DROP_STATS`: where a packet died and why. The loader attributes it to a pod: by
+/// `ifindex` when that is a pod's host veth, else by `netns` when that is a pod's namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// `skb->dev->ifindex`; 0 when the packet had no device (a socket's queue).
+    pub ifindex: u32,
+    /// Inode of the network namespace of the device, else of the socket; 0 when neither.
+    pub netns: u32,
+    /// `enum skb_drop_reason` value; names come from the kernel's BTF.
+    pub reason: u32,
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
+
+/// Byte offsets of the kernel fields the tracepoint programs read, from the running kernel's BTF
+/// (aya-ebpf has no CO-RE field relocations), set by the loader as the global `DROP_CFG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropConfig {
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub skb_cb: u32,
+    pub dev_ifindex: u32,
+    pub dev_nd_net: u32,
+    pub sk_net: u32,
+    pub net_inum: u32,
+    /// `tcp_skb_cb.tcp_gso_segs` inside `skb->cb`: segments in a retransmitted skb.
+    pub cb_gso_segs: u32,
+    /// Reasons that are not drops (`SKB_CONSUMED`, `SKB_NOT_DROPPED_YET`).
+    pub reason_consumed: u32,
+    pub reason_not_dropped: u32,
+    /// 1 when `tcp_retransmit_skb` carries `err` (Linux 6.15+, fired on failures too).
+    pub retx_has_err: u32,
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 48);
 
 /// Bytes of each traced packet copied into its event (enough for every ICMP header we decode).
 pub const SNAP_LEN: usize = 128;
@@ -157,4 +202,6 @@ mod user {
     unsafe impl aya::Pod for super::MacKey {}
     unsafe impl aya::Pod for super::MacStats {}
     unsafe impl aya::Pod for super::IcmpEvent {}
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::DropConfig {}
 }

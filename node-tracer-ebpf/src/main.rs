@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod drops;
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},

@@ -336,6 +336,11 @@ pub struct ProbeArgs {
     /// node is expedited (an interrupt to each busy CPU). Does nothing if the knob is already 1.
     #[arg(long)]
     pub expedite_rcu: bool,
+    /// Do not count dropped packets by reason (tracepoint `kfree_skb`) nor TCP retransmits
+    /// (tracepoint `tcp_retransmit_skb`) per pod. They cost nothing per delivered packet, only
+    /// per drop and per retransmit.
+    #[arg(long)]
+    pub no_drop_tracking: bool,
 }
 
 #[derive(Args, Clone)]
@@ -408,6 +413,7 @@ pub fn node_options(
             tcx_after: probe.tcx_after,
             log_level,
             expedite_rcu: probe.expedite_rcu,
+            track_drops: !probe.no_drop_tracking,
         },
         pods: sources.pods(),
         scan: sources.scan(),

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod api;
 pub mod clock;
+pub mod drops;
 pub mod error;
 pub mod failures;
 pub mod icmp;

@@ -30,6 +30,9 @@ pub struct Snapshot {
     /// from agents older than `macs`.
     #[serde(default)]
     pub fdb: Vec<FdbEntry>,
+    /// Dropped packets by reason and TCP retransmits, per pod (absent from older agents).
+    #[serde(default)]
+    pub drops: crate::drops::DropReport,
 }
 
 /// How a veth is wired on the host side.

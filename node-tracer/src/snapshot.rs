@@ -36,6 +36,7 @@ pub fn build(
         ports,
         bridges: topology.bridges.clone(),
         fdb: Vec::new(),
+        drops: crate::drops::DropReport::default(),
     }
 }
 

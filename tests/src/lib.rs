@@ -9,6 +9,7 @@
 pub mod docker;
 pub mod podman;
 pub mod runtime;
+pub mod tc_shot;
 
 use std::{
     collections::HashSet,

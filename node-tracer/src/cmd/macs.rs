@@ -24,13 +24,11 @@ pub async fn macs(args: &MacsArgs, log_level: log::LevelFilter) -> anyhow::Resul
         {
             return Err(node_tracer::error::Error::NoSuchBridge(bridge.clone()).into());
         }
+        let mut node = node_options(&args.interfaces, &args.probe, &args.sources, log_level);
+        // MACs only: no tracepoint programs for them.
+        node.probe.track_drops = false;
         macs::Source::Attach {
-            node: Box::new(node_options(
-                &args.interfaces,
-                &args.probe,
-                &args.sources,
-                log_level,
-            )),
+            node: Box::new(node),
             duration: Duration::from_secs_f64(args.duration),
         }
     };

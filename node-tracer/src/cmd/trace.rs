@@ -64,6 +64,8 @@ pub async fn icmp(args: &TraceArgs, log_level: log::LevelFilter) -> anyhow::Resu
         Vec::new()
     };
     let mut node = node_options(&only, &args.probe, &args.sources, log_level);
+    // A trace shows packets, not drops: no tracepoint programs for it.
+    node.probe.track_drops = false;
     if only.is_empty() && !(args.pod.is_empty() && args.veth.is_empty()) {
         let f = opts.filter.clone();
         node.attach_filter = Some(node::PortFilter(std::sync::Arc::new(move |p| {

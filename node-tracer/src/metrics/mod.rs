@@ -5,6 +5,7 @@
 //! is exactly what the node has: per veth 8 protocols x 2 directions of packets, 2 byte series,
 //! one `port_info`, one `port_macs`, and one ICMP series per (direction, type) seen.
 
+mod drops;
 #[cfg(test)]
 mod oracle;
 mod text;
@@ -26,6 +27,7 @@ pub fn encode(snap: &Snapshot, health: &Health) -> Vec<u8> {
     let mut out = Exposition::with_capacity(2048 * snap.ports.len() + 4096);
     port_families(&mut out, snap);
     mac_anomalies(&mut out, snap);
+    drops::families(&mut out, &snap.drops);
     health_families(&mut out, health);
     out.into_bytes()
 }
@@ -210,6 +212,8 @@ fn health_families(out: &mut Exposition, h: &Health) {
     f.sample(&[("map", "PORT_STATS")], s(c::STAT_PORT_INSERT_FAILED));
     f.sample(&[("map", "ICMP_STATS")], s(c::STAT_ICMP_INSERT_FAILED));
     f.sample(&[("map", "MAC_SEEN")], s(c::STAT_MAC_INSERT_FAILED));
+    f.sample(&[("map", "DROP_STATS")], s(c::STAT_DROP_INSERT_FAILED));
+    f.sample(&[("map", "RETX_STATS")], s(c::STAT_RETX_INSERT_FAILED));
     out.family(
         "node_tracer_mac_entries_created_total",
         "Source-MAC entries the programs created; beyond the map size the oldest are evicted.",

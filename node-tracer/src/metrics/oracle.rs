@@ -174,6 +174,7 @@ fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
         info,
         mac_anomalies(snap),
     ];
+    out.extend(drop_families(&snap.drops));
     out.extend(health_families(health));
     out.into_iter()
         .map(|f| f.inner)
@@ -217,6 +218,47 @@ fn mac_anomalies(snap: &Snapshot) -> Family {
     f
 }
 
+fn drop_families(r: &crate::drops::DropReport) -> Vec<Family> {
+    use MetricType::{COUNTER, GAUGE};
+    let mut drops = Family::new(
+        "node_tracer_drops_total",
+        "Packets the kernel dropped, by pod (its host veth as interface; all empty for the host) \
+         and reason (enum skb_drop_reason, from the kernel's BTF).",
+        COUNTER,
+    );
+    for d in &r.drops {
+        let l = [
+            ("namespace", d.namespace.as_str()),
+            ("pod", d.pod.as_str()),
+            ("interface", d.interface.as_str()),
+            ("reason", d.reason.as_str()),
+        ];
+        drops.push(&l, d.count as f64);
+    }
+    let mut retx = Family::new(
+        "node_tracer_tcp_retransmits_total",
+        "TCP segments retransmitted by sockets of the pod's network namespace (empty labels: \
+         the host and namespaces of no pod), as the namespace's TcpRetransSegs counts them.",
+        COUNTER,
+    );
+    for x in &r.retransmits {
+        let l = [("namespace", x.namespace.as_str()), ("pod", x.pod.as_str())];
+        retx.push(&l, x.count as f64);
+    }
+    let mut on = Family::new(
+        "node_tracer_tracking_enabled",
+        "1 when the part runs: drops (tracepoint kfree_skb) and retransmits \
+         (tcp_retransmit_skb); 0 when turned off or the kernel lacks what it needs (see the log).",
+        GAUGE,
+    );
+    on.push(&[("part", "drops")], f64::from(u8::from(r.drops_on)));
+    on.push(
+        &[("part", "retransmits")],
+        f64::from(u8::from(r.retransmits_on)),
+    );
+    vec![drops, retx, on]
+}
+
 fn health_families(h: &Health) -> Vec<Family> {
     use MetricType::{COUNTER, GAUGE};
     use node_tracer_common as c;
@@ -242,6 +284,8 @@ fn health_families(h: &Health) -> Vec<Family> {
     map_errors.push(&[("map", "PORT_STATS")], s(c::STAT_PORT_INSERT_FAILED));
     map_errors.push(&[("map", "ICMP_STATS")], s(c::STAT_ICMP_INSERT_FAILED));
     map_errors.push(&[("map", "MAC_SEEN")], s(c::STAT_MAC_INSERT_FAILED));
+    map_errors.push(&[("map", "DROP_STATS")], s(c::STAT_DROP_INSERT_FAILED));
+    map_errors.push(&[("map", "RETX_STATS")], s(c::STAT_RETX_INSERT_FAILED));
     let mut mac_new = Family::new(
         "node_tracer_mac_entries_created_total",
         "Source-MAC entries the programs created; beyond the map size the oldest are evicted.",

@@ -202,8 +202,25 @@ fn hostile_fixture() -> (Snapshot, Health) {
     for (i, v) in health.program_stats.iter_mut().enumerate() {
         *v = 1000 + i as u64;
     }
+    let drops = crate::drops::DropReport {
+        drops_on: true,
+        retransmits_on: false,
+        drops: vec![crate::drops::DropCount {
+            namespace: "ns\"x".into(),
+            pod: "a\\b\nc".into(),
+            interface: "veth1\"\\".into(),
+            reason: "netfilter_drop".into(),
+            count: 12,
+        }],
+        retransmits: vec![crate::drops::RetransmitCount {
+            namespace: String::new(),
+            pod: String::new(),
+            count: 3,
+        }],
+    };
     let snap = Snapshot {
         ports,
+        drops,
         ..Snapshot::default()
     };
     (snap, health)
@@ -224,6 +241,9 @@ fn the_exposition_is_what_the_prometheus_crate_writes() {
         "api_denied_total",
         "map_errors_total",
         "errors_total",
+        "drops_total",
+        "tcp_retransmits_total",
+        "tracking_enabled",
     ] {
         assert!(
             ours.contains(&format!("# TYPE node_tracer_{family} ")),

@@ -12,9 +12,10 @@ use std::{
 };
 
 use crate::{
+    drops::DropReport,
     model::{Health, Port, Snapshot},
     pods::PodIndex,
-    probe::{MapReader, Readings},
+    probe::{MapReader, Readings, drops::Counted},
     published::Published,
     snapshot,
     topology::{Topology, fdb::LiveFdb},
@@ -136,6 +137,26 @@ impl ReadPath {
         }
     }
 
+    /// Drops and retransmits read now, attributed to the pods of `ports`.
+    fn drops(&self, ports: &[Port]) -> DropReport {
+        let maps = &self.maps.drops;
+        let counted = maps.read().unwrap_or_else(|e| {
+            crate::failures::count("read_drops");
+            log::warn!(
+                "reading drop counters: {}",
+                node_tracer_client::one_line(&e)
+            );
+            Counted::default()
+        });
+        let (drops, retransmits) = crate::drops::attribute(ports, &counted);
+        DropReport {
+            drops_on: maps.tracking.drops,
+            retransmits_on: maps.tracking.retransmits,
+            drops,
+            retransmits,
+        }
+    }
+
     /// The snapshot, and how many `ICMP_STATS` entries its read saw.
     fn join(&self) -> (Snapshot, Option<usize>) {
         let (readings, icmp_entries) = match self.maps.read() {
@@ -157,8 +178,12 @@ impl ReadPath {
         });
         snap.ports.retain(|p| !gone.contains(&p.ifindex));
         self.fdb.read().apply(&mut snap);
+        snap.drops = self.drops(&snap.ports);
         if !self.only.is_empty() {
             snap.ports.retain(|p| self.only.contains(&p.name));
+            snap.drops
+                .drops
+                .retain(|d| self.only.contains(&d.interface));
             // The databases of the bridges the named ports belong to, and no others.
             let bridges: HashSet<String> =
                 snap.ports.iter().filter_map(|p| p.master.clone()).collect();

@@ -18,6 +18,8 @@
 mod attach;
 mod batch;
 mod bpf;
+pub mod drops;
+pub mod kernel_btf;
 mod map_errors;
 mod privileges;
 mod qdisc;
@@ -90,6 +92,9 @@ pub struct ProbeOptions {
     /// Expedite RCU grace periods during the initial attach pass and the final detach (tcx
     /// only): see [`rcu`].
     pub expedite_rcu: bool,
+    /// Count dropped packets by reason and TCP retransmits (tracepoints `kfree_skb` and
+    /// `tcp_retransmit_skb`); the agent's, not a standalone trace's.
+    pub track_drops: bool,
 }
 
 impl Default for ProbeOptions {
@@ -101,6 +106,7 @@ impl Default for ProbeOptions {
             tcx_after: std::time::Duration::from_secs(1),
             log_level: log::LevelFilter::Warn,
             expedite_rcu: false,
+            track_drops: false,
         }
     }
 }
@@ -136,6 +142,11 @@ impl Probe {
         privileges::check_privileges(mode)?;
         let level = log_level_byte(opts.log_level);
         let slots = Slots::new(opts.max_ports);
+        let prepared = if opts.track_drops {
+            drops::Prepared::from_kernel()
+        } else {
+            drops::Prepared::off()
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("PORT_SLOTS", slots.mask + 1)
             .map_max_entries("PORT_COUNTERS", opts.max_ports)
@@ -144,6 +155,10 @@ impl Probe {
             .map_max_entries("ICMP_STATS", opts.max_ports.saturating_mul(16))
             .map_max_entries("MAC_SEEN", opts.max_macs)
             .override_global("AYA_LOG_LEVEL", &level, false)
+            .override_global("DROP_CFG", &prepared.config, true)
+            // A series per (device or namespace, reason) seen, and one per namespace.
+            .map_max_entries("DROP_STATS", opts.max_ports.saturating_mul(16))
+            .map_max_entries("RETX_STATS", opts.max_ports.saturating_mul(2))
             .load(OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -168,7 +183,11 @@ impl Probe {
         } else {
             None
         };
-        let reader = Arc::new(MapReader::new(&ebpf)?);
+        let tracking = drops::attach(&mut ebpf, &prepared);
+        let reader = Arc::new(MapReader::new(
+            &ebpf,
+            drops::DropMaps::open(&ebpf, tracking, prepared.reasons.unwrap_or_default())?,
+        )?);
         Ok(Self {
             ebpf,
             mode,

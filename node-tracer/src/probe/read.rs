@@ -65,10 +65,12 @@ pub struct MapReader {
     programs: Vec<(&'static str, OwnedFd)>,
     pub(super) ports: Published<AttachedPorts>,
     pub(super) errors: MapErrors,
+    /// Drops and retransmits (see [`super::drops`]).
+    pub drops: super::drops::DropMaps,
 }
 
 impl MapReader {
-    pub(super) fn new(ebpf: &Ebpf) -> Result<Self> {
+    pub(super) fn new(ebpf: &Ebpf, drops: super::drops::DropMaps) -> Result<Self> {
         fn open<'a, M: TryFrom<&'a Map, Error = aya::maps::MapError> + IterableMapData>(
             ebpf: &'a Ebpf,
             name: &'static str,
@@ -98,6 +100,7 @@ impl MapReader {
             programs,
             ports: Published::default(),
             errors: MapErrors::default(),
+            drops,
         })
     }
 
@@ -269,6 +272,7 @@ impl MapReader {
         if let Some(n) = icmp {
             out.push(("ICMP_STATS", n));
         }
+        out.extend(self.drops.entries());
         out
     }
 

@@ -155,6 +155,13 @@ impl App {
                 build_row(i, p, prev, self.elapsed_ms)
             })
             .collect();
+        super::loss::fill(
+            &mut self.rows,
+            &self.snapshot.ports,
+            self.prev.as_ref().map(|p| &p.drops),
+            &self.snapshot.drops,
+            self.elapsed_ms,
+        );
         self.totals = self.bridge_totals();
         self.refilter(keep);
     }

@@ -22,6 +22,10 @@ pub(super) enum Col {
     /// One share column per protocol bucket, for wide screens.
     Share(usize),
     Macs,
+    /// Packets dropped per second (on the veth or inside the pod).
+    Drops,
+    /// TCP segments the pod retransmitted per second.
+    Retx,
 }
 
 impl Col {
@@ -31,6 +35,7 @@ impl Col {
             Col::Veth => 15, // IFNAMSIZ - 1
             Col::Bridge => 8,
             Col::Port | Col::Macs => 4,
+            Col::Drops | Col::Retx => 6,
             Col::Peer => 11,
             Col::RxPps | Col::TxPps | Col::RxBps | Col::TxBps => 7,
             Col::Mix => 9,
@@ -52,6 +57,8 @@ impl Col {
             Col::Mix => "MIX",
             Col::Share(i) => ["ICMP", "TCP", "UDP", "ARP", "OTH"][i],
             Col::Macs => "MACS",
+            Col::Drops => "DROP/s",
+            Col::Retx => "RETX/s",
         }
     }
 
@@ -72,7 +79,9 @@ impl Col {
             | (Col::TxPps, SortKey::TxPps)
             | (Col::RxBps, SortKey::RxBps)
             | (Col::TxBps, SortKey::TxBps)
-            | (Col::Macs, SortKey::Macs) => true,
+            | (Col::Macs, SortKey::Macs)
+            | (Col::Drops, SortKey::Drops)
+            | (Col::Retx, SortKey::Retx) => true,
             (Col::Mix, k) => matches!(
                 k,
                 SortKey::Icmp | SortKey::Tcp | SortKey::Udp | SortKey::Arp | SortKey::Other
@@ -86,7 +95,7 @@ impl Col {
 /// Picks the columns that fit `width`, most useful first, and their widths. The pod column
 /// takes what is left, up to [`POD_MAX`].
 pub(super) fn columns(width: u16) -> Vec<(Col, u16)> {
-    use Col::{Bridge, Macs, Mix, Peer, Pod, Port, RxBps, RxPps, TxBps, TxPps, Veth};
+    use Col::{Bridge, Drops, Macs, Mix, Peer, Pod, Port, Retx, RxBps, RxPps, TxBps, TxPps, Veth};
     let need = |cols: &[Col]| -> u16 { cols.iter().map(|c| c.width() + 1).sum::<u16>() - 1 };
     let shares = [
         Col::Share(0),
@@ -101,13 +110,18 @@ pub(super) fn columns(width: u16) -> Vec<(Col, u16)> {
         vec![Pod, Veth, RxPps, TxPps, RxBps, TxBps, Macs],
         vec![Pod, Veth, RxPps, TxPps, RxBps, TxBps, Mix, Macs],
         vec![
-            Pod, Veth, Bridge, Port, RxPps, TxPps, RxBps, TxBps, Mix, Macs,
+            Pod, Veth, RxPps, TxPps, RxBps, TxBps, Drops, Retx, Mix, Macs,
         ],
         vec![
-            Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps, Mix, Macs,
+            Pod, Veth, Bridge, Port, RxPps, TxPps, RxBps, TxBps, Drops, Retx, Mix, Macs,
+        ],
+        vec![
+            Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps, Drops, Retx, Mix, Macs,
         ],
     ];
-    let mut wide = vec![Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps];
+    let mut wide = vec![
+        Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps, Drops, Retx,
+    ];
     wide.extend(shares);
     wide.push(Macs);
     candidates.push(wide);

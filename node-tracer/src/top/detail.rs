@@ -215,5 +215,54 @@ fn traffic(p: &Port, app: &App) -> Vec<Line<'static>> {
             Line::raw(line)
         });
     }
+    out.extend(losses(p, app));
+    out
+}
+
+/// The veth's top drop reasons (drops on it or inside its pod) and its pod's retransmits.
+fn losses(p: &Port, app: &App) -> Vec<Line<'static>> {
+    let report = &app.snapshot.drops;
+    if !report.drops_on && !report.retransmits_on {
+        return vec![Line::raw("drops: not tracked by this agent")];
+    }
+    let mut out = vec![Line::from(bold(format!(
+        "{:<27} {:>6} {:>5}",
+        "DROP REASON", "+NEW", "TOTAL"
+    )))];
+    let before = |reason: &str| {
+        app.prev.as_ref().map_or(0, |q| {
+            q.drops
+                .reasons_of(&p.name)
+                .iter()
+                .find(|(r, _)| *r == reason)
+                .map_or(0, |(_, n)| *n)
+        })
+    };
+    let reasons = report.reasons_of(&p.name);
+    if reasons.is_empty() {
+        out.push(Line::raw("no drops seen"));
+    }
+    for (reason, total) in reasons.into_iter().take(3) {
+        let new = total.saturating_sub(before(reason));
+        out.push(Line::raw(format!(
+            "{:<27} {:>6} {:>5}",
+            fit(reason, 27),
+            if new > 0 {
+                format!("+{}", count(new))
+            } else {
+                String::new()
+            },
+            count(total)
+        )));
+    }
+    if let Some(pod) = &p.pod {
+        let n = report.retransmits_of(&pod.namespace, &pod.name);
+        out.push(Line::raw(format!(
+            "{:<27} {:>6} {:>5}",
+            "tcp retransmits",
+            "",
+            count(n)
+        )));
+    }
     out
 }

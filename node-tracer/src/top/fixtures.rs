@@ -188,6 +188,7 @@ pub fn lab(secs: u64) -> Snapshot {
             },
         ],
         fdb: Vec::new(),
+        drops: crate::drops::DropReport::default(),
     }
 }
 
@@ -266,5 +267,6 @@ pub fn many(n: u32, secs: u64) -> Snapshot {
             ..Bridge::default()
         }],
         fdb: Vec::new(),
+        drops: crate::drops::DropReport::default(),
     }
 }

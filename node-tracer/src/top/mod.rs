@@ -13,6 +13,7 @@ mod detail;
 mod fixtures;
 pub mod fmt;
 mod local;
+mod loss;
 pub mod rates;
 pub mod render;
 mod row;

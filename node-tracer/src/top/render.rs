@@ -237,6 +237,8 @@ fn table(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
                         .port_no
                         .map_or_else(|| "-".to_owned(), |n| n.to_string()),
                     Col::Peer => row.peer.clone(),
+                    Col::Drops => si(row.drops),
+                    Col::Retx => si(row.retx),
                     _ => row.macs.to_string(),
                 });
                 cell(c, w, &s)

@@ -21,6 +21,10 @@ pub struct Row {
     pub peer: String,
     pub rates: Rates,
     pub macs: usize,
+    /// Packets dropped per second on the pod's veth or inside the pod, and TCP segments its
+    /// namespace retransmitted per second (see `loss`).
+    pub drops: f64,
+    pub retx: f64,
     /// Lower-case text the filter matches: pod, namespace, veth, bridge.
     pub(super) haystack: String,
 }
@@ -62,6 +66,8 @@ pub(super) fn build_row(i: usize, p: &Port, prev: Option<&Port>, elapsed_ms: u64
         peer: peer_label(p),
         rates: rates::port_rates(prev.map(|q| &q.counters), &p.counters, elapsed_ms),
         macs,
+        drops: 0.0,
+        retx: 0.0,
         haystack,
     }
 }

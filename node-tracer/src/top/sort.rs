@@ -23,10 +23,12 @@ pub enum SortKey {
     Arp,
     Other,
     Macs,
+    Drops,
+    Retx,
 }
 
 impl SortKey {
-    pub const ALL: [SortKey; 14] = [
+    pub const ALL: [SortKey; 16] = [
         SortKey::Pod,
         SortKey::Veth,
         SortKey::Bridge,
@@ -41,6 +43,8 @@ impl SortKey {
         SortKey::Arp,
         SortKey::Other,
         SortKey::Macs,
+        SortKey::Drops,
+        SortKey::Retx,
     ];
 
     /// The name accepted by `--sort` and shown in the status line.
@@ -60,6 +64,8 @@ impl SortKey {
             SortKey::Arp => "arp",
             SortKey::Other => "other",
             SortKey::Macs => "macs",
+            SortKey::Drops => "drops",
+            SortKey::Retx => "retx",
         }
     }
 
@@ -104,5 +110,7 @@ pub(super) fn compare(key: SortKey, a: &Row, b: &Row) -> Ordering {
         SortKey::Arp => share(a, 3).cmp(&share(b, 3)),
         SortKey::Other => share(a, 4).cmp(&share(b, 4)),
         SortKey::Macs => a.macs.cmp(&b.macs),
+        SortKey::Drops => f(a.drops, b.drops),
+        SortKey::Retx => f(a.retx, b.retx),
     }
 }
