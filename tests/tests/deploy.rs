@@ -339,7 +339,7 @@ fn promtool_accepts_the_config_and_the_rules_and_their_tests_pass() {
     let out = promtool(&["check", "config", "prometheus.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
     let out = promtool(&["check", "rules", "rules.yaml"]);
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
     let out = promtool(&["test", "rules", "rules_test.yaml"]);
     assert!(out.contains("SUCCESS"), "{out}");
 }
@@ -366,7 +366,24 @@ fn dashboard_and_rules_name_only_metrics_a_live_agent_exports() {
     ));
     let agent = Agent::start(&["-i", &a.veth.name, "-i", &b.veth.name]);
     a.ns.exec(&format!("ping -c 3 -i 0.2 -q {}", b.ip));
-    let live = agent.metrics();
+    // A SYN that b's firewall drops: a drop (netfilter_drop) and, after a second, a retransmit,
+    // so node_tracer_drops_total and node_tracer_tcp_retransmits_total are exported too.
+    b.ns.exec("iptables -A INPUT -p tcp --dport 9 -j DROP");
+    let _ = a.ns.exec_output(&format!(
+        "timeout 2.5 bash -c \"echo > /dev/tcp/{}/9\"",
+        b.ip
+    ));
+    let start = std::time::Instant::now();
+    let live = loop {
+        let m = agent.metrics();
+        let has = |name: &str| m.lines().any(|l| l.starts_with(&format!("{name}{{")));
+        if has("node_tracer_tcp_retransmits_total") && has("node_tracer_drops_total")
+            || start.elapsed() > std::time::Duration::from_secs(30)
+        {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     let exported: BTreeSet<String> = live
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -424,6 +441,8 @@ fn dashboard_and_rules_name_only_metrics_a_live_agent_exports() {
         "node_tracer_attached_interfaces",
         "node_tracer_transmit_packets_total",
         "namespace_pod:node_tracer_transmit_bytes:rate1m",
+        "node_tracer_drops_total",
+        "node_tracer_tcp_retransmits_total",
     ] {
         assert!(seen.contains(m), "nothing queries {m}");
     }

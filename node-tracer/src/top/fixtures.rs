@@ -188,7 +188,30 @@ pub fn lab(secs: u64) -> Snapshot {
             },
         ],
         fdb: Vec::new(),
-        drops: crate::drops::DropReport::default(),
+        drops: lab_drops(secs),
+    }
+}
+
+/// web drops 3 packets a second to a firewall rule and 1 to a closed port, and retransmits 2
+/// TCP segments a second.
+fn lab_drops(secs: u64) -> crate::drops::DropReport {
+    use crate::drops::{DropCount, DropReport, RetransmitCount};
+    let web = |reason: &str, count: u64| DropCount {
+        namespace: "default".into(),
+        pod: "web-7d4b9c6f5-x2k4q".into(),
+        interface: "veth1c2a6f3e".into(),
+        reason: reason.into(),
+        count,
+    };
+    DropReport {
+        drops_on: true,
+        retransmits_on: true,
+        drops: vec![web("netfilter_drop", 3 * secs), web("no_socket", secs)],
+        retransmits: vec![RetransmitCount {
+            namespace: "default".into(),
+            pod: "web-7d4b9c6f5-x2k4q".into(),
+            count: 2 * secs,
+        }],
     }
 }
 

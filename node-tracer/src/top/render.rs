@@ -237,6 +237,9 @@ fn table(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
                         .port_no
                         .map_or_else(|| "-".to_owned(), |n| n.to_string()),
                     Col::Peer => row.peer.clone(),
+                    // "-": the agent does not track them (turned off, or an older agent).
+                    Col::Drops if !app.snapshot.drops.drops_on => "-".to_owned(),
+                    Col::Retx if !app.snapshot.drops.retransmits_on => "-".to_owned(),
                     Col::Drops => si(row.drops),
                     Col::Retx => si(row.retx),
                     _ => row.macs.to_string(),
@@ -302,6 +305,8 @@ fn bridges(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
         let t = match c {
             Col::Bridge => "BRIDGE TOTALS",
             Col::Port => "VETHS",
+            // Drops and retransmits are per pod; blank here keeps MIX under MIX.
+            Col::Drops | Col::Retx => "",
             c => c.title(),
         };
         let l = Line::styled(fit(t, usize::from(w)), bold);
@@ -312,6 +317,7 @@ fn bridges(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
         Row::new(tcols.iter().map(|&(c, w)| {
             let s = rate_cells(c, &t.rates).unwrap_or_else(|| match c {
                 Col::Bridge => t.name.clone(),
+                Col::Drops | Col::Retx => String::new(),
                 _ => t.ports.to_string(),
             });
             cell(c, w, &s)

@@ -75,6 +75,21 @@ fn detail_pane_of_a_routed_pod() {
     insta::assert_snapshot!("detail_80x24", screen(&mut app, 80, 24));
 }
 
+/// The web pod drops 4 packets a second (two reasons) and retransmits 2 segments: its row shows
+/// the rates, its detail pane the reasons, most first, with what is new since the last sample.
+#[test]
+fn drops_and_retransmits_of_a_pod() {
+    let mut app = lab_app();
+    app.set_sort(SortKey::Drops, false);
+    let web = &app.rows[app.view[0]];
+    assert_eq!(
+        (web.veth.as_str(), web.drops, web.retx),
+        ("veth1c2a6f3e", 4.0, 2.0)
+    );
+    app.on_key(key(KeyCode::Enter));
+    insta::assert_snapshot!("detail_drops", screen(&mut app, 120, 34));
+}
+
 #[test]
 fn sorted_by_pod_then_reversed() {
     let mut app = lab_app();
