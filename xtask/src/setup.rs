@@ -36,6 +36,8 @@ const PACKAGES: &[&str] = &[
     "tmux",
     "ethtool",
     "procps",
+    // The drop tests' oracles: a DROP rule's own packet counter (nstat and ss are iproute2's).
+    "iptables",
 ];
 
 pub fn run() -> Result<()> {
