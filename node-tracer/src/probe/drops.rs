@@ -155,6 +155,20 @@ pub fn attach(ebpf: &mut Ebpf, prepared: &Prepared) -> Tracking {
     Tracking { drops, retransmits }
 }
 
+/// The label of reason `value`: its BTF name, else `reason_N`, warned about once per agent.
+fn reason_name(names: &BTreeMap<u32, String>, value: u32, warned: &AtomicBool) -> String {
+    if let Some(n) = names.get(&value) {
+        return n.clone();
+    }
+    if !warned.swap(true, Ordering::Relaxed) {
+        log::warn!(
+            "drop reason {value} is not in the kernel's enum skb_drop_reason; \
+             shown as reason_{value}"
+        );
+    }
+    format!("reason_{value}")
+}
+
 /// One `DROP_STATS` entry summed over CPUs, its reason named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropReading {
@@ -261,16 +275,7 @@ impl DropMaps {
     /// The label of a reason value: its BTF name, else `reason_N` (warned about once: a value
     /// the kernel's own enum does not name, such as a subsystem's reason).
     fn reason(&self, value: u32) -> String {
-        if let Some(n) = self.reasons.get(&value) {
-            return n.clone();
-        }
-        if !self.warned.swap(true, Ordering::Relaxed) {
-            log::warn!(
-                "drop reason {value} is not in the kernel's enum skb_drop_reason; \
-                 shown as reason_{value}"
-            );
-        }
-        format!("reason_{value}")
+        reason_name(&self.reasons, value, &self.warned)
     }
 
     /// Entries in each map, for `node_tracer_map_entries`.
@@ -283,5 +288,53 @@ impl DropMaps {
             out.push(("RETX_STATS", m.keys().count()));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_kernel_gives_every_offset_and_the_reasons() {
+        let btf = Btf::from_sys().expect("/sys/kernel/btf/vmlinux");
+        let p = Prepared::from_btf(&btf);
+        assert!(p.offsets);
+        let c = p.config;
+        assert!(c.skb_dev > 0 && c.skb_cb > 0 && c.dev_ifindex > 0 && c.net_inum > 0);
+        // skb->cb is 48 bytes; tcp_gso_segs follows seq and end_seq.
+        assert_eq!(c.cb_gso_segs, 8);
+        assert_eq!((c.reason_not_dropped, c.reason_consumed), (0, 1));
+        // 6.15+: tcp_retransmit_skb(sk, skb, err).
+        assert_eq!(c.retx_has_err, 1);
+        assert!(p.reasons.is_some_and(|r| r.len() > 50));
+    }
+
+    #[test]
+    fn a_btf_without_the_fields_turns_both_parts_off_without_a_panic() {
+        // A valid BTF holding one int: nothing the programs need.
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for w in [24u32, 0, 16, 16, 5] {
+            blob.extend_from_slice(&w.to_le_bytes());
+        }
+        for w in [1u32, 1 << 24, 4, 32] {
+            blob.extend_from_slice(&w.to_le_bytes());
+        }
+        blob.extend_from_slice(b"\0int\0");
+        let p = Prepared::from_btf(&Btf::parse(&blob).unwrap());
+        assert!(!p.offsets && p.reasons.is_none());
+    }
+
+    #[test]
+    fn an_unnamed_reason_is_labelled_by_value_and_warned_about_once() {
+        let names = BTreeMap::from([(12, "netfilter_drop".to_string())]);
+        let warned = AtomicBool::new(false);
+        assert_eq!(reason_name(&names, 12, &warned), "netfilter_drop");
+        assert!(!warned.load(Ordering::Relaxed));
+        assert_eq!(reason_name(&names, 0x1_0003, &warned), "reason_65539");
+        assert!(warned.load(Ordering::Relaxed));
+        assert_eq!(reason_name(&names, 7, &warned), "reason_7");
     }
 }
