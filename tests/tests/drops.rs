@@ -64,8 +64,10 @@ fn netfilter_drop_equals_the_rules_own_counter() {
     require_root();
     require_tool("iptables");
     let pod = routed_pod("dnf");
+    // A pod that drops nothing: it must add no series.
+    let quiet = routed_pod("dnq");
     pod.ns.exec("iptables -A INPUT -p icmp -j DROP");
-    let agent = agent_for(&pod);
+    let agent = Agent::start(&["-i", &pod.veth.name, "-i", &quiet.veth.name]);
     sh_output(&format!("ping -q -c 20 -i 0.01 -W 1 {}", pod.ip));
     let rule = || {
         pod.ns
@@ -95,6 +97,12 @@ fn netfilter_drop_equals_the_rules_own_counter() {
             ],
         ),
         Some(kernel as f64),
+        "{m}"
+    );
+    assert!(
+        !m.lines().any(|l| l.starts_with("node_tracer_drops_total{")
+            && (l.contains(&format!("pod=\"{}\"", quiet.ns.name))
+                || l.contains(&pod.ns.name) && !l.contains("netfilter_drop"))),
         "{m}"
     );
 }
