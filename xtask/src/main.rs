@@ -55,7 +55,8 @@ enum Cmd {
         #[arg(long)]
         rounds: Option<usize>,
         /// Measure one part only (the others' rows stay empty): `prog` (per-packet cost),
-        /// `traffic` (throughput ratios, agent CPU under load) or `scale` (1,000 veths: start-up,
+        /// `traffic` (throughput ratios, agent CPU under load), `floor` (the agent's programs
+        /// against the empty program, interleaved; live run time) or `scale` (1,000 veths: start-up,
         /// attach latency, /metrics, memory, peers).
         #[arg(long, value_enum)]
         only: Option<bench::Part>,

@@ -11,6 +11,12 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_STATS_RUN_TIME: u32 = 0;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_TCX_INGRESS: u32 = 46;
 pub const BPF_TCX_EGRESS: u32 = 47;
@@ -44,14 +50,18 @@ impl Attr {
     }
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr, what: &str) -> Result<libc::c_long> {
+fn sys_bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-initialised, 8-aligned buffer as large as the union the kernel
     // reads for `cmd`; every pointer written into it points at memory alive for this call.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), ATTR_LEN as u32) };
     if r < 0 {
-        bail!("bpf({what}): {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error());
     }
     Ok(r)
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr, what: &str) -> Result<libc::c_long> {
+    sys_bpf(cmd, attr).map_err(|e| anyhow::anyhow!("bpf({what}): {e}"))
 }
 
 fn owned(fd: libc::c_long) -> OwnedFd {
@@ -113,6 +123,121 @@ pub fn load_empty() -> Result<OwnedFd> {
     a.u64(16, license.as_ptr() as u64);
     a.0[48..57].copy_from_slice(b"ntb_empty");
     Ok(owned(bpf(BPF_PROG_LOAD, &mut a, "PROG_LOAD empty")?))
+}
+
+/// BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): while the returned descriptor is open, the kernel times
+/// every run of every program on the host (`run_time_ns`, `run_cnt` in `bpf_prog_info`). That
+/// is host-wide state and costs every program two clock reads: hold it only while measuring;
+/// dropping the descriptor (also on an error or Ctrl-C unwinding) switches it off again.
+pub fn enable_stats() -> Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, BPF_STATS_RUN_TIME);
+    Ok(owned(bpf(BPF_ENABLE_STATS, &mut a, "ENABLE_STATS")?))
+}
+
+/// `bpf_prog_info` up to `run_cnt` and `recursion_misses` (offsets from linux/bpf.h, 6.x).
+const PROG_INFO_LEN: usize = 216;
+const INFO_NR_MAP_IDS: usize = 52;
+const INFO_MAP_IDS: usize = 56;
+const INFO_RUN_TIME_NS: usize = 192;
+const INFO_RUN_CNT: usize = 200;
+
+fn obj_info(fd: &OwnedFd, info: &mut [u8], what: &str) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut a = Attr::new();
+    a.u32(0, fd.as_raw_fd() as u32);
+    a.u32(4, info.len() as u32);
+    a.u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a, what).map(|_| ())
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[off..off + 8]);
+    u64::from_ne_bytes(v)
+}
+
+/// Time spent in and number of runs of a program, since it was loaded, while stats were on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunStats {
+    pub ns: u64,
+    pub cnt: u64,
+}
+
+impl std::ops::Sub for RunStats {
+    type Output = RunStats;
+    fn sub(self, o: RunStats) -> RunStats {
+        RunStats {
+            ns: self.ns.saturating_sub(o.ns),
+            cnt: self.cnt.saturating_sub(o.cnt),
+        }
+    }
+}
+
+impl std::ops::Add for RunStats {
+    type Output = RunStats;
+    fn add(self, o: RunStats) -> RunStats {
+        RunStats {
+            ns: self.ns + o.ns,
+            cnt: self.cnt + o.cnt,
+        }
+    }
+}
+
+pub fn run_stats(prog: &OwnedFd) -> Result<RunStats> {
+    let mut info = [0u8; PROG_INFO_LEN];
+    obj_info(prog, &mut info, "OBJ_GET_INFO_BY_FD prog")?;
+    Ok(RunStats {
+        ns: u64_at(&info, INFO_RUN_TIME_NS),
+        cnt: u64_at(&info, INFO_RUN_CNT),
+    })
+}
+
+/// The map of `prog` called `name` (as the kernel keeps it: at most 15 bytes), with its
+/// `max_entries`.
+pub fn prog_map(prog: &OwnedFd, name: &str) -> Result<(OwnedFd, u32)> {
+    let mut ids = [0u32; 32];
+    let mut info = [0u8; PROG_INFO_LEN];
+    info[INFO_NR_MAP_IDS..INFO_NR_MAP_IDS + 4].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+    info[INFO_MAP_IDS..INFO_MAP_IDS + 8].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+    obj_info(prog, &mut info, "OBJ_GET_INFO_BY_FD prog maps")?;
+    let n = u32::from_ne_bytes([info[52], info[53], info[54], info[55]]) as usize;
+    for &id in &ids[..n.min(ids.len())] {
+        let mut a = Attr::new();
+        a.u32(0, id);
+        let fd = owned(bpf(BPF_MAP_GET_FD_BY_ID, &mut a, "MAP_GET_FD_BY_ID")?);
+        // bpf_map_info: max_entries at 16, name[16] at 24.
+        let mut m = [0u8; 88];
+        obj_info(&fd, &mut m, "OBJ_GET_INFO_BY_FD map")?;
+        let end = m[24..40].iter().position(|&b| b == 0).unwrap_or(16);
+        if &m[24..24 + end] == name.as_bytes() {
+            return Ok((fd, u32::from_ne_bytes([m[16], m[17], m[18], m[19]])));
+        }
+    }
+    bail!("the program has no map called {name}")
+}
+
+/// Looks `key` up in `map` into `value` (its exact size); false when absent.
+pub fn map_lookup(map: &OwnedFd, key: &[u8], value: &mut [u8]) -> Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32);
+    a.u64(8, key.as_ptr() as u64);
+    a.u64(16, value.as_mut_ptr() as u64);
+    match sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => bail!("bpf(MAP_LOOKUP_ELEM): {e}"),
+    }
+}
+
+pub fn map_update(map: &OwnedFd, key: &[u8], value: &[u8]) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32);
+    a.u64(8, key.as_ptr() as u64);
+    a.u64(16, value.as_ptr() as u64);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a, "MAP_UPDATE_ELEM").map(|_| ())
 }
 
 /// What one BPF_PROG_TEST_RUN reported.

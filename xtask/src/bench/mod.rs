@@ -4,12 +4,15 @@
 //! fewer rounds, shorter runs, 100 veths instead of 1,000; it checks no thresholds.
 
 mod agent;
+mod bare_loader;
 mod bpf;
+mod floor;
 mod lab;
 mod prog;
 mod report;
 mod scale;
 mod scrapes;
+mod stream;
 mod sys;
 mod tc;
 mod traffic;
@@ -73,6 +76,7 @@ impl Settings {
 pub enum Part {
     Prog,
     Traffic,
+    Floor,
     Scale,
 }
 
@@ -110,6 +114,11 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
         traffic::warm_up(&lab)?;
         flows = traffic::run(&lab, &s).context("throughput")?;
     }
+    let mut fl = floor::Results::default();
+    if wanted(Part::Floor) {
+        step("bench: node-tracer's programs against the empty program, interleaved slices");
+        fl = floor::run(&lab, &s).context("the floor comparison")?;
+    }
     let mut big = scale::Results::default();
     if wanted(Part::Scale) {
         step(&format!("bench: a node with {} veths", s.veths));
@@ -117,7 +126,7 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
     }
     drop(lab);
 
-    let rows = rows(&s, &progs, &flows, &big);
+    let rows = rows(&s, &progs, &flows, &fl, &big);
     let table = report::table(&rows);
     let mut meta = Map::new();
     meta.insert("quick".into(), json!(s.quick));
@@ -146,7 +155,19 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
         "wall_s".into(),
         json!(started.elapsed().as_secs_f64().round()),
     );
-    let summary = report::summary(&rows, meta);
+    for (key, v) in [("udp", &fl.udp_ratios), ("tcp", &fl.tcp_ratios)] {
+        meta.insert(
+            format!("{key}_floor_pairs_for_1pct"),
+            json!(floor::pairs_for_one_percent(v)),
+        );
+    }
+    let mut summary = report::summary(&rows, meta);
+    for (key, v) in [
+        ("udp_floor_ratio_ci", &fl.udp_ratios),
+        ("tcp_floor_ratio_ci", &fl.tcp_ratios),
+    ] {
+        summary[key] = json!(floor::ratio_ci(v).map(|(_, lo, hi)| [lo, hi]));
+    }
     let path = s.out_dir.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("write {}", path.display()))?;
@@ -166,8 +187,14 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
     Ok(())
 }
 
-#[allow(clippy::many_single_char_names)] // s, p, t, b: the four result sets, used on every line
-fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Results) -> Vec<Row> {
+#[allow(clippy::many_single_char_names)] // s, p, t, f, b: the result sets, used on every line
+fn rows(
+    s: &Settings,
+    p: &prog::Results,
+    t: &traffic::Results,
+    f: &floor::Results,
+    b: &scale::Results,
+) -> Vec<Row> {
     use traffic::Config;
     // Goals are only judged on a full run.
     let g = |goal| if s.quick { None } else { Some(goal) };
@@ -257,8 +284,77 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
             "Gbit/s",
         ),
     ];
+    let ci = |v: &[f64]| {
+        floor::ratio_ci(v).map_or(String::new(), |(_, lo, hi)| {
+            format!(", 95 % CI {lo:.3}–{hi:.3}")
+        })
+    };
+    rows.extend([
+        row(
+            "udp_floor_ratio",
+            format!(
+                "UDP 18 B pps, node-tracer's programs / empty program, interleaved{}",
+                ci(&f.udp_ratios)
+            ),
+            f.udp_ratios.clone(),
+            Stat::GeoMean,
+            g(Goal::AtLeast(0.99)),
+            "",
+        ),
+        row(
+            "tcp_floor_ratio",
+            format!(
+                "TCP bulk, node-tracer's programs / empty program, interleaved{}",
+                ci(&f.tcp_ratios)
+            ),
+            f.tcp_ratios.clone(),
+            Stat::GeoMean,
+            g(Goal::AtLeast(0.99)),
+            "",
+        ),
+        row(
+            "live_prog_ns",
+            "live run time per program run, UDP load (BPF_ENABLE_STATS)".into(),
+            f.live_ns.clone(),
+            Stat::Median,
+            g(Goal::AtMost(1.5 * report::median(&f.live_empty_ns))),
+            "ns",
+        ),
+        row(
+            "live_empty_prog_ns",
+            "the same, empty program".into(),
+            f.live_empty_ns.clone(),
+            Stat::Median,
+            None,
+            "ns",
+        ),
+        row(
+            "live_prog_tcp_ns",
+            "live run time per program run, TCP load".into(),
+            f.live_tcp_ns.clone(),
+            Stat::Median,
+            g(Goal::AtMost(1.5 * report::median(&f.live_empty_tcp_ns))),
+            "ns",
+        ),
+        row(
+            "live_empty_prog_tcp_ns",
+            "the same, empty program".into(),
+            f.live_empty_tcp_ns.clone(),
+            Stat::Median,
+            None,
+            "ns",
+        ),
+        row(
+            "live_runs_per_packet",
+            "program runs per UDP datagram received (4 hooks)".into(),
+            f.runs_per_packet.clone(),
+            Stat::Median,
+            None,
+            "",
+        ),
+    ]);
     let empty_udp = p.empty.get("udp").cloned().unwrap_or_default();
-    let limit = 2.0 * report::median(&empty_udp);
+    let limit = 1.5 * report::median(&empty_udp);
     rows.push(row(
         "prog_ns",
         "ingress program, 64 B UDP frame".into(),
@@ -295,10 +391,26 @@ fn rows(s: &Settings, p: &prog::Results, t: &traffic::Results, b: &scale::Result
     rows.extend([
         row(
             "attach_new_veth_p99_ms",
-            format!("new veth -> attached ({} veths)", b.attach_ms.len()),
+            format!(
+                "new veth -> attached ({} veths); goal 1.2 x the bare loader's p99",
+                b.attach_ms.len()
+            ),
             b.attach_ms.clone(),
             Stat::P99,
-            g(Goal::AtMost(50.0)),
+            g(Goal::AtMost(
+                1.2 * report::percentile(&b.attach_floor_ms, 99.0),
+            )),
+            "ms",
+        ),
+        row(
+            "attach_floor_p99_ms",
+            format!(
+                "same, a bare loader attaching the empty program ({} veths)",
+                b.attach_floor_ms.len()
+            ),
+            b.attach_floor_ms.clone(),
+            Stat::P99,
+            None,
             "ms",
         ),
         row(
@@ -449,6 +561,7 @@ mod tests {
             &s,
             &prog::Results::default(),
             &traffic::Results::default(),
+            &floor::Results::default(),
             &scale::Results::default(),
         );
         for r in &rows {

@@ -19,6 +19,8 @@ pub struct Row {
 pub enum Stat {
     Median,
     P99,
+    /// Of ratios: the mean of their logarithms, back (see `floor::ratio_ci`).
+    GeoMean,
 }
 
 #[derive(Clone, Copy)]
@@ -61,6 +63,13 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+pub fn geo_mean(v: &[f64]) -> f64 {
+    if v.is_empty() || v.iter().any(|x| *x <= 0.0) {
+        return f64::NAN;
+    }
+    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
+}
+
 /// Nearest-rank percentile.
 pub fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
@@ -93,6 +102,7 @@ impl Row {
         match self.stat {
             Stat::Median => median(&self.samples),
             Stat::P99 => percentile(&self.samples, 99.0),
+            Stat::GeoMean => geo_mean(&self.samples),
         }
     }
 }
@@ -129,6 +139,7 @@ pub fn table(rows: &[Row]) -> String {
         let stat = match r.stat {
             Stat::Median => "",
             Stat::P99 => " (p99)",
+            Stat::GeoMean => " (geometric mean)",
         };
         let _ = writeln!(
             out,

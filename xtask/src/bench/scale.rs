@@ -41,6 +41,8 @@ pub struct Results {
     pub idle_cpu_pct: f64,
     /// New veth created -> both its hooks carry our programs.
     pub attach_ms: Vec<f64>,
+    /// The same for a bare loader that only attaches the empty program (the kernel's floor).
+    pub attach_floor_ms: Vec<f64>,
     pub peers_s: Vec<f64>,
     /// SIGTERM to exit of the tcx agent.
     pub stop_s: f64,
@@ -71,6 +73,22 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
         veths: veths.len(),
         ..Results::default()
     };
+
+    // The floor first, on the same node (1,000 veths) with no agent running.
+    let loader = super::bare_loader::BareLoader::start(&node)?;
+    r.attach_floor_ms = attach_latency(&node, &late_pods)?;
+    let attached = loader.finish()?;
+    ensure!(
+        attached >= late_pods.len(),
+        "the bare loader attached {attached} veths, {} were made",
+        late_pods.len()
+    );
+    delete_late(&node, late_pods.len())?;
+    eprintln!(
+        "    attach floor (bare loader, empty program): p99 {:.1} ms over {} new veths",
+        super::report::percentile(&r.attach_floor_ms, 99.0),
+        r.attach_floor_ms.len()
+    );
 
     // One pod in ten sends while the agent starts, as on a node where some pods are busy.
     let busy: Vec<usize> = (0..s.veths).filter(|i| i % 10 == 9).collect();
@@ -137,10 +155,7 @@ pub fn run(lab: &mut Lab, s: &Settings) -> Result<Results> {
         r.stop_s
     );
     // The late veths go again so the netlink start-up sees the same node as the tcx one.
-    let del: Vec<String> = (0..late_pods.len())
-        .map(|i| format!("link del ntba{i}"))
-        .collect();
-    sys::ip_batch(Some(&node), &del)?;
+    delete_late(&node, late_pods.len())?;
 
     for _ in 0..3 {
         r.peers_s.push(peers(&node, r.veths)?);
@@ -277,10 +292,7 @@ fn expedited(
     let stop = Instant::now();
     drop(agent);
     r.stop_expedited_s = Some(stop.elapsed().as_secs_f64());
-    let del: Vec<String> = (0..late_pods.len())
-        .map(|i| format!("link del ntba{i}"))
-        .collect();
-    sys::ip_batch(Some(node), &del)?;
+    delete_late(node, late_pods.len())?;
     ensure!(
         crate::rcu_expedited() == "0",
         "/sys/kernel/rcu_expedited is still 1 after the --expedite-rcu agent stopped"
@@ -340,6 +352,12 @@ fn attach_latency(node: &str, pods: &[String]) -> Result<Vec<f64>> {
         ip.stop();
         Ok(out)
     })
+}
+
+/// Deletes the `n` veths [`attach_latency`] made.
+fn delete_late(node: &str, n: usize) -> Result<()> {
+    let del: Vec<String> = (0..n).map(|i| format!("link del ntba{i}")).collect();
+    sys::ip_batch(Some(node), &del)
 }
 
 /// One `node-tracer peers --json`, in seconds.
