@@ -30,6 +30,10 @@ pub struct Results {
     /// Per pair, agent's programs / empty program: UDP datagrams and TCP bytes received per s.
     pub udp_ratios: Vec<f64>,
     pub tcp_ratios: Vec<f64>,
+    /// Per pair, what the load received per CPU-second of its two threads, agent's programs /
+    /// empty program: blind to time the load spent preempted.
+    pub udp_cpu_ratios: Vec<f64>,
+    pub tcp_cpu_ratios: Vec<f64>,
     /// Live ns per program run, per slice, under the UDP load.
     pub live_ns: Vec<f64>,
     pub live_empty_ns: Vec<f64>,
@@ -179,20 +183,36 @@ fn take_programs(lab: &Lab, s: &Settings) -> Result<Progs> {
     })
 }
 
-/// What one slice saw: received per second, received, and the configuration's run stats.
-type Slice = (f64, u64, RunStats);
+/// What one slice saw: received per second, received, the configuration's run stats, and the
+/// load's CPU ns.
+type Slice = (f64, u64, RunStats, u64);
 
 fn slice(lab: &Lab, p: &Progs, load: &Stream, which: Which, len: Duration) -> Result<Slice> {
     sys::check_interrupted()?;
     let links = p.attach(lab, which)?;
     // The first packets after an attach meet cold caches.
     std::thread::sleep(Duration::from_millis(50));
-    let (n0, s0, t0) = (load.received(), p.stats(which)?, Instant::now());
+    let (n0, s0, c0, t0) = (
+        load.received(),
+        p.stats(which)?,
+        load.cpu_ns()?,
+        Instant::now(),
+    );
     std::thread::sleep(len);
-    let (n1, s1, t1) = (load.received(), p.stats(which)?, Instant::now());
+    let (n1, s1, c1, t1) = (
+        load.received(),
+        p.stats(which)?,
+        load.cpu_ns()?,
+        Instant::now(),
+    );
     drop(links);
     load.check()?;
-    Ok(((n1 - n0) as f64 / (t1 - t0).as_secs_f64(), n1 - n0, s1 - s0))
+    Ok((
+        (n1 - n0) as f64 / (t1 - t0).as_secs_f64(),
+        n1 - n0,
+        s1 - s0,
+        c1 - c0,
+    ))
 }
 
 /// `pairs` pairs of slices under `kind`: per pair (ours / empty rate, ours, empty).
@@ -244,16 +264,21 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
             );
         }
     };
-    r.udp_ratios = pairs(lab, &p, Kind::Udp, n_udp, len)?
-        .into_iter()
-        .map(|x| x.0)
-        .collect();
-    show("UDP 18 B", &r.udp_ratios);
-    r.tcp_ratios = pairs(lab, &p, Kind::Tcp, n_tcp, len)?
-        .into_iter()
-        .map(|x| x.0)
-        .collect();
-    show("TCP bulk", &r.tcp_ratios);
+    for (kind, n, rate, cpu) in [
+        (Kind::Udp, n_udp, &mut r.udp_ratios, &mut r.udp_cpu_ratios),
+        (Kind::Tcp, n_tcp, &mut r.tcp_ratios, &mut r.tcp_cpu_ratios),
+    ] {
+        for (ratio, ours, empty) in pairs(lab, &p, kind, n, len)? {
+            rate.push(ratio);
+            // Received per CPU-second: ours / empty.
+            let per_cpu = |x: Slice| x.1 as f64 / x.3.max(1) as f64;
+            if ours.3 > 0 && empty.3 > 0 && empty.1 > 0 {
+                cpu.push(per_cpu(ours) / per_cpu(empty));
+            }
+        }
+        show(&format!("{kind:?} per second"), rate);
+        show(&format!("{kind:?} per CPU-second of the load"), cpu);
+    }
 
     // Host-wide, so only for these slices; dropped on every way out of this block.
     let stats = bpf::enable_stats()?;
@@ -262,7 +287,7 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
             (Kind::Udp, &mut r.live_ns, &mut r.live_empty_ns),
             (Kind::Tcp, &mut r.live_tcp_ns, &mut r.live_empty_tcp_ns),
         ] {
-            for (_, (_, n, o), (_, _, e)) in pairs(lab, &p, kind, n_live, len)? {
+            for (_, (_, n, o, _), (_, _, e, _)) in pairs(lab, &p, kind, n_live, len)? {
                 ours.extend(ns_per_run(o));
                 empty.extend(ns_per_run(e));
                 if kind == Kind::Udp && n > 0 {

@@ -155,7 +155,12 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
         "wall_s".into(),
         json!(started.elapsed().as_secs_f64().round()),
     );
-    for (key, v) in [("udp", &fl.udp_ratios), ("tcp", &fl.tcp_ratios)] {
+    for (key, v) in [
+        ("udp", &fl.udp_ratios),
+        ("tcp", &fl.tcp_ratios),
+        ("udp_cpu", &fl.udp_cpu_ratios),
+        ("tcp_cpu", &fl.tcp_cpu_ratios),
+    ] {
         meta.insert(
             format!("{key}_floor_pairs_for_1pct"),
             json!(floor::pairs_for_one_percent(v)),
@@ -165,6 +170,8 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
     for (key, v) in [
         ("udp_floor_ratio_ci", &fl.udp_ratios),
         ("tcp_floor_ratio_ci", &fl.tcp_ratios),
+        ("udp_floor_cpu_ratio_ci", &fl.udp_cpu_ratios),
+        ("tcp_floor_cpu_ratio_ci", &fl.tcp_cpu_ratios),
     ] {
         summary[key] = json!(floor::ratio_ci(v).map(|(_, lo, hi)| [lo, hi]));
     }
@@ -310,6 +317,28 @@ fn rows(
             f.tcp_ratios.clone(),
             Stat::GeoMean,
             g(Goal::AtLeast(0.99)),
+            "",
+        ),
+        row(
+            "udp_floor_cpu_ratio",
+            format!(
+                "UDP 18 B datagrams per CPU-second of the load, programs / empty{}",
+                ci(&f.udp_cpu_ratios)
+            ),
+            f.udp_cpu_ratios.clone(),
+            Stat::GeoMean,
+            None,
+            "",
+        ),
+        row(
+            "tcp_floor_cpu_ratio",
+            format!(
+                "TCP bytes per CPU-second of the load, programs / empty{}",
+                ci(&f.tcp_cpu_ratios)
+            ),
+            f.tcp_cpu_ratios.clone(),
+            Stat::GeoMean,
+            None,
             "",
         ),
         row(

@@ -41,7 +41,7 @@ impl Goal {
         // A goal relative to a figure that was not measured (2 x the empty program).
         let v = |g: f64| {
             if g.is_finite() {
-                g.to_string()
+                fmt_num(g)
             } else {
                 "n/a".into()
             }

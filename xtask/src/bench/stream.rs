@@ -7,6 +7,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
+    os::unix::thread::JoinHandleExt as _,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -41,6 +42,8 @@ pub struct Stream {
     received: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<()>>>,
+    /// CPU-time clocks of the two threads.
+    clocks: Vec<libc::clockid_t>,
 }
 
 impl Stream {
@@ -51,6 +54,7 @@ impl Stream {
             received: received.clone(),
             stop: stop.clone(),
             threads: Vec::new(),
+            clocks: Vec::new(),
         };
         let addr: SocketAddr = format!("{}:{PORT}", lab::SERVER_IP).parse()?;
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -64,11 +68,39 @@ impl Stream {
             .context("the load's receiver did not start")??;
         s.threads
             .push(spawn_in(&lab.client(), 0, move || send(kind, addr, &stop))?);
+        for t in &s.threads {
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: a running thread's handle (joined only in `stop_threads`), and a valid
+            // out-pointer.
+            let r = unsafe { libc::pthread_getcpuclockid(t.as_pthread_t(), &raw mut clock) };
+            anyhow::ensure!(r == 0, "pthread_getcpuclockid: {r}");
+            s.clocks.push(clock);
+        }
         Ok(s)
     }
 
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// CPU time of the sender and the receiver so far, in ns. Without IRQ time accounting (this
+    /// kernel) that includes the softirq work done on their CPUs while they run, which is where
+    /// a veth's packets, and our programs, are handled. Time spent preempted by other work of a
+    /// shared machine does not count, unlike in a rate.
+    pub fn cpu_ns(&self) -> Result<u64> {
+        let mut sum = 0;
+        for c in &self.clocks {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a CPU-time clock of a thread that is still running; valid out-pointer.
+            if unsafe { libc::clock_gettime(*c, &raw mut ts) } != 0 {
+                bail!("clock_gettime: {}", std::io::Error::last_os_error());
+            }
+            sum += ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        }
+        Ok(sum)
     }
 
     /// Stops the load; fails if a thread failed (a dead load would read as zero throughput).
