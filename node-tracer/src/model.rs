@@ -33,6 +33,15 @@ pub struct Snapshot {
     /// Dropped packets by reason and TCP retransmits, per pod (absent from older agents).
     #[serde(default)]
     pub drops: crate::drops::DropReport,
+    /// The node the agent runs on (`run --node-name`, the DaemonSet's `NODE_NAME`, else the
+    /// host name): what a view over several agents shows in its NODE column. Absent in JSON
+    /// from agents older than it, and from a standalone view's own snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// For a view over several agents: the ones it could not read for this snapshot, one line
+    /// each naming the agent. Never in JSON.
+    #[serde(skip)]
+    pub unreachable: Vec<String>,
 }
 
 /// How a veth is wired on the host side.
@@ -89,6 +98,10 @@ pub struct Port {
     pub counters: PortCounters,
     /// Source MACs the programs saw on this port.
     pub macs: Vec<MacSeen>,
+    /// The node this veth is on, set only by a view that joins several agents (ifindexes and
+    /// names repeat from node to node); never in an agent's own JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The other end of a veth, usually `eth0` in a pod's namespace.

@@ -37,6 +37,8 @@ pub fn build(
         bridges: topology.bridges.clone(),
         fdb: Vec::new(),
         drops: crate::drops::DropReport::default(),
+        node: None,
+        unreachable: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@ pub fn run(args: &RunArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
         node: node_options(&args.interfaces, &args.probe, &args.sources, log_level),
         api: args.api.options(),
     };
+    opts.node.node_name = args.node_name.clone().or_else(host_name);
     // Two workers: following veth churn (an attach is two RCU grace periods) must not queue
     // behind a relabel rescan or a /metrics read running on the other one. A small blocking
     // pool: scrapes and attaches queue rather than spawning a thread (and a malloc arena) each
@@ -39,4 +40,13 @@ pub fn run(args: &RunArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
         }
         result
     })
+}
+
+/// The kernel's host name (what `hostname` prints); `None` when it cannot be read or is empty,
+/// and then views name this agent by its address.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }

@@ -50,6 +50,8 @@ pub struct NodeOptions {
     pub probe: ProbeOptions,
     pub pods: PodConfig,
     pub scan: ScanOptions,
+    /// The node's name in snapshots (the agent's `--node-name`); `None` for a standalone view.
+    pub node_name: Option<String>,
 }
 
 /// Both sides of a node: the attach side behind its lock ([`lock`]), and the read side.
@@ -296,12 +298,10 @@ impl Node {
         let topology = scanner.scan(&scan).await?;
         let only: HashSet<String> = opts.interfaces.iter().cloned().collect();
         let model = Arc::new(Model { topology, pods });
-        let read = Arc::new(ReadPath::new(
-            probe.reader(),
-            model.clone(),
-            fdb.clone(),
-            only.clone(),
-        ));
+        let read = Arc::new(
+            ReadPath::new(probe.reader(), model.clone(), fdb.clone(), only.clone())
+                .with_node_name(opts.node_name.clone()),
+        );
         read.counters
             .netns_visits
             .store(scanner.visits(), std::sync::atomic::Ordering::Relaxed);

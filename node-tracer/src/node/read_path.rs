@@ -66,6 +66,8 @@ pub struct ReadPath {
     fdb: Arc<LiveFdb>,
     /// Interfaces the user named with --interface (empty: all veths).
     only: HashSet<String>,
+    /// This node's name, carried in every snapshot (see [`Snapshot::node`]).
+    node_name: Option<String>,
     pub counters: WorkCounters,
     /// While the first attach pass runs: how far it is (`/healthz` answers 503 with it).
     pub(super) starting: Published<Option<Progress>>,
@@ -84,9 +86,17 @@ impl ReadPath {
             gone: Published::default(),
             fdb,
             only,
+            node_name: None,
             counters: WorkCounters::default(),
             starting: Published::new(Arc::new(Some(Progress::default()))),
         }
+    }
+
+    /// Names the node in every snapshot.
+    #[must_use]
+    pub(super) fn with_node_name(mut self, name: Option<String>) -> Self {
+        self.node_name = name;
+        self
     }
 
     /// How far the first attach pass is; `None` once it is done.
@@ -179,6 +189,7 @@ impl ReadPath {
         snap.ports.retain(|p| !gone.contains(&p.ifindex));
         self.fdb.read().apply(&mut snap);
         snap.drops = self.drops(&snap.ports);
+        snap.node.clone_from(&self.node_name);
         if !self.only.is_empty() {
             snap.ports.retain(|p| self.only.contains(&p.name));
             snap.drops
