@@ -203,6 +203,31 @@ impl Agent {
             .expect("a socket address is a valid URL")
     }
 
+    /// The same agent URL, credentials and TLS server name, but reached at `addr`: one of the
+    /// addresses a DNS name gave (a headless Service's). Messages and the `Host` header name
+    /// the address, so a warning says which of the agents it is about.
+    #[must_use]
+    pub fn at(&self, addr: std::net::SocketAddr) -> Self {
+        let mut a = self.clone();
+        a.url.addr = addr.to_string();
+        a.url.authority = addr.to_string();
+        a
+    }
+
+    /// The URL's host as given (a DNS name, an IP address, or `localhost` for a unix socket)
+    /// and its port (`None` for a unix socket).
+    pub fn host_port(&self) -> (&str, Option<u16>) {
+        if self.url.unix.is_some() {
+            return (&self.url.host, None);
+        }
+        let port = self
+            .url
+            .addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok());
+        (&self.url.host, port)
+    }
+
     /// The full URL of `path` on this agent, for messages.
     pub fn url(&self, path: &str) -> String {
         self.url.show(path)

@@ -6,6 +6,7 @@
 //! and `trace` render.
 
 pub mod agent;
+pub mod agents;
 pub mod api;
 pub mod clock;
 pub mod drops;
