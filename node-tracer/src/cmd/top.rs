@@ -28,9 +28,17 @@ pub fn top(args: &TopArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
     if !std::io::stdout().is_terminal() {
         return Err(node_tracer::error::Error::NotATerminal.into());
     }
-    if let Some(url) = &args.connect {
-        let source = top::HttpSource::new(url, &args.credentials.credentials())?;
-        return Ok(top::run(opts, source)?);
+    if !args.connect.is_empty() {
+        let mut agents = node_tracer::agents::agents(
+            &args.connect,
+            &args.credentials.credentials(),
+            &node_tracer::agents::SystemResolver,
+        )?;
+        if agents.len() == 1 {
+            let source = top::HttpSource::from(agents.remove(0));
+            return Ok(top::run(opts, source)?);
+        }
+        return Ok(top::run(opts, top::NodesSource::new(agents))?);
     }
     // The view owns this thread; the node's tasks (churn, relabel) need workers of their own.
     let rt = tokio::runtime::Builder::new_multi_thread()

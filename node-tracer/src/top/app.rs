@@ -8,7 +8,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::rates::{self, Rates};
 use super::row::build_row;
-pub use super::row::{Row, peer_label};
+pub use super::row::{Row, RowKey, peer_label};
 pub use super::sort::SortKey;
 use super::sort::compare;
 use crate::error::Error;
@@ -110,7 +110,8 @@ impl App {
         if self.paused {
             return;
         }
-        self.error = None;
+        // A view over several agents names the ones that did not answer; the rest is shown.
+        self.error = (!snap.unreachable.is_empty()).then(|| snap.unreachable.join("; "));
         // An agent serves its latest sample; polling it faster than it samples returns the same
         // one again, which is no news (and would read as a second of silence).
         if self.samples > 0 && snap.taken_at_ms == self.snapshot.taken_at_ms {
@@ -130,7 +131,7 @@ impl App {
         // Until the second sample there are no rates and the order is by name; following the
         // selected veth into the first rate order would leave the cursor mid-list.
         let keep = if self.samples > 2 {
-            self.selected_row().map(|r| r.ifindex)
+            self.selected_row().map(Row::key)
         } else {
             None
         };
@@ -139,11 +140,11 @@ impl App {
             .as_ref()
             .map_or(0, |p| rates::elapsed_ms(p, &self.snapshot));
         // A port is the same port only if ifindex and name agree: the kernel reuses ifindexes.
-        let before: HashMap<u32, &Port> = self
+        let before: HashMap<(Option<&str>, u32), &Port> = self
             .prev
             .iter()
             .flat_map(|s| &s.ports)
-            .map(|p| (p.ifindex, p))
+            .map(|p| ((p.node.as_deref(), p.ifindex), p))
             .collect();
         self.rows = self
             .snapshot
@@ -151,7 +152,10 @@ impl App {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let prev = before.get(&p.ifindex).copied().filter(|q| q.name == p.name);
+                let prev = before
+                    .get(&(p.node.as_deref(), p.ifindex))
+                    .copied()
+                    .filter(|q| q.name == p.name);
                 build_row(i, p, prev, self.elapsed_ms)
             })
             .collect();
@@ -178,11 +182,12 @@ impl App {
             })
             .collect();
         for r in &self.rows {
-            let idx = if let Some(i) = out.iter().position(|t| t.name == r.bridge) {
+            let name = r.bridge_total();
+            let idx = if let Some(i) = out.iter().position(|t| t.name == name) {
                 i
             } else {
                 out.push(BridgeTotal {
-                    name: r.bridge.clone(),
+                    name,
                     ports: 0,
                     rates: Rates::default(),
                 });
@@ -195,7 +200,7 @@ impl App {
     }
 
     /// Reapplies filter and sort, keeping the selection on the same veth when it is still shown.
-    fn refilter(&mut self, keep: Option<u32>) {
+    fn refilter(&mut self, keep: Option<RowKey>) {
         let needle = self.filter.to_lowercase();
         self.view = (0..self.rows.len())
             .filter(|&i| self.rows[i].haystack.contains(&needle))
@@ -211,7 +216,7 @@ impl App {
                 .then_with(|| ra.veth.cmp(&rb.veth))
         });
         self.selected = keep
-            .and_then(|ix| self.view.iter().position(|&i| self.rows[i].ifindex == ix))
+            .and_then(|k| self.view.iter().position(|&i| self.rows[i].key() == k))
             .unwrap_or(0);
         self.scroll();
     }
@@ -232,7 +237,7 @@ impl App {
             .as_ref()?
             .ports
             .iter()
-            .find(|p| p.ifindex == cur.ifindex && p.name == cur.name)
+            .find(|p| p.ifindex == cur.ifindex && p.name == cur.name && p.node == cur.node)
     }
 
     /// Sets how many table rows fit, and keeps the selection on screen.
@@ -257,14 +262,14 @@ impl App {
     }
 
     pub fn set_sort(&mut self, key: SortKey, reverse: bool) {
-        let keep = self.selected_row().map(|r| r.ifindex);
+        let keep = self.selected_row().map(Row::key);
         self.sort = key;
         self.reverse = reverse;
         self.refilter(keep);
     }
 
     pub fn set_filter(&mut self, f: &str) {
-        let keep = self.selected_row().map(|r| r.ifindex);
+        let keep = self.selected_row().map(Row::key);
         f.clone_into(&mut self.filter);
         self.refilter(keep);
     }

@@ -8,6 +8,8 @@ const POD_MAX: u16 = 48;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Col {
+    /// In a view over several agents only; as wide as the longest node name.
+    Node,
     Pod,
     Veth,
     Bridge,
@@ -32,6 +34,7 @@ impl Col {
     pub(super) fn width(self) -> u16 {
         match self {
             Col::Pod => POD_MIN,
+            Col::Node => NODE_MAX,
             Col::Veth => 15, // IFNAMSIZ - 1
             Col::Bridge => 8,
             Col::Port | Col::Macs => 4,
@@ -45,6 +48,7 @@ impl Col {
 
     pub(super) fn title(self) -> &'static str {
         match self {
+            Col::Node => "NODE",
             Col::Pod => "POD",
             Col::Veth => "VETH",
             Col::Bridge => "BRIDGE",
@@ -65,7 +69,7 @@ impl Col {
     pub(super) fn numeric(self) -> bool {
         !matches!(
             self,
-            Col::Pod | Col::Veth | Col::Bridge | Col::Peer | Col::Mix
+            Col::Node | Col::Pod | Col::Veth | Col::Bridge | Col::Peer | Col::Mix
         )
     }
 
@@ -92,9 +96,24 @@ impl Col {
     }
 }
 
+/// Widest NODE column; longer node names are cut.
+const NODE_MAX: u16 = 20;
+
+/// The columns that fit `width`: a NODE column first when `node` (the longest node name) is
+/// not 0, then [`fitting`] the rest.
+pub(super) fn columns(width: u16, node: usize) -> Vec<(Col, u16)> {
+    if node == 0 {
+        return fitting(width);
+    }
+    let w = u16::try_from(node).unwrap_or(NODE_MAX).clamp(4, NODE_MAX);
+    let mut cols = vec![(Col::Node, w)];
+    cols.extend(fitting(width.saturating_sub(w + 1)));
+    cols
+}
+
 /// Picks the columns that fit `width`, most useful first, and their widths. The pod column
 /// takes what is left, up to [`POD_MAX`].
-pub(super) fn columns(width: u16) -> Vec<(Col, u16)> {
+fn fitting(width: u16) -> Vec<(Col, u16)> {
     use Col::{Bridge, Drops, Macs, Mix, Peer, Pod, Port, Retx, RxBps, RxPps, TxBps, TxPps, Veth};
     let need = |cols: &[Col]| -> u16 { cols.iter().map(|c| c.width() + 1).sum::<u16>() - 1 };
     let shares = [

@@ -87,6 +87,7 @@ pub fn veth(
             first_seen_ms: T0 - 3_600_000,
             last_seen_ms: T0 + secs * 1000 - 1000,
         }],
+        node: None,
     }
 }
 
@@ -189,6 +190,7 @@ pub fn lab(secs: u64) -> Snapshot {
         ],
         fdb: Vec::new(),
         drops: lab_drops(secs),
+        ..Snapshot::default()
     }
 }
 
@@ -290,6 +292,6 @@ pub fn many(n: u32, secs: u64) -> Snapshot {
             ..Bridge::default()
         }],
         fdb: Vec::new(),
-        drops: crate::drops::DropReport::default(),
+        ..Snapshot::default()
     }
 }

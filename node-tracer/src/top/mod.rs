@@ -14,6 +14,7 @@ mod fixtures;
 pub mod fmt;
 mod local;
 mod loss;
+mod nodes;
 pub mod rates;
 pub mod render;
 mod row;
@@ -28,6 +29,7 @@ mod tests;
 use std::time::Duration;
 
 pub use fmt::icmp_type_name;
+pub use nodes::NodesSource;
 pub use source::{HttpSource, SnapshotSource, SourceError};
 pub use term::{require_terminal, run};
 

@@ -97,7 +97,14 @@ pub fn render(frame: &mut Frame, app: &App) {
         let s = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
         frame.render_widget(Line::styled(format!(" source: {e}"), s), r);
     }
-    let cols = columns(area.width);
+    // NODE only in a view over several agents: as wide as the longest node name.
+    let node = app
+        .rows
+        .iter()
+        .filter_map(|r| r.node.as_ref().map(|n| n.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let cols = columns(area.width, node);
     if let Some(r) = a.bridges {
         bridges(frame, r, app, &cols);
     }
@@ -230,6 +237,7 @@ fn table(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
             let row = &app.rows[i];
             let cells = cols.iter().map(|&(c, w)| {
                 let s = rate_cells(c, &row.rates).unwrap_or_else(|| match c {
+                    Col::Node => row.node.clone().unwrap_or_default(),
                     Col::Pod => row.pod.clone(),
                     Col::Veth => row.veth.clone(),
                     Col::Bridge => row.bridge.clone(),
@@ -297,7 +305,7 @@ fn bridges(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
     tcols.extend(cols.iter().copied().filter(|(c, _)| {
         !matches!(
             c,
-            Col::Pod | Col::Veth | Col::Bridge | Col::Port | Col::Peer | Col::Macs
+            Col::Node | Col::Pod | Col::Veth | Col::Bridge | Col::Port | Col::Peer | Col::Macs
         )
     }));
     let bold = Style::new().add_modifier(Modifier::BOLD);

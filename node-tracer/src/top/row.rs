@@ -12,6 +12,8 @@ pub struct Row {
     /// Index into the current snapshot's `ports`.
     pub port: usize,
     pub ifindex: u32,
+    /// The node, in a view over several agents.
+    pub node: Option<String>,
     /// `namespace/name`, or `-` when no pod was found.
     pub pod: String,
     pub veth: String,
@@ -25,8 +27,25 @@ pub struct Row {
     /// namespace retransmitted per second (see `loss`).
     pub drops: f64,
     pub retx: f64,
-    /// Lower-case text the filter matches: pod, namespace, veth, bridge.
+    /// Lower-case text the filter matches: pod, namespace, veth, bridge, node.
     pub(super) haystack: String,
+}
+
+/// A veth across samples: its ifindex on its node (ifindexes repeat from node to node).
+pub type RowKey = (Option<String>, u32);
+
+impl Row {
+    pub fn key(&self) -> RowKey {
+        (self.node.clone(), self.ifindex)
+    }
+
+    /// The bridge as the totals name it: per node in a view over several agents.
+    pub fn bridge_total(&self) -> String {
+        match &self.node {
+            Some(n) => format!("{n}/{}", self.bridge),
+            None => self.bridge.clone(),
+        }
+    }
 }
 
 /// The peer as the pod's own `ip link` prints it: `eth0@ifN`, where N is the ifindex of the
@@ -55,10 +74,12 @@ pub(super) fn build_row(i: usize, p: &Port, prev: Option<&Port>, elapsed_ms: u64
         .map(|m| m.mac.as_str())
         .collect::<BTreeSet<_>>()
         .len();
-    let haystack = format!("{pod}\n{}\n{bridge}", p.name).to_lowercase();
+    let node = p.node.as_deref().unwrap_or_default();
+    let haystack = format!("{pod}\n{}\n{bridge}\n{node}", p.name).to_lowercase();
     Row {
         port: i,
         ifindex: p.ifindex,
+        node: p.node.clone(),
         pod,
         veth: p.name.clone(),
         bridge,

@@ -17,6 +17,9 @@ pub trait SnapshotSource: Send + 'static {
 pub enum SourceError {
     #[error(transparent)]
     Agent(#[from] ClientError),
+    /// A view over several agents, none of which answered: each named, with its reason.
+    #[error("no agent answered: {0}")]
+    NoAgent(String),
     #[error("snapshot JSON")]
     Json(#[from] serde_json::Error),
     /// For sources other than HTTP (the local probe) to carry their own error.
@@ -53,6 +56,12 @@ impl HttpSource {
     /// The full URL fetched, for messages.
     pub fn url(&self) -> String {
         self.agent.url("/snapshot")
+    }
+}
+
+impl From<Agent> for HttpSource {
+    fn from(agent: Agent) -> Self {
+        Self { agent }
     }
 }
 

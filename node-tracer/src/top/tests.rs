@@ -40,7 +40,7 @@ fn empty_node() {
         ports: vec![],
         bridges: lab(0).bridges[..1].to_vec(),
         fdb: Vec::new(),
-        drops: crate::drops::DropReport::default(),
+        ..Snapshot::default()
     };
     let later = Snapshot {
         taken_at_ms: T0 + 1000,

@@ -1,0 +1,146 @@
+//! `top` over several agents (`--connect` repeated, or a name with several addresses): one
+//! snapshot joined from every agent's, each port marked with its node.
+
+use futures::future::join_all;
+use node_tracer_client::Agent;
+
+use super::source::{HttpSource, SnapshotSource, SourceError};
+use crate::agents::{address, node_labels};
+use crate::model::Snapshot;
+
+/// Reads every agent's `/snapshot` at once and joins them. An agent that does not answer is
+/// left out of that sample and named in [`Snapshot::unreachable`]; only when none answers is
+/// the sample an error.
+pub struct NodesSource {
+    agents: Vec<(HttpSource, String)>,
+}
+
+impl NodesSource {
+    pub fn new(agents: Vec<Agent>) -> Self {
+        Self {
+            agents: agents
+                .into_iter()
+                .map(|a| {
+                    let addr = address(&a);
+                    (HttpSource::from(a), addr)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl SnapshotSource for NodesSource {
+    async fn next(&mut self) -> Result<Snapshot, SourceError> {
+        let got = join_all(self.agents.iter_mut().map(|(s, _)| s.next())).await;
+        let addrs = self.agents.iter().map(|(_, a)| a.clone());
+        merge(addrs.zip(got).collect())
+    }
+}
+
+/// One snapshot from each agent's (by address): ports and bridges of all, each port's `node`
+/// set; the latest time of them (each agent's counters are read within the same interval).
+pub fn merge(got: Vec<(String, Result<Snapshot, SourceError>)>) -> Result<Snapshot, SourceError> {
+    let mut answered = Vec::new();
+    let mut failed = Vec::new();
+    for (addr, r) in got {
+        match r {
+            Ok(s) => answered.push((addr, s)),
+            Err(e) => failed.push(format!("no snapshot from {addr}: {}", e.one_line())),
+        }
+    }
+    if answered.is_empty() {
+        return Err(SourceError::NoAgent(failed.join("; ")));
+    }
+    let labels = node_labels(
+        &answered
+            .iter()
+            .map(|(addr, s)| (s.node.clone(), addr.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let mut out = Snapshot {
+        unreachable: failed,
+        ..Snapshot::default()
+    };
+    for ((_, snap), label) in answered.into_iter().zip(labels) {
+        out.taken_at_ms = out.taken_at_ms.max(snap.taken_at_ms);
+        out.ports.extend(snap.ports.into_iter().map(|mut p| {
+            p.node = Some(label.clone());
+            p
+        }));
+        // Bridge names repeat from node to node (every flannel node has a cni0): the totals
+        // are per node.
+        out.bridges.extend(snap.bridges.into_iter().map(|mut b| {
+            b.name = format!("{label}/{}", b.name);
+            b
+        }));
+        out.fdb.extend(snap.fdb);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Bridge, Port};
+
+    fn snap(node: Option<&str>, at: u64, veths: &[(u32, &str)]) -> Snapshot {
+        Snapshot {
+            taken_at_ms: at,
+            node: node.map(str::to_owned),
+            ports: veths
+                .iter()
+                .map(|&(ifindex, name)| Port {
+                    ifindex,
+                    name: name.into(),
+                    master: Some("cni0".into()),
+                    ..Port::default()
+                })
+                .collect(),
+            bridges: vec![Bridge {
+                name: "cni0".into(),
+                ..Bridge::default()
+            }],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn every_port_keeps_its_node_and_same_ifindexes_stay_apart() {
+        let got = merge(vec![
+            (
+                "10.0.0.1:9465".into(),
+                Ok(snap(Some("n1"), 100, &[(5, "veth1")])),
+            ),
+            ("10.0.0.2:9465".into(), Ok(snap(None, 120, &[(5, "veth1")]))),
+        ])
+        .unwrap();
+        let nodes: Vec<_> = got
+            .ports
+            .iter()
+            .map(|p| (p.node.as_deref().unwrap(), p.ifindex))
+            .collect();
+        assert_eq!(nodes, [("n1", 5), ("10.0.0.2:9465", 5)]);
+        assert_eq!(got.taken_at_ms, 120);
+        let bridges: Vec<_> = got.bridges.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(bridges, ["n1/cni0", "10.0.0.2:9465/cni0"]);
+        assert!(got.unreachable.is_empty());
+    }
+
+    #[test]
+    fn an_agent_that_fails_is_named_and_the_others_shown() {
+        let refused = SourceError::NoAgent("connection refused".into());
+        let got = merge(vec![
+            ("10.0.0.1:9465".into(), Err(refused)),
+            ("10.0.0.2:9465".into(), Ok(snap(Some("n2"), 1, &[(7, "v")]))),
+        ])
+        .unwrap();
+        assert_eq!(got.ports.len(), 1);
+        assert_eq!(got.unreachable.len(), 1);
+        assert!(got.unreachable[0].contains("10.0.0.1:9465"), "{got:?}");
+        let none = merge(vec![(
+            "10.0.0.1:9465".into(),
+            Err(SourceError::NoAgent("x".into())),
+        )]);
+        assert!(matches!(none, Err(SourceError::NoAgent(_))));
+    }
+}
