@@ -44,8 +44,17 @@ pub async fn icmp(args: &TraceArgs, log_level: log::LevelFilter) -> anyhow::Resu
         write: args.write.clone(),
         summary: !args.no_summary,
     };
-    if let Some(url) = &args.connect {
-        let stats = trace_icmp_remote(url, &args.credentials.credentials(), &opts).await?;
+    if !args.connect.is_empty() {
+        let mut agents = node_tracer::agents::agents(
+            &args.connect,
+            &args.credentials.credentials(),
+            &node_tracer::agents::SystemResolver,
+        )?;
+        let stats = if agents.len() == 1 {
+            trace_icmp_remote(agents.remove(0), &opts).await?
+        } else {
+            trace_icmp_nodes(agents, &opts).await?
+        };
         if stats.lost > 0 {
             log::warn!("{} events were lost", stats.lost);
         }
@@ -156,12 +165,12 @@ async fn trace_icmp(
 /// `trace icmp --connect URL`: the events of a running agent's programs, labelled with its
 /// snapshot (see [`trace::AgentTrace`]).
 async fn trace_icmp_remote(
-    url: &str,
-    creds: &node_tracer_client::Credentials,
+    agent: node_tracer_client::Agent,
     opts: &trace::TraceOptions,
 ) -> anyhow::Result<trace::TraceStats> {
+    let url = agent.url("");
     // The client's errors name the agent already.
-    let mut events = trace::AgentTrace::connect(url, creds).await?;
+    let mut events = trace::AgentTrace::from_agent(agent).await?;
     let ports = events.ports();
     log::info!(
         "tracing ICMP on {} veths through the agent at {url}; Ctrl-C to stop",
@@ -183,5 +192,34 @@ async fn trace_icmp_remote(
             events.error().map(|e| format!(": {e}")).unwrap_or_default()
         );
     }
+    Ok(stats)
+}
+
+/// `trace icmp` with several agents: their streams merged, each line and hop with its node. An
+/// agent that goes away is named in a warning (see [`trace::NodesTrace`]) and the others go on;
+/// the trace fails only when none is left.
+async fn trace_icmp_nodes(
+    agents: Vec<node_tracer_client::Agent>,
+    opts: &trace::TraceOptions,
+) -> anyhow::Result<trace::TraceStats> {
+    let mut events = trace::NodesTrace::connect(agents)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let ports = events.ports();
+    log::info!(
+        "tracing ICMP on {} veths through the agents of {}; Ctrl-C to stop",
+        events.attached,
+        events.labels().join(", ")
+    );
+    let mut stdout = std::io::stdout().lock();
+    let mut tracer = trace::Tracer::new(opts, &events)?
+        .with_clock(|ns| std::time::SystemTime::UNIX_EPOCH + Duration::from_nanos(ns));
+    let ended = tokio::select! {
+        r = tracer.pump(&mut events, &ports, &mut stdout) => r? == trace::Stop::SourceEnded,
+        r = shutdown::wait() => { r.context("waiting for a stop signal")?; false }
+    };
+    tracer.drain(&mut events, &ports, &mut stdout)?;
+    let stats = tracer.finish(&events, &mut stdout)?;
+    anyhow::ensure!(!ended, "every agent ended its trace stream");
     Ok(stats)
 }

@@ -30,8 +30,13 @@ pub fn format_line(p: &Packet, port: Option<&Port>) -> String {
     if let Some(seq) = p.seq {
         let _ = write!(what, " seq {seq}");
     }
+    // Over several agents, the node comes first: the veth's name is only unique on its node.
+    let node = port
+        .and_then(|p| p.node.as_deref())
+        .map(|n| format!("{n:<12}  "))
+        .unwrap_or_default();
     format!(
-        "{:02}:{:02}:{:02}.{micros:06}  {:<15}  {:<30}  {:<8}  {} > {}  {:>15} > {:<15}  len {:<5}  {}",
+        "{:02}:{:02}:{:02}.{micros:06}  {node}{:<15}  {:<30}  {:<8}  {} > {}  {:>15} > {:<15}  len {:<5}  {}",
         tod / 3600,
         tod / 60 % 60,
         tod % 60,
@@ -51,7 +56,7 @@ pub fn format_line(p: &Packet, port: Option<&Port>) -> String {
 /// so every line has the same keys.
 pub fn to_json(p: &Packet, port: Option<&Port>) -> Value {
     let pod = port.and_then(|port| port.pod.as_ref());
-    json!({
+    let mut v = json!({
         "time": rfc3339_micros(p.ts),
         "interface": port.map(|port| port.name.as_str()),
         "ifindex": p.ifindex,
@@ -69,7 +74,12 @@ pub fn to_json(p: &Packet, port: Option<&Port>) -> Value {
         "id": p.id,
         "seq": p.seq,
         "len": p.len,
-    })
+    });
+    // Only over several agents, where every line has it.
+    if let (Some(node), Some(o)) = (port.and_then(|p| p.node.as_deref()), v.as_object_mut()) {
+        o.insert("node".into(), node.into());
+    }
+    v
 }
 
 /// The veth's name, or `if<ifindex>` for one the model has not learned yet.

@@ -11,6 +11,7 @@ mod decode;
 mod filter;
 mod format;
 mod hub;
+mod nodes;
 mod pcapng;
 mod remote;
 mod ringbuf;
@@ -32,6 +33,7 @@ pub use decode::{Packet, decode};
 pub use filter::{AddressMatch, Filter, TypeMatch};
 pub use format::{format_line, rfc3339_micros, to_json};
 pub use hub::{Hub, Subscription, TICK};
+pub use nodes::NodesTrace;
 pub use pcapng::PcapngWriter;
 pub use remote::{AgentTrace, RemoteEvents};
 pub use ringbuf::RingBufSource;
@@ -206,11 +208,16 @@ impl<'o> Tracer<'o> {
         out: &mut dyn Write,
     ) -> Result<(), Error> {
         self.stats.seen += 1;
-        let Some(p) = decode(ev, &*self.mono_to_wall) else {
+        let Some(mut p) = decode(ev, &*self.mono_to_wall) else {
             self.stats.undecoded += 1;
             return Ok(());
         };
         let port = ports(p.ifindex);
+        // A trace over several agents hands out ids of its own for (node, ifindex): the veth
+        // knows its real one.
+        if let Some(port) = &port {
+            p.ifindex = port.ifindex;
+        }
         if !self.opts.filter.matches(&p, port.as_ref()) {
             return Ok(());
         }

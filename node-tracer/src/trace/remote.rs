@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use node_tracer_client::{Credentials, Stream};
+use node_tracer_client::{Agent, Credentials, Stream};
 use node_tracer_common::IcmpEvent;
 use tokio::time::Instant;
 
@@ -37,12 +37,20 @@ pub struct AgentTrace {
     pending: Option<IcmpEvent>,
     /// Veths the agent has attached, as of the first snapshot.
     pub attached: usize,
+    /// The agent's node, as its first snapshot named it.
+    pub node: Option<String>,
 }
 
 impl AgentTrace {
     pub async fn connect(url: &str, creds: &Credentials) -> Result<Self, SourceError> {
-        let mut agent = HttpSource::new(url, creds)?;
+        Self::from_agent(Agent::new(url, creds)?).await
+    }
+
+    /// Reads the agent's snapshot, then opens its event stream.
+    pub async fn from_agent(agent: Agent) -> Result<Self, SourceError> {
+        let mut agent = HttpSource::from(agent);
         let snap = agent.next().await?;
+        let node = snap.node.clone();
         let attached = snap.ports.iter().filter(|p| p.attached).count();
         let stream = agent.agent().stream("/trace/icmp").await?;
         Ok(Self {
@@ -52,6 +60,7 @@ impl AgentTrace {
             read_at: Instant::now(),
             pending: None,
             attached,
+            node,
         })
     }
 

@@ -28,6 +28,8 @@ struct Hop {
     interface: String,
     /// `namespace/name`.
     pod: Option<String>,
+    /// Over several agents: the veth's node.
+    node: Option<String>,
     direction: Direction,
 }
 
@@ -100,6 +102,7 @@ impl Summary {
             pod: port
                 .and_then(|port| port.pod.as_ref())
                 .map(crate::model::Pod::qualified_name),
+            node: port.and_then(|port| port.node.clone()),
             direction: p.direction,
         });
     }
@@ -180,9 +183,14 @@ fn path(hops: &[Hop]) -> String {
                 Direction::Transmit => "tx",
                 Direction::Receive => "rx",
             };
+            let node = h
+                .node
+                .as_deref()
+                .map(|n| format!("{n}:"))
+                .unwrap_or_default();
             match &h.pod {
-                Some(pod) => format!("{}({pod}) {dir}", h.interface),
-                None => format!("{} {dir}", h.interface),
+                Some(pod) => format!("{node}{}({pod}) {dir}", h.interface),
+                None => format!("{node}{} {dir}", h.interface),
             }
         })
         .collect();
@@ -196,14 +204,18 @@ fn hops_json(hops: &[Hop]) -> Vec<Value> {
                 Some((ns, name)) => (Some(ns), Some(name)),
                 None => (None, None),
             };
-            json!({
+            let mut v = json!({
                 "time": rfc3339_micros(h.ts),
                 "interface": h.interface,
                 "ifindex": h.ifindex,
                 "namespace": namespace,
                 "pod": pod,
                 "direction": h.direction.as_str(),
-            })
+            });
+            if let (Some(node), Some(o)) = (&h.node, v.as_object_mut()) {
+                o.insert("node".into(), node.as_str().into());
+            }
+            v
         })
         .collect()
 }
