@@ -79,9 +79,11 @@ pub enum Command {
 #[derive(Args, Clone)]
 pub struct TopArgs {
     /// Read snapshots from a running agent (e.g. http://127.0.0.1:9465) instead of attaching
-    /// our own programs, so a node with the agent installed is not attached twice.
+    /// our own programs, so a node with the agent installed is not attached twice. Repeat it,
+    /// or give a DNS name with several addresses (a headless Service), for one view over
+    /// several nodes with a NODE column.
     #[arg(long, value_name = "URL")]
-    pub connect: Option<String>,
+    pub connect: Vec<String>,
     #[command(flatten)]
     pub credentials: ConnectArgs,
     /// Refresh interval in seconds.
@@ -113,8 +115,10 @@ pub struct MacsArgs {
     #[arg(long)]
     pub json: bool,
     /// Read a running agent (e.g. http://127.0.0.1:9465) instead of attaching our own programs.
+    /// Repeat it, or give a DNS name with several addresses, for every node at once (a NODE
+    /// column; anomalies are per node).
     #[arg(long, value_name = "URL")]
-    pub connect: Option<String>,
+    pub connect: Vec<String>,
     #[command(flatten)]
     pub credentials: ConnectArgs,
     /// Without --connect: seconds to watch traffic before printing (MACs are seen only while
@@ -141,8 +145,11 @@ pub struct TraceArgs {
     /// Trace through a running agent (e.g. http://127.0.0.1:9465): its programs write the events
     /// and it streams them, so nothing more is attached. Starts at once and costs the node's
     /// other traffic nothing; without it, the trace attaches programs of its own to every veth.
+    /// Repeat it, or give a DNS name with several addresses, to trace on several nodes at once:
+    /// lines carry the node, and a ping's path runs across them. An agent that does not answer
+    /// or goes away is named in a warning; the others trace on.
     #[arg(long, value_name = "URL")]
-    pub connect: Option<String>,
+    pub connect: Vec<String>,
     #[command(flatten)]
     pub credentials: ConnectArgs,
     /// One JSON object per line (and a last one with "summary": true).
@@ -280,6 +287,11 @@ pub struct RunArgs {
     /// Address to serve /metrics, /healthz, /snapshot and /trace/icmp on (see "API access").
     #[arg(long, default_value = "0.0.0.0:9465")]
     pub listen: SocketAddr,
+    /// This node's name in /snapshot, which views over several agents show in their NODE
+    /// column (the DaemonSet sets NODE_NAME from the pod's spec.nodeName). Default: the host
+    /// name.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
     /// Attach only to this interface (repeatable). Default: every veth, following churn.
@@ -418,5 +430,6 @@ pub fn node_options(
         pods: sources.pods(),
         scan: sources.scan(),
         attach_filter: None,
+        node_name: None,
     }
 }

@@ -38,8 +38,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run(_) | Command::Top(_) => true,
         Command::Trace {
             what: TraceWhat::Icmp(args),
-        } => args.connect.is_none(),
-        Command::Macs(args) => args.connect.is_none(),
+        } => args.connect.is_empty(),
+        Command::Macs(args) => args.connect.is_empty(),
         Command::Peers { .. } | Command::Lab { .. } | Command::RestoreRcuExpedited { .. } => false,
     };
     if owns_cleanup {

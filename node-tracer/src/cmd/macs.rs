@@ -3,17 +3,14 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
-use node_tracer::macs;
+use futures::future::join_all;
+use node_tracer::{agents, macs};
+use node_tracer_client::Agent;
 
 use crate::cli::{MacsArgs, node_options};
 
 pub async fn macs(args: &MacsArgs, log_level: log::LevelFilter) -> anyhow::Result<()> {
-    let source = if let Some(url) = &args.connect {
-        macs::Source::Connect {
-            url: url.clone(),
-            creds: args.credentials.credentials(),
-        }
-    } else {
+    let source = if args.connect.is_empty() {
         anyhow::ensure!(
             args.duration.is_finite() && args.duration >= 0.0,
             "--duration must be a number of seconds"
@@ -31,6 +28,16 @@ pub async fn macs(args: &MacsArgs, log_level: log::LevelFilter) -> anyhow::Resul
             node: Box::new(node),
             duration: Duration::from_secs_f64(args.duration),
         }
+    } else {
+        let mut agents = node_tracer::agents::agents(
+            &args.connect,
+            &args.credentials.credentials(),
+            &node_tracer::agents::SystemResolver,
+        )?;
+        if agents.len() > 1 {
+            return macs_nodes(args, agents).await;
+        }
+        macs::Source::Connect(agents.remove(0))
     };
     let snap = macs::collect(source).await.context("node-tracer macs")?;
     let report = macs::report(&snap, args.bridge.as_deref())?;
@@ -38,6 +45,64 @@ pub async fn macs(args: &MacsArgs, log_level: log::LevelFilter) -> anyhow::Resul
         println!("{}", macs::to_json(&report)?);
     } else {
         print!("{}", macs::to_table(&report));
+    }
+    Ok(())
+}
+
+/// `macs` over several agents: one report per node (a MAC on two nodes is no duplicate), in
+/// the order given; `--json` prints them as an array. An agent that does not answer, or lacks
+/// `--bridge`, is named in a warning and left out; it fails only when every one is.
+async fn macs_nodes(args: &MacsArgs, agents: Vec<Agent>) -> anyhow::Result<()> {
+    let addresses: Vec<String> = agents.iter().map(agents::address).collect();
+    let got = join_all(
+        agents
+            .into_iter()
+            .map(|a| macs::collect(macs::Source::Connect(a))),
+    )
+    .await;
+    let mut snaps = Vec::new();
+    let mut failed = Vec::new();
+    for (addr, r) in addresses.into_iter().zip(got) {
+        match r {
+            Ok(s) => snaps.push((addr, s)),
+            Err(e) => {
+                let e = node_tracer_client::one_line(&e);
+                log::warn!("the agent at {addr} is left out: {e}");
+                failed.push(format!("{addr}: {e}"));
+            }
+        }
+    }
+    anyhow::ensure!(
+        !snaps.is_empty(),
+        "no agent answered: {}",
+        failed.join("; ")
+    );
+    let labels = agents::node_labels(
+        &snaps
+            .iter()
+            .map(|(addr, s)| (s.node.clone(), addr.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let mut reports = Vec::new();
+    for ((_, snap), label) in snaps.iter().zip(labels) {
+        match macs::report(snap, args.bridge.as_deref()) {
+            Ok(mut r) => {
+                r.node = Some(label);
+                reports.push(r);
+            }
+            Err(e) => log::warn!("node {label} is left out: {e}"),
+        }
+    }
+    if reports.is_empty()
+        && let Some(bridge) = &args.bridge
+    {
+        return Err(node_tracer::error::Error::NoSuchBridge(bridge.clone()).into());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        let tables: Vec<String> = reports.iter().map(macs::to_table).collect();
+        print!("{}", tables.join("\n"));
     }
     Ok(())
 }

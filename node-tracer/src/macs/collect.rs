@@ -12,11 +12,8 @@ use crate::{
 /// Where to read from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// A running `node-tracer run` (`http://host:port`), so the node is not attached twice.
-    Connect {
-        url: String,
-        creds: node_tracer_client::Credentials,
-    },
+    /// A running `node-tracer run`, so the node is not attached twice.
+    Connect(node_tracer_client::Agent),
     /// Attach our own programs for `duration`, then read (Ctrl-C reads at once).
     Attach {
         node: Box<NodeOptions>,
@@ -27,13 +24,9 @@ pub enum Source {
 /// Takes one snapshot from `source`.
 pub async fn collect(source: Source) -> Result<Snapshot> {
     match source {
-        Source::Connect { url, creds } => {
+        Source::Connect(agent) => {
             // Straight from the API client: `macs` needs nothing of `top`.
-            let body = node_tracer_client::Agent::new(&url, &creds)
-                .map_err(Error::AgentSnapshot)?
-                .get("/snapshot")
-                .await
-                .map_err(Error::AgentSnapshot)?;
+            let body = agent.get("/snapshot").await.map_err(Error::AgentSnapshot)?;
             serde_json::from_slice(&body).map_err(Error::SnapshotJson)
         }
         Source::Attach { node, duration } => {

@@ -39,6 +39,10 @@ pub struct Report {
     /// port where the CNI configuration asks for hairpin mode). Absent from older agents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<Anomaly>,
+    /// The node, in `macs` over several agents (one report per node: MACs repeat across nodes
+    /// without being duplicates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -163,6 +167,7 @@ pub fn report(snap: &Snapshot, bridge: Option<&str>) -> Result<Report, Error> {
         routed,
         anomalies,
         notes,
+        node: None,
     })
 }
 

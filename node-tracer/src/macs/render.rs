@@ -22,8 +22,13 @@ const HEADER: [&str; 10] = [
 /// The whole report as text.
 pub fn to_table(r: &Report) -> String {
     let mut out = String::new();
+    let on = r
+        .node
+        .as_deref()
+        .map(|n| format!(" on node {n}"))
+        .unwrap_or_default();
     for b in &r.bridges {
-        let _ = writeln!(out, "bridge {} (ifindex {})", b.name, b.ifindex);
+        let _ = writeln!(out, "bridge {} (ifindex {}){on}", b.name, b.ifindex);
         if b.ports.is_empty() {
             out.push_str("  (no ports, no entries)\n\n");
             continue;
@@ -37,7 +42,7 @@ pub fn to_table(r: &Report) -> String {
         out.push('\n');
     }
     if !r.routed.is_empty() {
-        out.push_str("veths without a bridge\n");
+        let _ = writeln!(out, "veths without a bridge{on}");
         let rows: Vec<[String; 10]> = r
             .routed
             .iter()
@@ -47,9 +52,9 @@ pub fn to_table(r: &Report) -> String {
         out.push('\n');
     }
     if r.anomalies.is_empty() {
-        out.push_str("no anomalies\n");
+        let _ = writeln!(out, "no anomalies{on}");
     } else {
-        let _ = writeln!(out, "anomalies ({})", r.anomalies.len());
+        let _ = writeln!(out, "anomalies{on} ({})", r.anomalies.len());
         for a in &r.anomalies {
             flag_lines(&mut out, a);
         }

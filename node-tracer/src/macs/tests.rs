@@ -81,7 +81,7 @@ fn snap(ports: Vec<Port>, fdb: Vec<FdbEntry>) -> Snapshot {
             ..Bridge::default()
         }],
         fdb,
-        drops: crate::drops::DropReport::default(),
+        ..Snapshot::default()
     }
 }
 
