@@ -459,6 +459,15 @@ fn an_agent_killed_mid_trace_is_named_and_the_other_goes_on() {
     assert!(matches!(t.0.try_wait(), Ok(None)), "the trace still runs");
 }
 
+/// A tmux server of the test's own (`-S` socket), killed on drop, also when the test fails.
+struct TmuxServer<'a>(&'a str);
+
+impl Drop for TmuxServer<'_> {
+    fn drop(&mut self) {
+        let _ = sh_output(&format!("tmux -S {} kill-server", self.0));
+    }
+}
+
 /// `top` over both agents shows each pod's veth once, with its node in the NODE column.
 #[test]
 fn top_over_two_agents_shows_each_pod_once_with_its_node() {
@@ -470,13 +479,7 @@ fn top_over_two_agents_shows_each_pod_once_with_its_node() {
     tmux(&format!(
         "-f /dev/null new-session -d -s {session} -x 200 -y 40 sh"
     ));
-    struct Kill<'a>(&'a str);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = sh_output(&format!("tmux -S {} kill-server", self.0));
-        }
-    }
-    let _kill = Kill(&socket);
+    let _kill = TmuxServer(&socket);
     let cmd = format!(
         "ip netns exec {} {} top {} --interval 0.5",
         c.a.ns.name,
