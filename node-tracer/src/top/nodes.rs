@@ -126,6 +126,44 @@ mod tests {
         assert!(got.unreachable.is_empty());
     }
 
+    /// The lab node twice, as two agents (same ifindexes on both), `secs` into the counters.
+    fn two_labs(secs: u64) -> Snapshot {
+        let on = |node: &str| Snapshot {
+            node: Some(node.into()),
+            ..crate::top::fixtures::lab(secs)
+        };
+        merge(vec![
+            ("10.0.0.1:9465".into(), Ok(on("node-a"))),
+            ("10.0.0.2:9465".into(), Ok(on("node-b"))),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn the_view_keeps_the_nodes_apart_and_shows_their_names() {
+        use crate::top::fixtures::{app_of, lab, screen};
+        let one = app_of(lab(0), lab(1));
+        let mut two = app_of(two_labs(0), two_labs(1));
+        assert_eq!(two.rows.len(), 2 * one.rows.len());
+        // Each row's rates are its own veth's on its own node: the same ifindex on the other
+        // node is not its previous sample.
+        for r in &two.rows {
+            let same = one.rows.iter().find(|o| o.ifindex == r.ifindex).unwrap();
+            assert_eq!(r.rates, same.rates, "{r:?}");
+        }
+        let totals: Vec<&str> = two.totals.iter().map(|t| t.name.as_str()).collect();
+        assert!(totals.contains(&"node-a/cni0") && totals.contains(&"node-b/cni0"));
+        let text = screen(&mut two, 160, 30);
+        let header = text.lines().find(|l| l.contains("POD")).unwrap();
+        assert!(header.starts_with("NODE "), "{text}");
+        let pinger = |node: &str| {
+            text.lines()
+                .filter(|l| l.contains("default/pinger") && l.trim_start().starts_with(node))
+                .count()
+        };
+        assert_eq!((pinger("node-a"), pinger("node-b")), (1, 1), "{text}");
+    }
+
     #[test]
     fn an_agent_that_fails_is_named_and_the_others_shown() {
         let refused = SourceError::NoAgent("connection refused".into());

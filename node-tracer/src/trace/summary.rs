@@ -313,6 +313,33 @@ mod tests {
     }
 
     #[test]
+    fn a_path_across_nodes_names_each_hop_s_node() {
+        // The same ifindex on both nodes: the node tells the veths apart.
+        let on = |node: &str, name: &str, pod: &str| Port {
+            node: Some(node.into()),
+            ..port(5, name, Some(pod))
+        };
+        let (a, b) = (
+            on("node-a", "vethA", "web-1"),
+            on("node-b", "vethB", "db-0"),
+        );
+        let mut s = Summary::new();
+        s.add(&echo(5, 1, 20, 8, 1), Some(&b));
+        s.add(&echo(5, 0, 10, 8, 1), Some(&a));
+        let stats = TraceStats::default();
+        let text = s.render(&stats);
+        assert!(
+            text.contains(
+                "request  node-a:vethA(default/web-1) tx -> node-b:vethB(default/db-0) rx"
+            ),
+            "{text}"
+        );
+        let v = s.to_json(&stats);
+        assert_eq!(v["pings"][0]["request"][0]["node"], "node-a");
+        assert_eq!(v["pings"][0]["request"][1]["node"], "node-b");
+    }
+
+    #[test]
     fn ignores_non_echo_and_reports_loss() {
         let mut s = Summary::new();
         let (f, l4) = icmp4([10, 0, 0, 1], [10, 0, 0, 2], 3, 3, 0, 0, &[]);
