@@ -42,6 +42,11 @@ pub struct Snapshot {
     /// each naming the agent. Never in JSON.
     #[serde(skip)]
     pub unreachable: Vec<String>,
+    /// For a view over several agents: when each node's agent read its counters (`taken_at_ms`
+    /// is the latest of them). Rates divide by each node's own interval: one agent answering
+    /// later than the others must not skew the rest. Never in JSON.
+    #[serde(skip)]
+    pub taken_at_by_node: std::collections::BTreeMap<String, u64>,
 }
 
 /// How a veth is wired on the host side.

@@ -39,6 +39,7 @@ pub fn build(
         drops: crate::drops::DropReport::default(),
         node: None,
         unreachable: Vec::new(),
+        taken_at_by_node: std::collections::BTreeMap::new(),
     }
 }
 

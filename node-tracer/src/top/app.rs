@@ -156,7 +156,7 @@ impl App {
                     .get(&(p.node.as_deref(), p.ifindex))
                     .copied()
                     .filter(|q| q.name == p.name);
-                build_row(i, p, prev, self.elapsed_ms)
+                build_row(i, p, prev, self.node_elapsed_ms(p.node.as_deref()))
             })
             .collect();
         super::loss::fill(
@@ -168,6 +168,16 @@ impl App {
         );
         self.totals = self.bridge_totals();
         self.refilter(keep);
+    }
+
+    /// The interval of `node`'s own two samples in a view over several agents; the view's
+    /// otherwise.
+    fn node_elapsed_ms(&self, node: Option<&str>) -> u64 {
+        let times = |s: &Snapshot| node.and_then(|n| s.taken_at_by_node.get(n).copied());
+        match (self.prev.as_ref().and_then(times), times(&self.snapshot)) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => self.elapsed_ms,
+        }
     }
 
     fn bridge_totals(&self) -> Vec<BridgeTotal> {

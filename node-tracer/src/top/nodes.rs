@@ -63,6 +63,7 @@ pub fn merge(got: Vec<(String, Result<Snapshot, SourceError>)>) -> Result<Snapsh
     };
     for ((_, snap), label) in answered.into_iter().zip(labels) {
         out.taken_at_ms = out.taken_at_ms.max(snap.taken_at_ms);
+        out.taken_at_by_node.insert(label.clone(), snap.taken_at_ms);
         out.ports.extend(snap.ports.into_iter().map(|mut p| {
             p.node = Some(label.clone());
             p
@@ -121,20 +122,22 @@ mod tests {
             .collect();
         assert_eq!(nodes, [("n1", 5), ("10.0.0.2:9465", 5)]);
         assert_eq!(got.taken_at_ms, 120);
+        assert_eq!(got.taken_at_by_node["n1"], 100);
         let bridges: Vec<_> = got.bridges.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(bridges, ["n1/cni0", "10.0.0.2:9465/cni0"]);
         assert!(got.unreachable.is_empty());
     }
 
-    /// The lab node twice, as two agents (same ifindexes on both), `secs` into the counters.
-    fn two_labs(secs: u64) -> Snapshot {
-        let on = |node: &str| Snapshot {
+    /// The lab node twice, as two agents (same ifindexes on both), `a` and `b` seconds into
+    /// their counters (the lab's rates are steady: any interval gives the same).
+    fn two_labs(a: u64, b: u64) -> Snapshot {
+        let on = |node: &str, secs| Snapshot {
             node: Some(node.into()),
             ..crate::top::fixtures::lab(secs)
         };
         merge(vec![
-            ("10.0.0.1:9465".into(), Ok(on("node-a"))),
-            ("10.0.0.2:9465".into(), Ok(on("node-b"))),
+            ("10.0.0.1:9465".into(), Ok(on("node-a", a))),
+            ("10.0.0.2:9465".into(), Ok(on("node-b", b))),
         ])
         .unwrap()
     }
@@ -143,13 +146,17 @@ mod tests {
     fn the_view_keeps_the_nodes_apart_and_shows_their_names() {
         use crate::top::fixtures::{app_of, lab, screen};
         let one = app_of(lab(0), lab(1));
-        let mut two = app_of(two_labs(0), two_labs(1));
+        // Node B's second sample a second later than node A's: each node's rates over its own
+        // interval.
+        let mut two = app_of(two_labs(0, 0), two_labs(1, 2));
         assert_eq!(two.rows.len(), 2 * one.rows.len());
         // Each row's rates are its own veth's on its own node: the same ifindex on the other
         // node is not its previous sample.
         for r in &two.rows {
             let same = one.rows.iter().find(|o| o.ifindex == r.ifindex).unwrap();
-            assert_eq!(r.rates, same.rates, "{r:?}");
+            let per_second =
+                |x: &crate::top::rates::Rates| (x.rx_pps, x.tx_pps, x.rx_bps, x.tx_bps);
+            assert_eq!(per_second(&r.rates), per_second(&same.rates), "{r:?}");
         }
         let totals: Vec<&str> = two.totals.iter().map(|t| t.name.as_str()).collect();
         assert!(totals.contains(&"node-a/cni0") && totals.contains(&"node-b/cni0"));
