@@ -6,6 +6,7 @@
 //! interrupted run left behind without touching anything else.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod cluster;
 pub mod docker;
 pub mod podman;
 pub mod runtime;
