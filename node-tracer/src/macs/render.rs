@@ -60,7 +60,7 @@ pub fn to_table(r: &Report) -> String {
         }
     }
     if !r.notes.is_empty() {
-        let _ = writeln!(out, "notes ({}), expected", r.notes.len());
+        let _ = writeln!(out, "notes{on} ({}), expected", r.notes.len());
         for a in &r.notes {
             flag_lines(&mut out, a);
         }
