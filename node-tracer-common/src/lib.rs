@@ -112,6 +112,87 @@ pub struct MacStats {
 }
 const _: () = assert!(core::mem::size_of::<MacStats>() == 32);
 
+/// TCP flags counted per port and direction (`flag` of [`TcpFlagKey`]). A SYN with ACK is a
+/// `synack`, not a `syn`; a packet carrying several (FIN with RST) counts for each.
+pub const TCP_SYN: u8 = 0;
+pub const TCP_SYNACK: u8 = 1;
+pub const TCP_RST: u8 = 2;
+pub const TCP_FIN: u8 = 3;
+pub const TCP_FLAG_COUNT: usize = 4;
+
+/// Key of `TCP_FLAGS` (per-CPU `u64` counts): one flag on one port and direction. Entries exist
+/// only for flags a port has seen, so a port without TCP costs nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlagKey {
+    pub ifindex: u32,
+    pub dir: u8,
+    pub flag: u8,
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<TcpFlagKey>() == 8);
+
+/// Key of `SYN_PENDING` (a shared LRU: the SYN-ACK may be handled by another CPU than the SYN):
+/// a connection's 4-tuple as the SYN carried it, on one port. IPv4 addresses fill the first 4
+/// bytes of each address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of `SYN_PENDING`: when the port saw the SYN, and in which direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingSyn {
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub ts_ns: u64,
+    pub dir: u8,
+    pub pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<PendingSyn>() == 16);
+
+/// Upper bounds (nanoseconds, inclusive) of the handshake histogram's buckets; a last bucket
+/// holds the rest (+Inf). In-cluster handshakes take tens of microseconds to a millisecond, a
+/// remote peer tens to hundreds of milliseconds, a lost SYN a second or more (its retransmit).
+pub const HANDSHAKE_BOUNDS_NS: [u64; 7] = [
+    100_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    25_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+pub const HANDSHAKE_BUCKETS: usize = HANDSHAKE_BOUNDS_NS.len() + 1;
+
+/// Key of `HANDSHAKES`: one port, and the direction of the SYN (host ingress: the pod connects
+/// out; host egress: a connection into the pod).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortDirKey {
+    pub ifindex: u32,
+    pub dir: u8,
+    pub pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PortDirKey>() == 8);
+
+/// Value of `HANDSHAKES` (per CPU): SYN to SYN-ACK times seen at the port. `buckets` are not
+/// cumulative (the reader sums them into Prometheus' cumulative form).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeStats {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub buckets: [u64; HANDSHAKE_BUCKETS],
+}
+const _: () = assert!(core::mem::size_of::<HandshakeStats>() == 16 + 8 * HANDSHAKE_BUCKETS);
+
 /// Indexes into the per-CPU `AGENT_STATS` array: what the programs could not do.
 pub const STAT_PORT_INSERT_FAILED: u32 = 0;
 pub const STAT_ICMP_INSERT_FAILED: u32 = 1;
@@ -122,7 +203,9 @@ pub const STAT_EVENTS_SENT: u32 = 5;
 /// `DROP_STATS` / `RETX_STATS` full: a drop or retransmit that could not be counted.
 pub const STAT_DROP_INSERT_FAILED: u32 = 6;
 pub const STAT_RETX_INSERT_FAILED: u32 = 7;
-pub const STAT_COUNT: u32 = 8;
+/// `TCP_FLAGS` or `HANDSHAKES` full.
+pub const STAT_TCP_INSERT_FAILED: u32 = 8;
+pub const STAT_COUNT: u32 = 9;
 
 /// Tracepoint program names (drops and TCP retransmits).
 pub const PROG_KFREE_SKB: &str = "nt_kfree_skb";
@@ -204,4 +287,9 @@ mod user {
     unsafe impl aya::Pod for super::IcmpEvent {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropConfig {}
+    unsafe impl aya::Pod for super::TcpFlagKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::PendingSyn {}
+    unsafe impl aya::Pod for super::PortDirKey {}
+    unsafe impl aya::Pod for super::HandshakeStats {}
 }

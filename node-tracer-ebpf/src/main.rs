@@ -1,5 +1,6 @@
 //! tc programs of node-tracer: attached to both directions of every host-side veth, they count
-//! packets and bytes per port, direction and protocol, track source MACs, count ICMP types, and,
+//! packets and bytes per port, direction and protocol, track source MACs, count ICMP types and
+//! TCP flags, time TCP handshakes (`tcp.rs`), and,
 //! only while a tracer is attached, emit one event per ICMP packet.
 //!
 //! Rules: never modify, drop or redirect a packet; return `TCX_NEXT` on every path so programs
@@ -17,6 +18,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
+
+mod tcp;
 use node_tracer_common::{
     DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacCache, MacKey, MacStats, PROTO_ARP,
     PROTO_COUNT, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER,
@@ -29,7 +32,7 @@ use node_tracer_common::{
 /// cls_bpf treats as "continue with the next filter", so it is right in netlink mode too.
 const TCX_NEXT: i32 = -1;
 
-const ETH_HLEN: usize = 14;
+pub(crate) const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_ARP: u16 = 0x0806;
@@ -117,13 +120,18 @@ pub fn nt_egress_nl(ctx: TcContext) -> i32 {
 }
 
 /// What the parse learned about one packet.
-struct Parsed {
-    proto: usize,
+pub(crate) struct Parsed {
+    pub(crate) proto: usize,
     /// 4 or 6 when the packet is an ICMP/ICMPv6 first fragment whose header we can read.
-    icmp_family: u8,
-    l4_off: usize,
+    pub(crate) icmp_family: u8,
+    pub(crate) l4_off: usize,
+    /// 4 or 6 for an IP packet (where `ip_off` points at its header).
+    pub(crate) family: u8,
+    pub(crate) ip_off: usize,
+    /// Offset of the TCP header of a TCP first fragment, else 0.
+    pub(crate) tcp_off: usize,
     /// Source MAC, when the frame holds a whole Ethernet header.
-    src: Option<[u8; 6]>,
+    pub(crate) src: Option<[u8; 6]>,
 }
 
 /// Counts one packet. `TCX`: whether this is the tcx program. While a port moves from netlink
@@ -165,13 +173,16 @@ fn observe<const TCX: bool>(ctx: &TcContext, dir: u8) {
     if parsed.icmp_family != 0 {
         on_icmp(ctx, ifindex, dir, &parsed);
     }
+    if parsed.tcp_off != 0 {
+        tcp::on_tcp(ctx, ifindex, dir, &parsed);
+    }
 }
 
 /// `N` bytes at the constant offset `off`: straight from the packet when the linear data holds
 /// them (no helper call), else through `bpf_skb_load_bytes` (a non-linear skb). Only for
 /// constant offsets: the verifier bounds a packet pointer by a constant.
 #[inline(always)]
-fn read_fixed<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
+pub(crate) fn read_fixed<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
     let start = ctx.data();
     if start + off + N <= ctx.data_end() {
         // SAFETY: the range [start + off, start + off + N) lies inside the packet's linear data,
@@ -190,6 +201,9 @@ fn parse(ctx: &TcContext) -> Parsed {
         proto: PROTO_OTHER,
         icmp_family: 0,
         l4_off: 0,
+        family: 0,
+        ip_off: 0,
+        tcp_off: 0,
         src: None,
     };
     let Some(eth) = read_fixed::<ETH_HLEN>(ctx, 0) else {
@@ -258,7 +272,14 @@ fn parse_ipv4(h: Option<[u8; 10]>, off: usize, out: &mut Parsed) {
             }
             PROTO_ICMP
         }
-        IPPROTO_TCP => PROTO_TCP,
+        IPPROTO_TCP => {
+            if first_fragment {
+                out.family = 4;
+                out.ip_off = off;
+                out.tcp_off = off + ihl;
+            }
+            PROTO_TCP
+        }
         IPPROTO_UDP => PROTO_UDP,
         _ => PROTO_IPV4_OTHER,
     };
@@ -288,6 +309,11 @@ fn parse_ipv6(ctx: &TcContext, h: Option<[u8; 8]>, off: usize, out: &mut Parsed)
                 return;
             }
             IPPROTO_TCP => {
+                if first_fragment {
+                    out.family = 6;
+                    out.ip_off = off;
+                    out.tcp_off = l4;
+                }
                 out.proto = PROTO_TCP;
                 return;
             }
@@ -328,7 +354,7 @@ fn parse_ipv6(ctx: &TcContext, h: Option<[u8; 8]>, off: usize, out: &mut Parsed)
 
 /// Counts one failure or event; returns this CPU's new count.
 #[inline(always)]
-fn bump_stat(index: u32) -> u64 {
+pub(crate) fn bump_stat(index: u32) -> u64 {
     match AGENT_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         Some(v) => unsafe {
@@ -342,7 +368,7 @@ fn bump_stat(index: u32) -> u64 {
 /// Logs only the 1st, 2nd, 4th, 8th... failure per CPU: a full map under a flood must not turn
 /// into a flood of log records.
 #[inline(always)]
-fn worth_logging(count: u64) -> bool {
+pub(crate) fn worth_logging(count: u64) -> bool {
     count & count.wrapping_sub(1) == 0
 }
 
