@@ -23,6 +23,7 @@ pub mod probe;
 pub mod published;
 pub mod shutdown;
 pub mod snapshot;
+pub mod tcp;
 pub mod top;
 pub mod topology;
 pub mod trace;

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::tcp::{Handshakes, TcpFlagCount};
+
 /// Protocol buckets counted by the programs, in the order of `node_tracer_common::Proto`.
 pub const PROTOCOLS: [&str; 8] = [
     "arp",
@@ -225,6 +227,18 @@ pub struct PortCounters {
     pub tx_bytes: [u64; 8],
     /// ICMP / ICMPv6 messages by direction and type.
     pub icmp: Vec<IcmpCount>,
+    /// TCP SYN, SYN-ACK, RST and FIN packets by direction (only flags seen).
+    #[serde(default)]
+    pub tcp_flags: Vec<TcpFlagCount>,
+    /// TCP handshake times by direction of the SYN (only directions with a handshake).
+    #[serde(default)]
+    pub handshakes: Vec<Handshakes>,
+    /// Packets the kernel counted on the veth that our programs never saw (see `coverage`),
+    /// received and transmitted from the pod's point of view.
+    #[serde(default)]
+    pub unseen_rx: u64,
+    #[serde(default)]
+    pub unseen_tx: u64,
 }
 
 impl PortCounters {

@@ -3,11 +3,13 @@
 //! Series are built from the snapshot at scrape time rather than kept in registered vectors, so
 //! a veth that disappears takes its series with it at the next scrape, and the number of series
 //! is exactly what the node has: per veth 8 protocols x 2 directions of packets, 2 byte series,
-//! one `port_info`, one `port_macs`, and one ICMP series per (direction, type) seen.
+//! one `port_info`, one `port_macs`, and one ICMP series per (direction, type) seen; two
+//! `unseen_packets` series per attached veth, and TCP series only for flags and handshakes seen.
 
 mod drops;
 #[cfg(test)]
 mod oracle;
+mod tcp;
 mod text;
 
 use text::{Exposition, Type};
@@ -28,6 +30,7 @@ pub fn encode(snap: &Snapshot, health: &Health) -> Vec<u8> {
     port_families(&mut out, snap);
     mac_anomalies(&mut out, snap);
     drops::families(&mut out, &snap.drops);
+    tcp::families(&mut out, snap);
     health_families(&mut out, health);
     out.into_bytes()
 }
@@ -214,6 +217,7 @@ fn health_families(out: &mut Exposition, h: &Health) {
     f.sample(&[("map", "MAC_SEEN")], s(c::STAT_MAC_INSERT_FAILED));
     f.sample(&[("map", "DROP_STATS")], s(c::STAT_DROP_INSERT_FAILED));
     f.sample(&[("map", "RETX_STATS")], s(c::STAT_RETX_INSERT_FAILED));
+    f.sample(&[("map", "TCP_FLAGS")], s(c::STAT_TCP_INSERT_FAILED));
     out.family(
         "node_tracer_mac_entries_created_total",
         "Source-MAC entries the programs created; beyond the map size the oldest are evicted.",

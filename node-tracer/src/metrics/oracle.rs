@@ -175,6 +175,7 @@ fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
         mac_anomalies(snap),
     ];
     out.extend(drop_families(&snap.drops));
+    out.extend(tcp_families(snap));
     out.extend(health_families(health));
     out.into_iter()
         .map(|f| f.inner)
@@ -286,6 +287,7 @@ fn health_families(h: &Health) -> Vec<Family> {
     map_errors.push(&[("map", "MAC_SEEN")], s(c::STAT_MAC_INSERT_FAILED));
     map_errors.push(&[("map", "DROP_STATS")], s(c::STAT_DROP_INSERT_FAILED));
     map_errors.push(&[("map", "RETX_STATS")], s(c::STAT_RETX_INSERT_FAILED));
+    map_errors.push(&[("map", "TCP_FLAGS")], s(c::STAT_TCP_INSERT_FAILED));
     let mut mac_new = Family::new(
         "node_tracer_mac_entries_created_total",
         "Source-MAC entries the programs created; beyond the map size the oldest are evicted.",
@@ -396,4 +398,92 @@ fn health_families(h: &Health) -> Vec<Family> {
         agent_map_errors,
         survived,
     ]
+}
+
+/// The TCP and coverage families (see `super::tcp`).
+fn tcp_families(snap: &Snapshot) -> Vec<Family> {
+    use prometheus::proto::{Bucket, Histogram};
+    let mut flags = Family::new(
+        super::tcp::FLAGS.0,
+        super::tcp::FLAGS.1,
+        MetricType::COUNTER,
+    );
+    let mut hs = Family::new(
+        super::tcp::HANDSHAKE.0,
+        super::tcp::HANDSHAKE.1,
+        MetricType::HISTOGRAM,
+    );
+    let mut unseen = Family::new(
+        super::tcp::UNSEEN.0,
+        super::tcp::UNSEEN.1,
+        MetricType::COUNTER,
+    );
+    for p in &snap.ports {
+        let (ns, pod) = super::pod_labels(p);
+        let iface = p.name.as_str();
+        for f in &p.counters.tcp_flags {
+            flags.push(
+                &[
+                    ("namespace", ns),
+                    ("pod", pod),
+                    ("interface", iface),
+                    ("direction", f.direction.as_str()),
+                    ("flag", f.flag.as_str()),
+                ],
+                f.count as f64,
+            );
+        }
+        for h in &p.counters.handshakes {
+            let mut m = Metric::from_label(
+                [
+                    ("namespace", ns),
+                    ("pod", pod),
+                    ("interface", iface),
+                    ("direction", h.direction.as_str()),
+                ]
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name((*k).to_string());
+                    l.set_value((*v).to_string());
+                    l
+                })
+                .collect(),
+            );
+            let mut hist = Histogram::default();
+            hist.set_sample_count(h.count);
+            hist.set_sample_sum(h.sum_ns as f64 / 1e9);
+            hist.set_bucket(
+                h.cumulative()
+                    .into_iter()
+                    .filter(|(le, _)| le.is_finite())
+                    .map(|(le, n)| {
+                        let mut b = Bucket::default();
+                        b.set_upper_bound(le);
+                        b.set_cumulative_count(n);
+                        b
+                    })
+                    .collect(),
+            );
+            m.set_histogram(hist);
+            hs.inner.mut_metric().push(m);
+        }
+        if p.attached {
+            for (d, n) in [
+                (Direction::Receive, p.counters.unseen_rx),
+                (Direction::Transmit, p.counters.unseen_tx),
+            ] {
+                unseen.push(
+                    &[
+                        ("namespace", ns),
+                        ("pod", pod),
+                        ("interface", iface),
+                        ("direction", d.as_str()),
+                    ],
+                    n as f64,
+                );
+            }
+        }
+    }
+    vec![flags, hs, unseen]
 }

@@ -158,6 +158,29 @@ fn hostile_fixture() -> (Snapshot, Health) {
                 count: 9,
             },
         ];
+        p.attached = i != 3;
+        p.counters.unseen_rx = i as u64;
+        p.counters.unseen_tx = 7 * i as u64;
+        if i < 2 {
+            p.counters.tcp_flags = vec![
+                crate::tcp::TcpFlagCount {
+                    direction: Direction::Receive,
+                    flag: crate::tcp::TcpFlag::Syn,
+                    count: 3,
+                },
+                crate::tcp::TcpFlagCount {
+                    direction: Direction::Transmit,
+                    flag: crate::tcp::TcpFlag::Synack,
+                    count: 3,
+                },
+            ];
+            p.counters.handshakes = vec![crate::tcp::Handshakes {
+                direction: Direction::Receive,
+                count: 3,
+                sum_ns: 1_234_567,
+                buckets: vec![1, 1, 0, 0, 0, 0, 0, 1],
+            }];
+        }
         p.peer.as_mut().unwrap().netns = Some(format!("/run/netns/\"{i}\n"));
         p.peer.as_mut().unwrap().mac = Some("0a:58:0a:f4:01:05".into());
         for mac in ["0a:58:0a:f4:01:05", "02:de:ad:be:ef:01"] {
@@ -265,4 +288,29 @@ fn icmp_types_have_stable_label_values() {
     assert_eq!(icmp_type_label(4, 8), "icmp_echo_request");
     assert_eq!(icmp_type_label(6, 135), "icmpv6_neighbour_solicitation");
     assert_eq!(icmp_type_label(4, 200), "icmp_type_200");
+}
+
+#[test]
+fn tcp_series_exist_only_once_seen_and_unseen_only_for_attached_ports() {
+    let mut quiet = port("vethquiet", Some(("default", "idle")));
+    quiet.attached = true;
+    let t = text(
+        &Snapshot {
+            ports: vec![quiet],
+            ..Snapshot::default()
+        },
+        &Health::default(),
+    );
+    assert!(!t.contains("node_tracer_tcp_"), "{t}");
+    assert!(t.contains(
+        "node_tracer_unseen_packets_total{namespace=\"default\",pod=\"idle\",interface=\"vethquiet\",direction=\"receive\"} 0\n"
+    ));
+    let (snap, health) = hostile_fixture();
+    let t = text(&snap, &health);
+    assert!(t.contains("# TYPE node_tracer_tcp_handshake_seconds histogram\n"));
+    assert!(t.contains(
+        "node_tracer_tcp_handshake_seconds_bucket{namespace=\"default\",pod=\"web-1\",interface=\"veth0\\\"\\\\\",direction=\"receive\",le=\"0.0005\"} 2\n"
+    ), "{t}");
+    assert!(t.contains("le=\"+Inf\"} 3\n"));
+    assert_eq!(t.matches("node_tracer_unseen_packets_total{").count(), 6);
 }

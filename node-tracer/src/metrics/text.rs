@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 pub enum Type {
     Counter,
     Gauge,
+    /// Written with [`Family::sample_as`]: `_bucket` series with an `le` label, `_sum`, `_count`.
+    Histogram,
 }
 
 impl Type {
@@ -21,6 +23,7 @@ impl Type {
         match self {
             Type::Counter => "counter",
             Type::Gauge => "gauge",
+            Type::Histogram => "histogram",
         }
     }
 }
@@ -98,12 +101,24 @@ impl Family<'_> {
     /// Writes one series: `name{l1="v1",...} value`. Label names are ours and need no
     /// escaping; label values come from pod and interface names and are escaped.
     pub fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        self.sample_as("", labels, value);
+    }
+
+    /// [`Family::sample`] of the series `name` + `suffix` (a histogram's `_bucket`, `_sum`,
+    /// `_count`).
+    pub fn sample_as(
+        &mut self,
+        suffix: &'static str,
+        labels: &[(&str, &str)],
+        value: impl Into<Value>,
+    ) {
         if !self.started {
             self.started = true;
             self.header();
         }
         let buf = &mut *self.buf;
         buf.push_str(self.name);
+        buf.push_str(suffix);
         let mut sep = '{';
         for (name, value) in labels {
             buf.push(sep);

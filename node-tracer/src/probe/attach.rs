@@ -10,8 +10,8 @@ use aya::programs::{
     tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
 };
 use node_tracer_common::{
-    IcmpKey, MacKey, MacStats, PROG_EGRESS, PROG_EGRESS_NL, PROG_INGRESS, PROG_INGRESS_NL,
-    PortSlot, PortStats,
+    HandshakeStats, IcmpKey, MacKey, MacStats, PROG_EGRESS, PROG_EGRESS_NL, PROG_INGRESS,
+    PROG_INGRESS_NL, PortDirKey, PortSlot, PortStats, TcpFlagKey,
 };
 
 use super::{AttachMode, Probe, program, qdisc, read::AttachedPorts};
@@ -296,6 +296,12 @@ impl Probe {
             k.ifindex == ifindex
         });
         remove_keys::<MacKey, MacStats>(&mut self.ebpf, "MAC_SEEN", errors, |k| {
+            k.ifindex == ifindex
+        });
+        remove_keys::<TcpFlagKey, u64>(&mut self.ebpf, "TCP_FLAGS", errors, |k| {
+            k.ifindex == ifindex
+        });
+        remove_keys::<PortDirKey, HandshakeStats>(&mut self.ebpf, "HANDSHAKES", errors, |k| {
             k.ifindex == ifindex
         });
     }

@@ -26,6 +26,7 @@ mod qdisc;
 pub mod rcu;
 mod read;
 mod slots;
+mod tcp;
 mod upgrade;
 
 use std::{
@@ -154,6 +155,9 @@ impl Probe {
             .map_max_entries("PORT_STATS", opts.max_ports)
             .map_max_entries("ICMP_STATS", opts.max_ports.saturating_mul(16))
             .map_max_entries("MAC_SEEN", opts.max_macs)
+            // Two directions of four flags, and of handshakes, per port: never full.
+            .map_max_entries("TCP_FLAGS", opts.max_ports.saturating_mul(8))
+            .map_max_entries("HANDSHAKES", opts.max_ports.saturating_mul(2))
             .override_global("AYA_LOG_LEVEL", &level, false)
             .override_global("DROP_CFG", &prepared.config, true)
             // A series per (device or namespace, reason) seen, and one per namespace.

@@ -16,8 +16,8 @@ use aya::{
     maps::{IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap},
 };
 use node_tracer_common::{
-    DIR_EGRESS, DIR_INGRESS, IcmpKey, MacKey, MacStats, PROG_EGRESS, PROG_EGRESS_NL, PROG_INGRESS,
-    PROG_INGRESS_NL, PortStats, STAT_COUNT,
+    DIR_EGRESS, DIR_INGRESS, HandshakeStats, IcmpKey, MacKey, MacStats, PROG_EGRESS,
+    PROG_EGRESS_NL, PROG_INGRESS, PROG_INGRESS_NL, PortDirKey, PortStats, STAT_COUNT, TcpFlagKey,
 };
 
 use super::{batch, bpf, map_errors::MapErrors, program_fd};
@@ -60,6 +60,8 @@ pub struct MapReader {
     counters: Map,
     port_stats: Map,
     icmp: Map,
+    pub(super) tcp_flags: Map,
+    pub(super) handshakes: Map,
     macs: Map,
     agent_stats: Map,
     programs: Vec<(&'static str, OwnedFd)>,
@@ -95,6 +97,8 @@ impl MapReader {
             counters: open::<PerCpuArray<_, PortStats>>(ebpf, "PORT_COUNTERS")?,
             port_stats: open::<PerCpuHashMap<_, u32, PortStats>>(ebpf, "PORT_STATS")?,
             icmp: open::<PerCpuHashMap<_, IcmpKey, u64>>(ebpf, "ICMP_STATS")?,
+            tcp_flags: open::<PerCpuHashMap<_, TcpFlagKey, u64>>(ebpf, "TCP_FLAGS")?,
+            handshakes: open::<PerCpuHashMap<_, PortDirKey, HandshakeStats>>(ebpf, "HANDSHAKES")?,
             macs: open::<PerCpuHashMap<_, MacKey, MacStats>>(ebpf, "MAC_SEEN")?,
             agent_stats: open::<PerCpuArray<_, u64>>(ebpf, "AGENT_STATS")?,
             programs,
@@ -187,6 +191,7 @@ impl MapReader {
                 });
             }
         }
+        self.read_tcp(&mut out)?;
         let clock = Clock::now();
         for (k, per_cpu) in self.hash_entries::<MacKey, MacStats>("MAC_SEEN", &self.macs)? {
             if !out.contains_key(&k.ifindex) {
@@ -305,7 +310,7 @@ impl MapReader {
 
     /// Every entry of a per-CPU hash map: in a few batch calls, or walked one entry at a time
     /// where the kernel cannot batch (counted and logged: a scrape then costs far more).
-    fn hash_entries<K: aya::Pod, V: aya::Pod>(
+    pub(super) fn hash_entries<K: aya::Pod, V: aya::Pod>(
         &self,
         name: &'static str,
         map: &Map,
@@ -360,7 +365,7 @@ fn per_cpu_values(v: Vec<PortStats>) -> Result<aya::maps::PerCpuValues<PortStats
     aya::maps::PerCpuValues::try_from(v).map_err(|e| Error::io("per-CPU values", e))
 }
 
-fn pod_direction(host_dir: u8) -> Direction {
+pub(super) fn pod_direction(host_dir: u8) -> Direction {
     if host_dir == DIR_INGRESS {
         Direction::Transmit
     } else {
