@@ -9,6 +9,7 @@ pub mod agent;
 pub mod agents;
 pub mod api;
 pub mod clock;
+pub mod coverage;
 pub mod drops;
 pub mod error;
 pub mod failures;

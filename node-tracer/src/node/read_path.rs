@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    coverage::Coverage,
     drops::DropReport,
     model::{Health, Port, Snapshot},
     pods::PodIndex,
@@ -71,6 +72,8 @@ pub struct ReadPath {
     pub counters: WorkCounters,
     /// While the first attach pass runs: how far it is (`/healthz` answers 503 with it).
     pub(super) starting: Published<Option<Progress>>,
+    /// Packets the kernel counted and our programs did not, per port.
+    coverage: Coverage,
 }
 
 impl ReadPath {
@@ -89,6 +92,7 @@ impl ReadPath {
             node_name: None,
             counters: WorkCounters::default(),
             starting: Published::new(Arc::new(Some(Progress::default()))),
+            coverage: Coverage::default(),
         }
     }
 
@@ -187,6 +191,7 @@ impl ReadPath {
             attached.attached.contains(&i)
         });
         snap.ports.retain(|p| !gone.contains(&p.ifindex));
+        self.coverage.update(&mut snap);
         self.fdb.read().apply(&mut snap);
         snap.drops = self.drops(&snap.ports);
         snap.node.clone_from(&self.node_name);
