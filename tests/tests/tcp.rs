@@ -53,12 +53,12 @@ fn unseen(m: &str, veth: &str, direction: &str) -> Option<u64> {
 
 #[test]
 fn flags_and_handshakes_equal_tcpdump_for_connections_into_a_pod() {
+    const N: usize = 20;
+    const REFUSED: usize = 5;
     require_root();
     for t in ["tcpdump", "iperf3"] {
         require_tool(t);
     }
-    const N: usize = 20;
-    const REFUSED: usize = 5;
     let br = Link::bridge("br");
     let server = Pod::bridged("srv", &br, "10.11.0.2", 24);
     let client = Pod::bridged("cli", &br, "10.11.0.3", 24);
@@ -221,8 +221,8 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16], what: &str) -> OwnedFd {
 
 #[test]
 fn packets_redirected_past_the_veth_are_unseen_by_the_kernels_count() {
-    require_root();
     const SENT: u64 = 40;
+    require_root();
     // The pod: a veth nobody routes to. The sender: another veth whose host side redirects
     // everything it receives straight into the pod (`bpf_redirect_peer`), past the pod's host
     // veth and its egress hook.

@@ -1,5 +1,6 @@
 //! The detail pane of the selected veth: who it is (pod, wiring, peer, addresses, MACs) on the
-//! left, what it carries (per protocol and direction, ICMP by type) on the right.
+//! left, what it carries (per protocol and direction, ICMP by type, TCP flags, handshakes and
+//! unseen packets) on the right.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -86,6 +87,8 @@ fn identity(p: &Port, now_ms: u64, width: usize) -> Vec<Line<'static>> {
         (p.hairpin, "hairpin"),
         (p.promiscuous, "promisc"),
         (!p.attached, "NOT ATTACHED"),
+        // Packets passed this veth past our hooks (see `coverage`).
+        (p.counters.unseen_rx + p.counters.unseen_tx > 0, "UNSEEN"),
     ]
     .iter()
     .filter(|(on, _)| *on)
@@ -215,6 +218,7 @@ fn traffic(p: &Port, app: &App) -> Vec<Line<'static>> {
             Line::raw(line)
         });
     }
+    out.extend(super::tcp::lines(c));
     out.extend(losses(p, app));
     out
 }

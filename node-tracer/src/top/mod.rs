@@ -22,6 +22,7 @@ mod sort;
 pub mod source;
 #[cfg(test)]
 mod state_tests;
+mod tcp;
 mod term;
 #[cfg(test)]
 mod tests;
