@@ -355,6 +355,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 #[test]
 fn dashboard_and_rules_name_only_metrics_a_live_agent_exports() {
     require_root();
+    require_tool("iperf3");
     let net = unique_net();
     let br = Link::bridge("br");
     let a = Pod::bridged("da", &br, &format!("{net}.2"), 24);
@@ -373,11 +374,24 @@ fn dashboard_and_rules_name_only_metrics_a_live_agent_exports() {
         "timeout 2.5 bash -c \"echo > /dev/tcp/{}/9\"",
         b.ip
     ));
+    // A TCP handshake into b, so the TCP flag and handshake series exist.
+    b.ns.exec("iperf3 -s -1 -D -p 5201 --logfile /dev/null");
+    let start = Instant::now();
+    while !b.ns.exec("ss -Hltn").contains(":5201") {
+        assert!(
+            start.elapsed() < Duration::from_mins(1),
+            "iperf3 never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.ns.exec(&format!("(exec 3<>/dev/tcp/{}/5201)", b.ip));
     let start = std::time::Instant::now();
     let live = loop {
         let m = agent.metrics();
         let has = |name: &str| m.lines().any(|l| l.starts_with(&format!("{name}{{")));
-        if has("node_tracer_tcp_retransmits_total") && has("node_tracer_drops_total")
+        if has("node_tracer_tcp_retransmits_total")
+            && has("node_tracer_drops_total")
+            && has("node_tracer_tcp_handshake_seconds_bucket")
             || start.elapsed() > std::time::Duration::from_secs(30)
         {
             break m;
@@ -443,6 +457,9 @@ fn dashboard_and_rules_name_only_metrics_a_live_agent_exports() {
         "namespace_pod:node_tracer_transmit_bytes:rate1m",
         "node_tracer_drops_total",
         "node_tracer_tcp_retransmits_total",
+        "node_tracer_tcp_handshake_seconds_bucket",
+        "node_tracer_tcp_flags_total",
+        "node_tracer_unseen_packets_total",
     ] {
         assert!(seen.contains(m), "nothing queries {m}");
     }
