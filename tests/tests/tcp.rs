@@ -123,6 +123,17 @@ fn flags_and_handshakes_equal_tcpdump_for_connections_into_a_pod() {
     assert_eq!(hs("_count", "transmit"), None);
     assert_eq!(unseen(&m, &veth, "receive"), Some(0));
     assert_eq!(unseen(&m, &veth, "transmit"), Some(0));
+    // Series stay bounded: 22 for any attached veth (README), plus one per flag and direction
+    // seen and 10 per handshake direction (8 buckets, sum, count).
+    let series = |name: &str| {
+        m.lines()
+            .filter(|l| l.starts_with(name) && l.contains(&format!("interface=\"{veth}\"")))
+            .count()
+    };
+    let all = series("node_tracer_");
+    let flag_series = series("node_tracer_tcp_flags_total");
+    eprintln!("series of a veth with {N} connections in: {all} ({flag_series} flag series)");
+    assert_eq!(all, 22 + flag_series + 10);
 }
 
 #[test]
