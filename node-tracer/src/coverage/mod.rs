@@ -118,7 +118,13 @@ impl Coverage {
             return;
         };
         let now = Instant::now();
-        ports.retain(|i, _| snap.ports.iter().any(|p| p.ifindex == *i && p.attached));
+        let attached: std::collections::HashSet<u32> = snap
+            .ports
+            .iter()
+            .filter(|p| p.attached)
+            .map(|p| p.ifindex)
+            .collect();
+        ports.retain(|i, _| attached.contains(i));
         for p in snap.ports.iter_mut().filter(|p| p.attached) {
             let Some(peer) = &p.peer else {
                 continue;
