@@ -51,12 +51,22 @@ fn unseen(m: &str, veth: &str, direction: &str) -> Option<u64> {
     .map(|v| v as u64)
 }
 
+/// A server process of the test's own, stopped by its PID on drop.
+struct Listener(std::process::Child);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn flags_and_handshakes_equal_tcpdump_for_connections_into_a_pod() {
     const N: usize = 20;
     const REFUSED: usize = 5;
     require_root();
-    for t in ["tcpdump", "iperf3"] {
+    for t in ["tcpdump", "busybox"] {
         require_tool(t);
     }
     let br = Link::bridge("br");
@@ -64,13 +74,32 @@ fn flags_and_handshakes_equal_tcpdump_for_connections_into_a_pod() {
     let client = Pod::bridged("cli", &br, "10.11.0.3", 24);
     let veth = server.veth.name.clone();
     let agent = Agent::start(&["--attach-mode", "tcx", "-i", &veth]);
-    server.ns.exec("iperf3 -s -D -p 5201 --logfile /dev/null");
-    // iperf3 is listening once `ss` shows the socket.
+    // A server that keeps one listening socket (iperf3 reopens its own between tests, and a
+    // connection in that moment is refused), closing each connection at once.
+    let _listener = Listener(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &server.ns.name,
+                "busybox",
+                "nc",
+                "-ll",
+                "-p",
+                "5201",
+            ])
+            .args(["-e", "true"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("busybox nc"),
+    );
     let start = Instant::now();
     while !server.ns.exec("ss -Hltn").contains(":5201") {
         assert!(
             start.elapsed() < Duration::from_mins(1),
-            "iperf3 never listened"
+            "nc never listened"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

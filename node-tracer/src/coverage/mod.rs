@@ -53,6 +53,20 @@ enum PortState {
 }
 
 impl PortState {
+    /// Whether a read now would move the estimate on (at most once per [`LAG`]): reads in
+    /// between need not ask the kernel.
+    fn due(&self, now: Instant) -> bool {
+        let (PortState::Started { at, .. } | PortState::Counting { at, .. }) = self;
+        now.duration_since(*at) >= LAG
+    }
+
+    fn unseen(&self) -> Pair {
+        match self {
+            PortState::Started { .. } => [0; 2],
+            PortState::Counting { unseen, .. } => *unseen,
+        }
+    }
+
     /// Moves on with this read's counts; returns the unseen counts so far.
     fn step(&mut self, ours: Pair, kernel: Pair, now: Instant) -> Pair {
         match self {
@@ -132,16 +146,25 @@ impl Coverage {
             // Ours first: see the module's comment on the order of reads.
             let c = &p.counters;
             let ours = [c.rx_packets_total(), c.tx_packets_total()];
-            let (Some(pod_rx), Some(host_rx)) = (
-                kernel.rx_packets(peer.ifindex, peer.netnsid),
-                kernel.rx_packets(p.ifindex, None),
-            ) else {
+            let Some(state) = ports.get_mut(&p.ifindex) else {
+                // The baseline is ours alone; the kernel is asked from the next read on.
+                ports.insert(p.ifindex, PortState::Started { ours, at: now });
                 continue;
             };
-            let state = ports
-                .entry(p.ifindex)
-                .or_insert(PortState::Started { ours, at: now });
-            let [rx, tx] = state.step(ours, [pod_rx, host_rx], now);
+            // The kernel is asked at most once per LAG and port, however often views read.
+            let due = state.due(now);
+            let kernel_now = due
+                .then(|| {
+                    Some([
+                        kernel.rx_packets(peer.ifindex, peer.netnsid)?,
+                        kernel.rx_packets(p.ifindex, None)?,
+                    ])
+                })
+                .flatten();
+            let [rx, tx] = match kernel_now {
+                Some(k) => state.step(ours, k, now),
+                None => state.unseen(),
+            };
             p.counters.unseen_rx = rx;
             p.counters.unseen_tx = tx;
         }
