@@ -173,7 +173,16 @@ fn a_busy_normal_veth_reads_zero_unseen_at_every_scrape() {
     let a = Pod::bridged("a", &br, "10.12.0.2", 24);
     let b = Pod::bridged("b", &br, "10.12.0.3", 24);
     let agent = Agent::start(&["-i", &a.veth.name, "-i", &b.veth.name]);
-    a.ns.exec("iperf3 -s -D -p 5201 --logfile /dev/null");
+    // In the foreground, as a child of ours stopped on drop (a daemon would outlive the test).
+    let _server = Listener(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &a.ns.name, "iperf3", "-s", "-p", "5201"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("iperf3 server"),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let mut client = std::process::Command::new("ip")
         .args([
