@@ -374,7 +374,7 @@ pub struct Health {
     pub attached: (usize, usize),
     pub attach_errors: u64,
     /// Summed `AGENT_STATS` of the programs (index `STAT_*`).
-    pub program_stats: [u64; 8],
+    pub program_stats: [u64; node_tracer_common::STAT_COUNT as usize],
     pub netlink_resyncs: u64,
     pub link_events: u64,
     /// Peer namespaces entered to read veth peers (see `topology::Scanner`).

@@ -339,7 +339,7 @@ fn promtool_accepts_the_config_and_the_rules_and_their_tests_pass() {
     let out = promtool(&["check", "config", "prometheus.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
     let out = promtool(&["check", "rules", "rules.yaml"]);
-    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 15 rules found"), "{out}");
     let out = promtool(&["test", "rules", "rules_test.yaml"]);
     assert!(out.contains("SUCCESS"), "{out}");
 }
@@ -385,18 +385,18 @@ fn dashboard_and_rules_name_only_metrics_a_live_agent_exports() {
         std::thread::sleep(Duration::from_millis(50));
     }
     a.ns.exec(&format!("(exec 3<>/dev/tcp/{}/5201)", b.ip));
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let live = loop {
         let m = agent.metrics();
         let has = |name: &str| m.lines().any(|l| l.starts_with(&format!("{name}{{")));
         if has("node_tracer_tcp_retransmits_total")
             && has("node_tracer_drops_total")
             && has("node_tracer_tcp_handshake_seconds_bucket")
-            || start.elapsed() > std::time::Duration::from_secs(30)
+            || start.elapsed() > Duration::from_secs(30)
         {
             break m;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     };
     let exported: BTreeSet<String> = live
         .lines()
