@@ -8,6 +8,7 @@
 //! cannot leave the machine: no masquerade and no default route in the pods.
 
 mod config;
+pub mod container;
 mod host;
 mod image;
 mod options;

@@ -45,6 +45,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     // Credentials are read before anything is attached, too: a missing token file or a bad
     // certificate is a refusal to start, not a surprise at the first request.
     let access = Arc::new(Access::new(&opts.api, listening)?);
+    crate::pods::netns::warn_if_not_propagated(&opts.node.pods.netns_dir);
     // Serving starts before the first attach pass: a scrape during it (half a minute at 1,000
     // veths) gets what is counted so far, and /healthz answers 503 with its progress.
     let mut tasks = Vec::new();

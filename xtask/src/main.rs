@@ -3,6 +3,7 @@
 //! runs). Both install what is missing first (`setup`), and both are idempotent.
 
 mod bench;
+mod image;
 mod setup;
 
 use std::{
@@ -61,6 +62,14 @@ enum Cmd {
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
     },
+    /// The agent's OCI image (release binary, its shared libraries and loader) as
+    /// target/image/node-tracer.tar, tagged node-tracer:<version> and node-tracer:latest; for
+    /// `docker load` and `ctr images import`.
+    Image {
+        /// Pack this binary instead of building the release one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// Build or remove the lab node (`node-tracer lab up|down`).
     Lab {
         #[arg(value_parser = ["up", "down"])]
@@ -105,6 +114,7 @@ fn real_main() -> Result<()> {
             setup::run()?;
             bench::run(quick, rounds, only)
         }
+        Cmd::Image { binary } => image::run(binary.as_deref()),
         Cmd::Lab { action } => {
             setup::run()?;
             build()?;
