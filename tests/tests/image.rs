@@ -123,7 +123,13 @@ fn container_config(
     for m in c["volumeMounts"].as_sequence().unwrap() {
         let v = volumes[m["name"].as_str().unwrap()];
         let host_path = if let Some(p) = v["hostPath"]["path"].as_str() {
-            let on_node = host_paths.get(p).cloned().unwrap_or_else(|| p.into());
+            // Symlinks resolved: containerd 1.6 checks a HostToContainer source's propagation
+            // on the path as written, and /var/run (a symlink to /run) is on the private `/`
+            // of a host without systemd, while /run/netns itself is shared.
+            let on_node = host_paths
+                .get(p)
+                .cloned()
+                .unwrap_or_else(|| std::fs::canonicalize(p).unwrap_or_else(|_| p.into()));
             if v["hostPath"]["type"] == "DirectoryOrCreate" {
                 assert!(on_node.is_dir(), "{p}: the test host should have it");
             }

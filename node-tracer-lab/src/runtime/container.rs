@@ -244,7 +244,7 @@ pub struct HostPod {
 
 impl Runtime {
     /// A sandbox in the host's network namespace (`hostNetwork: true`): no CNI, no netns of its
-    /// own; PID namespace of its own (`hostPID: false`).
+    /// own, the host's UTS namespace; PID namespace of its own (`hostPID: false`).
     pub async fn run_host_pod(
         &self,
         name: &str,
@@ -264,7 +264,8 @@ impl Runtime {
                 namespace: namespace.into(),
                 attempt: 0,
             }),
-            hostname: name.into(),
+            // The host's UTS namespace comes with its network: the kubelet sets no hostname.
+            hostname: String::new(),
             log_directory: logs.to_string_lossy().into_owned(),
             labels: [
                 ("io.kubernetes.pod.name", name),

@@ -7,6 +7,7 @@ mod agent;
 mod bare_loader;
 mod bpf;
 mod floor;
+mod image;
 mod lab;
 mod prog;
 mod report;
@@ -126,7 +127,8 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
     }
     drop(lab);
 
-    let rows = rows(&s, &progs, &flows, &fl, &big);
+    let mut rows = rows(&s, &progs, &flows, &fl, &big);
+    rows.push(image::row(s.quick).context("image size")?);
     let table = report::table(&rows);
     let mut meta = Map::new();
     meta.insert("quick".into(), json!(s.quick));
