@@ -353,6 +353,11 @@ pub struct ProbeArgs {
     /// per drop and per retransmit.
     #[arg(long)]
     pub no_drop_tracking: bool,
+    /// Also attach to uplinks: bridge ports that are neither veths nor taps (the node's NIC in a
+    /// bridge, a VXLAN). They are listed by `peers` and `macs` either way; unattached by default
+    /// because their traffic is the node's own plus what the pods' veths already count.
+    #[arg(long)]
+    pub attach_uplinks: bool,
 }
 
 #[derive(Args, Clone)]
@@ -426,6 +431,7 @@ pub fn node_options(
             log_level,
             expedite_rcu: probe.expedite_rcu,
             track_drops: !probe.no_drop_tracking,
+            attach_uplinks: probe.attach_uplinks,
         },
         pods: sources.pods(),
         scan: sources.scan(),

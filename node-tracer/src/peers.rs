@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
-    model::{Bridge, Container, Peer, Pod, PodSource, Port, Snapshot},
+    model::{Bridge, Container, Peer, Pod, PodSource, Port, PortKind, Snapshot},
     pods::Answered,
 };
 
@@ -16,6 +16,9 @@ pub struct PeerRow<'a> {
     pub name: &'a str,
     pub mac: Option<&'a str>,
     pub mode: &'static str,
+    /// "tap" or "uplink"; absent for a veth (rows read as before taps).
+    #[serde(skip_serializing_if = "PortKind::is_veth")]
+    pub kind: PortKind,
     pub master: Option<&'a str>,
     pub port_no: Option<u16>,
     pub addresses: &'a [String],
@@ -54,6 +57,7 @@ impl<'a> From<&'a Port> for PeerRow<'a> {
             name: &p.name,
             mac: p.mac.as_deref(),
             mode: p.mode.as_str(),
+            kind: p.kind,
             master: p.master.as_deref(),
             port_no: p.port_no,
             addresses: &p.addresses,
@@ -105,7 +109,11 @@ pub fn to_table(snap: &Snapshot) -> String {
         });
         rows.push([
             p.name.clone(),
-            p.mode.as_str().into(),
+            if p.kind.is_veth() {
+                p.mode.as_str().into()
+            } else {
+                format!("{} {}", p.mode.as_str(), p.kind.as_str())
+            },
             bridge,
             first_global(&p.addresses),
             peer_name,

@@ -21,7 +21,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use crate::{
     error::{Error, Result},
-    model::{Port, Snapshot},
+    model::{Port, PortKind, Snapshot},
     pods::{self, PodConfig},
     probe::{AttachMode, Probe, ProbeOptions, rcu},
     shutdown,
@@ -69,6 +69,8 @@ pub struct State {
     /// Interfaces the user named with --interface (empty: all veths).
     pub only: HashSet<String>,
     pub filter: Option<PortFilter>,
+    /// `--attach-uplinks`: uplinks are attached like veths (else only listed).
+    pub attach_uplinks: bool,
     /// Set when netlink events may have been lost: the next rescan enters every namespace
     /// instead of only the changed ones.
     pub rescan_all: bool,
@@ -136,6 +138,7 @@ impl State {
                 .ports
                 .iter()
                 .filter(|p| !gone.contains(&p.ifindex))
+                .filter(|p| self.attach_uplinks || p.kind != PortKind::Uplink)
                 .filter(|p| {
                     self.filter.as_ref().is_none_or(|f| {
                         self.port(p.ifindex)
@@ -312,6 +315,7 @@ impl Node {
                 read: read.clone(),
                 only,
                 filter: opts.attach_filter.clone(),
+                attach_uplinks: opts.probe.attach_uplinks,
                 rescan_all: false,
                 expediter,
                 packets_at_start,

@@ -38,6 +38,7 @@ fn loopback_node(rt: &tokio::runtime::Runtime) -> Arc<Shared> {
             read: read.clone(),
             only: HashSet::new(),
             filter: None,
+            attach_uplinks: false,
             rescan_all: false,
             expediter: None,
             packets_at_start: None,

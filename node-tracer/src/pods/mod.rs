@@ -2,7 +2,8 @@
 //!
 //! Six sources, best first (why in that order: [`crate::model::PodSource`]): the container
 //! runtime over CRI ([`cri`]), the Docker Engine's API ([`docker`]), Podman's `conmon`
-//! processes ([`podman`]), the CNI result cache ([`cni`]), named namespaces under `/run/netns` ([`netns`]) and processes ([`proc`]). Everything
+//! processes ([`podman`]), the CNI result cache ([`cni`]), named namespaces under `/run/netns` ([`netns`]) and processes ([`proc`]); taps,
+//! which have no namespace behind them, by the process holding them ([`tap`]). Everything
 //! is keyed by the namespace's inode (`stat(path).st_ino`): every pod's `eth0` is ifindex 2 in its
 //! own namespace, so an ifindex never identifies a pod.
 //!
@@ -17,6 +18,7 @@ pub mod docker;
 pub mod netns;
 pub mod podman;
 pub mod proc;
+mod tap;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -28,7 +30,7 @@ use std::{
 /// path too.
 pub use node_tracer_cri::netns_inode;
 
-use crate::model::{Pod, PodSource, Port};
+use crate::model::{Pod, PodSource, Port, PortKind};
 
 /// Where to look for pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +102,8 @@ pub struct PodIndex {
     answered: Vec<Answered>,
     /// Bridges whose CNI configuration asks for hairpin mode.
     hairpin_bridges: BTreeSet<String>,
+    /// Taps by interface name: named after the process (the VM) holding them.
+    taps: HashMap<String, Pod>,
 }
 
 impl PodIndex {
@@ -129,12 +133,15 @@ impl PodIndex {
     /// Labels a topology port: the pod behind its peer, and whether its bridge's CNI
     /// configuration asks for hairpin mode (the port's own mode is read fresh elsewhere).
     pub fn label(&self, port: &mut Port) {
-        port.pod = port
-            .peer
-            .as_ref()
-            .and_then(|peer| peer.netns_inode)
-            .and_then(|ino| self.lookup(ino))
-            .cloned();
+        port.pod = match port.kind {
+            PortKind::Tap => self.taps.get(&port.name).cloned(),
+            PortKind::Veth | PortKind::Uplink => port
+                .peer
+                .as_ref()
+                .and_then(|peer| peer.netns_inode)
+                .and_then(|ino| self.lookup(ino))
+                .cloned(),
+        };
         port.hairpin_expected = port
             .master
             .as_ref()
@@ -245,6 +252,7 @@ pub async fn discover(cfg: &PodConfig) -> PodIndex {
     for found in proc::discover(&cfg.proc_root, host_inode) {
         index.offer(found);
     }
+    index.taps = tap::discover(&cfg.proc_root, Path::new("/sys/class/net"));
     index
 }
 

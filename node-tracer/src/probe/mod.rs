@@ -96,6 +96,8 @@ pub struct ProbeOptions {
     /// Count dropped packets by reason and TCP retransmits (tracepoints `kfree_skb` and
     /// `tcp_retransmit_skb`); the agent's, not a standalone trace's.
     pub track_drops: bool,
+    /// Also attach to uplinks: bridge ports that are neither veths nor taps (`eth0` in `br0`).
+    pub attach_uplinks: bool,
 }
 
 impl Default for ProbeOptions {
@@ -108,6 +110,7 @@ impl Default for ProbeOptions {
             log_level: log::LevelFilter::Warn,
             expedite_rcu: false,
             track_drops: false,
+            attach_uplinks: false,
         }
     }
 }

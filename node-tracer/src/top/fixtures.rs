@@ -54,6 +54,7 @@ pub fn veth(
         } else {
             Mode::Routed
         },
+        kind: crate::model::PortKind::Veth,
         master: bridge.map(|b| b.0.to_owned()),
         port_no: bridge.map(|b| b.1),
         addresses: Vec::new(),

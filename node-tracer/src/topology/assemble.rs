@@ -8,7 +8,7 @@ use super::{
     format,
     netns::Candidate,
 };
-use crate::model::{Bridge, Peer, Port};
+use crate::model::{Bridge, Peer, Port, PortKind};
 
 /// What was learned about the peer namespaces, by nsid.
 pub(crate) struct PeerNamespaces<'a> {
@@ -25,8 +25,11 @@ pub(crate) fn build(host: &NsView, peers: &PeerNamespaces<'_>) -> Topology {
     let mut ports: Vec<Port> = host
         .links
         .iter()
-        .filter(|l| l.kind == Kind::Veth)
-        .map(|l| port(l, host, &by_index, peers))
+        .filter_map(|l| Some((l, port_kind(l, &by_index)?)))
+        .map(|(l, kind)| Port {
+            kind,
+            ..port(l, host, &by_index, peers)
+        })
         .collect();
     ports.sort_by_key(|p| p.ifindex);
 
@@ -53,6 +56,20 @@ pub(crate) fn build(host: &NsView, peers: &PeerNamespaces<'_>) -> Topology {
         .collect();
     bridges.sort_by_key(|b| b.ifindex);
     Topology { ports, bridges }
+}
+
+/// Which links are ports: every veth and tap, and any other link enslaved to a bridge (an uplink).
+fn port_kind(link: &LinkRecord, by_index: &HashMap<u32, &LinkRecord>) -> Option<PortKind> {
+    match link.kind {
+        Kind::Veth => Some(PortKind::Veth),
+        Kind::Tap => Some(PortKind::Tap),
+        Kind::Bridge => None,
+        Kind::Other => link
+            .master
+            .and_then(|m| by_index.get(&m))
+            .filter(|m| m.kind == Kind::Bridge)
+            .map(|_| PortKind::Uplink),
+    }
 }
 
 fn port(
@@ -88,6 +105,10 @@ fn peer(
     by_index: &HashMap<u32, &LinkRecord>,
     peers: &PeerNamespaces<'_>,
 ) -> Option<Peer> {
+    // IFLA_LINK of a VXLAN or macvlan is its lower device, not a peer.
+    if link.kind != Kind::Veth {
+        return None;
+    }
     let ifindex = link.link?;
     let Some(nsid) = link.link_netnsid else {
         // Both ends in the host namespace: the ifindex is meaningful here.
@@ -139,6 +160,7 @@ mod tests {
             promiscuous: false,
             port_no: None,
             hairpin: false,
+            ether: true,
         }
     }
 
@@ -220,6 +242,45 @@ mod tests {
         assert_eq!(
             (peer.name.as_ref(), peer.netns.as_ref(), peer.netns_inode),
             (None, None, None)
+        );
+    }
+
+    /// A VM's tap and the node's NIC in `br0` beside a pod's veth: the tap is a port like the
+    /// veth, the NIC an uplink, a tun (IP packets) and the bridge itself no port at all.
+    #[test]
+    fn taps_are_ports_and_other_bridge_members_uplinks() {
+        let br0 = link(4, "br0", Kind::Bridge);
+        let mut veth = link(5, "veth1", Kind::Veth);
+        let mut vnet = link(6, "vnet0", Kind::Tap);
+        let mut eth0 = link(2, "eth0", Kind::Other);
+        eth0.link = Some(9);
+        for l in [&mut veth, &mut vnet, &mut eth0] {
+            l.master = Some(4);
+        }
+        let host = NsView {
+            links: vec![eth0, br0, veth, vnet, link(7, "tun0", Kind::Other)],
+            ..NsView::default()
+        };
+        let topo = build(
+            &host,
+            &PeerNamespaces {
+                host_inode: 1,
+                files: HashMap::new(),
+                views: HashMap::new(),
+            },
+        );
+        let kinds: Vec<(&str, PortKind, Mode, bool)> = topo
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.kind, p.mode, p.peer.is_some()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("eth0", PortKind::Uplink, Mode::Bridged, false),
+                ("veth1", PortKind::Veth, Mode::Bridged, false),
+                ("vnet0", PortKind::Tap, Mode::Bridged, false),
+            ]
         );
     }
 }

@@ -15,7 +15,8 @@ use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressMessage},
     link::{
-        InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+        InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType,
+        LinkMessage,
     },
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
 };
@@ -27,6 +28,9 @@ use super::{TopologyError, format};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Veth,
+    /// A `tun` link in tap mode (Ethernet frames): a VM's NIC. Tun mode (IP packets, VPNs) is
+    /// `Other`: our programs parse Ethernet headers.
+    Tap,
     Bridge,
     Other,
 }
@@ -49,6 +53,8 @@ pub(crate) struct LinkRecord {
     /// `IFLA_BRPORT_NO`, present only on bridge ports.
     pub port_no: Option<u16>,
     pub hairpin: bool,
+    /// The link carries Ethernet frames (`ARPHRD_ETHER`): tells a tap from a tun.
+    pub ether: bool,
 }
 
 /// Everything read from one namespace.
@@ -164,6 +170,7 @@ impl LinkRecord {
             promiscuous: msg.header.flags.contains(LinkFlags::Promisc),
             port_no: None,
             hairpin: false,
+            ether: msg.header.link_layer_type == LinkLayerType::Ether,
         }
     }
 }
@@ -188,6 +195,7 @@ fn parse_link_info(infos: &[LinkInfo], record: &mut LinkRecord) {
     for info in infos {
         match info {
             LinkInfo::Kind(InfoKind::Veth) => record.kind = Kind::Veth,
+            LinkInfo::Kind(InfoKind::Tun) if record.ether => record.kind = Kind::Tap,
             LinkInfo::Kind(InfoKind::Bridge) => record.kind = Kind::Bridge,
             LinkInfo::PortData(InfoPortData::BridgePort(attrs)) => {
                 for attr in attrs {

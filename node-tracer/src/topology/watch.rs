@@ -19,7 +19,7 @@ use super::{
 /// A change to the host's set of veths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// A veth appeared in the host namespace (created, moved in, or renamed: a rename is an
+    /// A veth (or tap) appeared in the host namespace (created, moved in, or renamed: a rename is an
     /// `Added` with the new name for an ifindex the caller already knows).
     Added { ifindex: u32, name: String },
     /// A veth left the host namespace (deleted, or moved to another namespace).
@@ -107,7 +107,7 @@ impl LinkWatcher {
 
     fn added(&mut self, msg: &LinkMessage) -> Option<LinkEvent> {
         let link = parse_link(msg);
-        if link.kind != Kind::Veth || link.name.is_empty() {
+        if !matches!(link.kind, Kind::Veth | Kind::Tap) || link.name.is_empty() {
             return None;
         }
         if self.known.get(&link.ifindex) == Some(&link.name) {
@@ -124,7 +124,7 @@ impl LinkWatcher {
         let link = parse_link(msg);
         let known = self.known.remove(&link.ifindex);
         // RTM_DELLINK normally carries the kind; a veth we announced counts even without it.
-        if link.kind != Kind::Veth && known.is_none() {
+        if !matches!(link.kind, Kind::Veth | Kind::Tap) && known.is_none() {
             return None;
         }
         let name = if link.name.is_empty() {

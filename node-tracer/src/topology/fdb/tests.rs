@@ -16,6 +16,7 @@ fn link(ifindex: u32, name: &str, kind: Kind, port_no: Option<u16>) -> LinkRecor
         promiscuous: false,
         port_no,
         hairpin: false,
+        ether: true,
     }
 }
 

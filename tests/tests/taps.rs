@@ -1,0 +1,284 @@
+//! Taps (a VM's NIC) are ports like veths: attached, named after the process holding them open,
+//! and counted exactly against the kernel's own counters. Other bridge ports (the node's NIC in
+//! a bridge; here a VXLAN that sends nowhere) are uplinks: listed, and attached only with
+//! `--attach-uplinks`.
+//!
+//! Everything lives in a node namespace of the test's own, so the agent there sees only these
+//! links.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use node_tracer_tests::{
+    KernelCounters, Netns, free_port, http_get, metric, node_tracer_in, require_root, require_tool,
+    signal_and_wait, unique,
+};
+use serde_json::Value;
+
+/// Opens `/dev/net/tun` as a tap named argv[1] (IFF_TAP | IFF_NO_PI, as QEMU does), says its pid,
+/// then writes N ARP requests "who-has TARGET tell 10.0.0.50" for every line N on stdin.
+const HOLDER: &str = r"
+import fcntl, os, socket, struct, sys
+name, target = sys.argv[1], socket.inet_aton(sys.argv[2])
+fd = os.open('/dev/net/tun', os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', name.encode(), 0x0002 | 0x1000))
+mac = bytes.fromhex('020000000050')
+frame = (b'\xff' * 6 + mac + b'\x08\x06' + b'\x00\x01\x08\x00\x06\x04\x00\x01' + mac
+         + socket.inet_aton(sys.argv[3]) + b'\x00' * 6 + target)
+print(os.getpid(), flush=True)
+for line in sys.stdin:
+    for _ in range(int(line)):
+        os.write(fd, frame)
+    print('done', flush=True)
+";
+
+struct Holder {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pid: u32,
+}
+
+impl Holder {
+    fn start(node: &Netns, tap: &str, target: &str, sender: &str) -> Self {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.name,
+                "/usr/bin/python3",
+                "-c",
+                HOLDER,
+            ])
+            .args([tap, target, sender])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the tap holder");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let pid = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("holder said {line:?}"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    fn write_frames(&mut self, n: u32) {
+        writeln!(self.stdin, "{n}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "done", "the holder stopped");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = signal_and_wait(&mut self.child, libc::SIGKILL);
+    }
+}
+
+struct NodeAgent {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl NodeAgent {
+    fn start(node: &Netns, extra: &[&str]) -> Self {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = node_tracer_in(node, &["--log-level", "warn", "run", "--listen", &listen])
+            .args(extra)
+            .spawn()
+            .expect("spawn node-tracer run");
+        Self {
+            child,
+            addr: listen.parse().unwrap(),
+        }
+    }
+
+    fn get(&self, node: &Netns, path: &str) -> Option<String> {
+        node.in_thread(|| http_get(self.addr, path).ok())
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+    }
+
+    /// The snapshot once `ready` holds of it; panics (naming the last answer) only after a
+    /// minute, long enough that it catches a hang, not a slow machine.
+    fn snapshot_when(&mut self, node: &Netns, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < Duration::from_mins(1) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node-tracer run exited: {status}");
+            }
+            if let Some(body) = self.get(node, "/snapshot") {
+                let snap: Value = serde_json::from_str(&body).expect("snapshot JSON");
+                let ports = snap["ports"].as_array().cloned().unwrap_or_default();
+                if ready(&ports) {
+                    return ports;
+                }
+                last = Some(ports);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent never got there; last snapshot ports: {last:#?}");
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        let _ = signal_and_wait(&mut self.child, libc::SIGTERM);
+    }
+}
+
+fn port<'a>(ports: &'a [Value], name: &str) -> &'a Value {
+    ports
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no port {name} in {ports:#?}"))
+}
+
+/// Our tcx programs on a link of the node namespace, as the kernel lists them.
+fn tcx_programs(node: &Netns, dev: &str) -> usize {
+    let out = node.exec(&format!("bpftool -j net show dev {dev}"));
+    let v: Value = serde_json::from_str(&out).expect("bpftool JSON");
+    v[0]["tc"].as_array().map_or(0, |progs| {
+        progs
+            .iter()
+            .filter(|p| p["name"] == "tc_ingress" || p["name"] == "tc_egress")
+            .count()
+    })
+}
+
+#[test]
+fn tap_is_attached_named_after_its_holder_and_counted_uplink_listed_not_attached() {
+    require_root();
+    require_tool("bpftool");
+    require_tool("python3");
+    let node = Netns::new("tn");
+    let pod = Netns::new("tp");
+    for ns in [&node, &pod] {
+        // No IPv6 chatter: the counts hold only the frames the test sends.
+        ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    }
+    let (br, veth, vx, tap) = (unique("b"), unique("v"), unique("x"), unique("t"));
+    node.exec(&format!(
+        "ip link add {br} type bridge && ip link set {br} up && \
+         ip link add {veth} type veth peer name eth0 netns {pod} && \
+         ip link set {veth} master {br} up && \
+         ip link add {vx} type vxlan id 42 dstport 0 local 127.0.0.1 nolearning && \
+         ip link set {vx} master {br} up",
+        pod = pod.name
+    ));
+    pod.exec("ip addr add 10.0.0.2/24 dev eth0 && ip link set eth0 up");
+    let mut holder = Holder::start(&node, &tap, "10.0.0.2", "10.0.0.50");
+    node.exec(&format!("ip link set {tap} master {br} up"));
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", holder.pid)).unwrap();
+    let holder_name = format!("{}[{}]", comm.trim_end(), holder.pid);
+
+    let mut agent = NodeAgent::start(&node, &[]);
+    let ports = agent.snapshot_when(&node, |ports| {
+        ports
+            .iter()
+            .any(|p| p["name"] == tap.as_str() && p["attached"] == true)
+            && ports
+                .iter()
+                .any(|p| p["name"] == veth.as_str() && p["attached"] == true)
+    });
+    let t = port(&ports, &tap);
+    assert_eq!(t["kind"], "tap");
+    assert_eq!(t["mode"], "bridged");
+    assert_eq!(t["master"], br.as_str());
+    assert_eq!(t["pod"]["name"], holder_name.as_str());
+    assert_eq!(t["pod"]["source"], "proc");
+    let u = port(&ports, &vx);
+    assert_eq!(u["kind"], "uplink");
+    assert_eq!(u["master"], br.as_str());
+    assert_eq!(u["attached"], false);
+    assert_eq!(
+        port(&ports, &veth).get("kind"),
+        None,
+        "a veth's JSON is unchanged"
+    );
+    assert_eq!(
+        tcx_programs(&node, &tap),
+        2,
+        "ingress and egress on the tap"
+    );
+    assert_eq!(tcx_programs(&node, &vx), 0, "nothing on the uplink");
+
+    // Frames written into the tap are what the kernel receives on it (the VM transmits); the
+    // pod's ARP replies, forwarded by the bridge, are what the tap transmits (the VM receives).
+    let k0 = node.in_thread(|| KernelCounters::read(&tap));
+    let metrics = |agent: &NodeAgent| agent.get(&node, "/metrics").expect("metrics");
+    let m0 = metrics(&agent);
+    holder.write_frames(40);
+    // Wait for the replies the kernel has sent (each request is answered once).
+    let start = Instant::now();
+    while node.in_thread(|| KernelCounters::read(&tap)).tx_packets < k0.tx_packets + 40 {
+        assert!(
+            start.elapsed() < Duration::from_mins(1),
+            "the pod never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let k1 = node.in_thread(|| KernelCounters::read(&tap));
+    let m1 = metrics(&agent);
+    let sum = |text: &str, name: &str| {
+        metric(text, name, &[("interface", tap.as_str())]).unwrap_or(0.0) as u64
+    };
+    let vm_sent = sum(&m1, "node_tracer_transmit_packets_total")
+        - sum(&m0, "node_tracer_transmit_packets_total");
+    let vm_got = sum(&m1, "node_tracer_receive_packets_total")
+        - sum(&m0, "node_tracer_receive_packets_total");
+    assert_eq!(
+        vm_sent,
+        k1.rx_packets - k0.rx_packets,
+        "tap rx = VM transmit"
+    );
+    assert_eq!(vm_got, k1.tx_packets - k0.tx_packets, "tap tx = VM receive");
+    assert_eq!(vm_sent, 40);
+    let labelled = m1.lines().any(|l| {
+        l.starts_with("node_tracer_transmit_packets_total{")
+            && l.contains(&format!("interface=\"{tap}\""))
+            && l.contains(&format!("pod=\"{holder_name}\""))
+    });
+    assert!(labelled, "no series names the holder:\n{m1}");
+
+    // peers lists the uplink with its kind, the tap with its holder.
+    let out = node_tracer_in(&node, &["peers", "--json"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(port(&rows, &vx)["kind"], "uplink");
+    assert_eq!(port(&rows, &tap)["pod"]["name"], holder_name.as_str());
+    drop(agent);
+    assert_eq!(tcx_programs(&node, &tap), 0, "detached on exit");
+
+    // Asked for, the uplink is attached too.
+    let mut agent = NodeAgent::start(&node, &["--attach-uplinks"]);
+    agent.snapshot_when(&node, |ports| {
+        ports
+            .iter()
+            .any(|p| p["name"] == vx.as_str() && p["attached"] == true)
+    });
+    assert_eq!(tcx_programs(&node, &vx), 2);
+    drop(agent);
+    drop(holder);
+}
