@@ -12,22 +12,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use node_tracer_tests::{
-    KernelCounters, Netns, free_port, http_get, metric, node_tracer_in, require_root, require_tool,
+    Netns, free_port, http_get, metric, node_tracer_in, require_root, require_tool,
     signal_and_wait, unique,
 };
 use serde_json::Value;
 
 /// Opens `/dev/net/tun` as a tap named argv[1] (IFF_TAP | IFF_NO_PI, as QEMU does), says its pid,
-/// then writes N ARP requests "who-has TARGET tell 10.0.0.50" for every line N on stdin.
+/// then writes N ARP requests "who-has TARGET tell SENDER" for every line N on stdin. It reads
+/// what the tap transmits, as a VM does: the kernel counts a tap's tx when the reader takes it.
 const HOLDER: &str = r"
-import fcntl, os, socket, struct, sys
+import fcntl, os, socket, struct, sys, threading
 name, target = sys.argv[1], socket.inet_aton(sys.argv[2])
 fd = os.open('/dev/net/tun', os.O_RDWR)
 fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', name.encode(), 0x0002 | 0x1000))
 mac = bytes.fromhex('020000000050')
 frame = (b'\xff' * 6 + mac + b'\x08\x06' + b'\x00\x01\x08\x00\x06\x04\x00\x01' + mac
          + socket.inet_aton(sys.argv[3]) + b'\x00' * 6 + target)
+def drain():
+    while True:
+        os.read(fd, 2048)
+threading.Thread(target=drain, daemon=True).start()
 print(os.getpid(), flush=True)
 for line in sys.stdin:
     for _ in range(int(line)):
@@ -148,22 +154,30 @@ fn port<'a>(ports: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no port {name} in {ports:#?}"))
 }
 
-/// Our tcx programs on a link of the node namespace, as the kernel lists them.
+/// tcx programs on a link of the node namespace (ingress plus egress), as the kernel lists
+/// them: nothing else attaches in a namespace of the test's own.
 fn tcx_programs(node: &Netns, dev: &str) -> usize {
-    let out = node.exec(&format!("bpftool -j net show dev {dev}"));
-    let v: Value = serde_json::from_str(&out).expect("bpftool JSON");
-    v[0]["tc"].as_array().map_or(0, |progs| {
-        progs
+    node.in_thread(|| {
+        [TcAttachType::Ingress, TcAttachType::Egress]
             .iter()
-            .filter(|p| p["name"] == "tc_ingress" || p["name"] == "tc_egress")
-            .count()
+            .map(|ty| SchedClassifier::query_tcx(dev, *ty).map_or(0, |(_, progs)| progs.len()))
+            .sum()
     })
+}
+
+/// The kernel's counters of a link in the node namespace (`ip netns exec` mounts that
+/// namespace's /sys; a thread's setns alone does not).
+fn counters(node: &Netns, dev: &str) -> (u64, u64) {
+    let out = node.exec(&format!(
+        "cat /sys/class/net/{dev}/statistics/rx_packets /sys/class/net/{dev}/statistics/tx_packets"
+    ));
+    let mut n = out.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    (n.next().unwrap(), n.next().unwrap())
 }
 
 #[test]
 fn tap_is_attached_named_after_its_holder_and_counted_uplink_listed_not_attached() {
     require_root();
-    require_tool("bpftool");
     require_tool("python3");
     let node = Netns::new("tn");
     let pod = Netns::new("tp");
@@ -219,21 +233,18 @@ fn tap_is_attached_named_after_its_holder_and_counted_uplink_listed_not_attached
 
     // Frames written into the tap are what the kernel receives on it (the VM transmits); the
     // pod's ARP replies, forwarded by the bridge, are what the tap transmits (the VM receives).
-    let k0 = node.in_thread(|| KernelCounters::read(&tap));
+    let k0 = counters(&node, &tap);
     let metrics = |agent: &NodeAgent| agent.get(&node, "/metrics").expect("metrics");
     let m0 = metrics(&agent);
     holder.write_frames(40);
-    // Wait for the replies the kernel has sent (each request is answered once).
-    let start = Instant::now();
-    while node.in_thread(|| KernelCounters::read(&tap)).tx_packets < k0.tx_packets + 40 {
-        assert!(
-            start.elapsed() < Duration::from_mins(1),
-            "the pod never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let k1 = node.in_thread(|| KernelCounters::read(&tap));
-    let m1 = metrics(&agent);
+    // Counters and metrics read at one instant: bracketed by two kernel reads that agree.
+    let (k1, m1) = loop {
+        let before = counters(&node, &tap);
+        let m = metrics(&agent);
+        if counters(&node, &tap) == before {
+            break (before, m);
+        }
+    };
     let sum = |text: &str, name: &str| {
         metric(text, name, &[("interface", tap.as_str())]).unwrap_or(0.0) as u64
     };
@@ -241,13 +252,13 @@ fn tap_is_attached_named_after_its_holder_and_counted_uplink_listed_not_attached
         - sum(&m0, "node_tracer_transmit_packets_total");
     let vm_got = sum(&m1, "node_tracer_receive_packets_total")
         - sum(&m0, "node_tracer_receive_packets_total");
-    assert_eq!(
-        vm_sent,
-        k1.rx_packets - k0.rx_packets,
-        "tap rx = VM transmit"
+    assert_eq!(vm_sent, k1.0 - k0.0, "tap rx = VM transmit");
+    assert_eq!(vm_got, k1.1 - k0.1, "tap tx = VM receive");
+    assert_eq!(vm_sent, 40, "every frame written into the tap");
+    assert!(
+        vm_got > 0,
+        "the pod's ARP replies reach the tap: {k0:?} -> {k1:?}"
     );
-    assert_eq!(vm_got, k1.tx_packets - k0.tx_packets, "tap tx = VM receive");
-    assert_eq!(vm_sent, 40);
     let labelled = m1.lines().any(|l| {
         l.starts_with("node_tracer_transmit_packets_total{")
             && l.contains(&format!("interface=\"{tap}\""))
