@@ -150,7 +150,7 @@ impl Drop for NodeAgent {
 fn port<'a>(ports: &'a [Value], name: &str) -> &'a Value {
     ports
         .iter()
-        .find(|p| p["name"] == name)
+        .find(|p| p["name"] == name || p["interface"] == name)
         .unwrap_or_else(|| panic!("no port {name} in {ports:#?}"))
 }
 
@@ -279,6 +279,35 @@ fn tap_is_attached_named_after_its_holder_and_counted_uplink_listed_not_attached
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(port(&rows, &vx)["kind"], "uplink");
     assert_eq!(port(&rows, &tap)["pod"]["name"], holder_name.as_str());
+    // macs lists the uplink with its FDB entries (its own MAC, permanent on the bridge).
+    let url = format!("http://{}", agent.addr);
+    let out = node_tracer_in(&node, &["macs", "--json", "--connect", &url])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bridge = report["bridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == br.as_str())
+        .expect("our bridge in macs");
+    let row = port(bridge["ports"].as_array().unwrap(), &vx);
+    assert_eq!(row["kind"], "uplink");
+    let vx_mac = node.exec(&format!("cat /sys/class/net/{vx}/address"));
+    assert!(
+        row["macs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mac"] == vx_mac.trim() && !m["fdb"].as_array().unwrap().is_empty()),
+        "{row:#}"
+    );
     drop(agent);
     assert_eq!(tcx_programs(&node, &tap), 0, "detached on exit");
 

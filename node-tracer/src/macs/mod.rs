@@ -24,7 +24,7 @@ pub use collect::{Source, collect};
 pub use render::to_table;
 
 use crate::error::Error;
-use crate::model::{Direction, FdbEntry, FdbState, MacSeen, Pod, Port, Snapshot};
+use crate::model::{Direction, FdbEntry, FdbState, MacSeen, Pod, Port, PortKind, Snapshot};
 
 /// What `macs --json` prints.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -60,6 +60,9 @@ pub struct PortMacs {
     pub ifindex: u32,
     /// `None` for a routed veth, or for the bridge's own entries.
     pub port_no: Option<u16>,
+    /// "tap" or "uplink" (the node's NIC in a bridge, a VXLAN); absent for a veth.
+    #[serde(default, skip_serializing_if = "PortKind::is_veth")]
+    pub kind: PortKind,
     pub pod: Option<Pod>,
     /// The pod's eth0 MAC (the veth's peer).
     pub peer_mac: Option<String>,
@@ -226,6 +229,7 @@ fn port_row(p: &Port) -> PortMacs {
         interface: p.name.clone(),
         ifindex: p.ifindex,
         port_no: p.port_no,
+        kind: p.kind,
         pod: p.pod.clone(),
         peer_mac: p.peer.as_ref().and_then(|x| x.mac.clone()),
         attached: p.attached,
