@@ -14,13 +14,21 @@ mod text;
 
 use text::{Exposition, Type};
 
-use crate::model::{Direction, Health, PROTOCOLS, Port, Snapshot};
+use crate::model::{Direction, Health, PROTOCOLS, Pod, Port, Snapshot};
 
 /// (namespace, pod) label values; empty for a port whose pod is unknown.
 fn pod_labels(p: &Port) -> (&str, &str) {
     p.pod
         .as_ref()
         .map_or(("", ""), |pod| (pod.namespace.as_str(), pod.name.as_str()))
+}
+
+/// The `name` label: the container's name as Docker or Podman gives it, the label cAdvisor's
+/// `container_network_*` series carry, so a Docker user's queries (`{name="shop-web"}`) work
+/// here too. Empty without a container engine's record, which Prometheus reads as no label.
+fn container_name(pod: Option<&Pod>) -> &str {
+    pod.and_then(|p| p.container.as_ref())
+        .map_or("", |c| c.name.as_str())
 }
 
 /// The text exposition format.
@@ -64,6 +72,7 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
                 let l = [
                     ("namespace", ns),
                     ("pod", pod),
+                    ("name", container_name(p.pod.as_ref())),
                     ("interface", iface),
                     ("protocol", *proto),
                 ];
@@ -91,7 +100,14 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
             } else {
                 c.tx_bytes_total()
             };
-            f.sample(&[("namespace", ns), ("pod", pod), ("interface", iface)], n);
+            let name = container_name(p.pod.as_ref());
+            let l = [
+                ("namespace", ns),
+                ("pod", pod),
+                ("name", name),
+                ("interface", iface),
+            ];
+            f.sample(&l, n);
         }
     }
     let mut f = out.family(
@@ -105,6 +121,7 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
             let l = [
                 ("namespace", ns),
                 ("pod", pod),
+                ("name", container_name(p.pod.as_ref())),
                 ("interface", iface),
                 ("direction", m.direction.as_str()),
                 ("type", &ty),
@@ -123,10 +140,14 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
             .iter()
             .filter(|m| m.direction == Direction::Transmit)
             .count();
-        f.sample(
-            &[("namespace", ns), ("pod", pod), ("interface", iface)],
-            distinct,
-        );
+        let name = container_name(p.pod.as_ref());
+        let l = [
+            ("namespace", ns),
+            ("pod", pod),
+            ("name", name),
+            ("interface", iface),
+        ];
+        f.sample(&l, distinct);
     }
     let mut f = out.family(
         "node_tracer_port_info",
@@ -152,6 +173,7 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
             ("mode", p.mode.as_str()),
             ("namespace", ns),
             ("pod", pod),
+            ("name", container_name(p.pod.as_ref())),
         ];
         f.sample(&l, 1u64);
     }
@@ -169,21 +191,23 @@ fn mac_anomalies(out: &mut Exposition, snap: &Snapshot) {
          mac_changed, learned_without_traffic, promiscuous, hairpin (see `node-tracer macs`).",
         Type::Gauge,
     );
-    let mut counts: std::collections::BTreeMap<(&'static str, String, String, String), u32> =
-        std::collections::BTreeMap::new();
+    type Key = (&'static str, String, String, String, String);
+    let mut counts: std::collections::BTreeMap<Key, u32> = std::collections::BTreeMap::new();
     for a in crate::macs::anomalies(snap) {
+        let name = container_name(a.pod.as_ref()).to_owned();
         let (ns, pod) = a
             .pod
             .map_or((String::new(), String::new()), |p| (p.namespace, p.name));
         *counts
-            .entry((a.kind.as_str(), ns, pod, a.interface))
+            .entry((a.kind.as_str(), ns, pod, name, a.interface))
             .or_default() += 1;
     }
-    for ((kind, ns, pod, iface), n) in &counts {
+    for ((kind, ns, pod, name, iface), n) in &counts {
         let l = [
             ("kind", *kind),
             ("namespace", ns),
             ("pod", pod),
+            ("name", name),
             ("interface", iface),
         ];
         f.sample(&l, *n);

@@ -97,19 +97,30 @@ fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
     );
     for p in &snap.ports {
         let (ns, pod) = super::pod_labels(p);
+        let name = p
+            .pod
+            .as_ref()
+            .and_then(|x| x.container.as_ref())
+            .map_or("", |c| c.name.as_str());
         let iface = p.name.as_str();
         let c = &p.counters;
         for (i, proto) in PROTOCOLS.iter().enumerate() {
             let l = [
                 ("namespace", ns),
                 ("pod", pod),
+                ("name", name),
                 ("interface", iface),
                 ("protocol", *proto),
             ];
             rx_p.push(&l, c.rx_packets[i] as f64);
             tx_p.push(&l, c.tx_packets[i] as f64);
         }
-        let l = [("namespace", ns), ("pod", pod), ("interface", iface)];
+        let l = [
+            ("namespace", ns),
+            ("pod", pod),
+            ("name", name),
+            ("interface", iface),
+        ];
         rx_b.push(&l, c.rx_bytes_total() as f64);
         tx_b.push(&l, c.tx_bytes_total() as f64);
         for m in &c.icmp {
@@ -118,6 +129,7 @@ fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
                 &[
                     ("namespace", ns),
                     ("pod", pod),
+                    ("name", name),
                     ("interface", iface),
                     ("direction", m.direction.as_str()),
                     ("type", &ty),
@@ -160,6 +172,7 @@ fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
                 ("mode", p.mode.as_str()),
                 ("namespace", ns),
                 ("pod", pod),
+                ("name", name),
             ],
             1.0,
         );
@@ -195,22 +208,24 @@ fn mac_anomalies(snap: &Snapshot) -> Family {
          mac_changed, learned_without_traffic, promiscuous, hairpin (see `node-tracer macs`).",
         MetricType::GAUGE,
     );
-    let mut counts: std::collections::BTreeMap<(&'static str, String, String, String), u32> =
-        std::collections::BTreeMap::new();
+    type Key = (&'static str, String, String, String, String);
+    let mut counts: std::collections::BTreeMap<Key, u32> = std::collections::BTreeMap::new();
     for a in crate::macs::anomalies(snap) {
-        let (ns, pod) = a
-            .pod
-            .map_or((String::new(), String::new()), |p| (p.namespace, p.name));
+        let (ns, pod, name) = a.pod.map_or_else(Default::default, |p| {
+            let name = p.container.map(|c| c.name).unwrap_or_default();
+            (p.namespace, p.name, name)
+        });
         *counts
-            .entry((a.kind.as_str(), ns, pod, a.interface))
+            .entry((a.kind.as_str(), ns, pod, name, a.interface))
             .or_default() += 1;
     }
-    for ((kind, ns, pod, iface), n) in &counts {
+    for ((kind, ns, pod, name, iface), n) in &counts {
         f.push(
             &[
                 ("kind", kind),
                 ("namespace", ns),
                 ("pod", pod),
+                ("name", name),
                 ("interface", iface),
             ],
             f64::from(*n),

@@ -41,14 +41,70 @@ fn counters_carry_pod_labels_and_pod_direction() {
     };
     let t = text(&snap, &Health::default());
     assert!(t.contains(
-        "node_tracer_transmit_packets_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\",protocol=\"icmp\"} 3"
+        "node_tracer_transmit_packets_total{namespace=\"default\",pod=\"web-1\",name=\"\",interface=\"veth591ea0bf\",protocol=\"icmp\"} 3"
     ), "{t}");
     assert!(t.contains(
-        "node_tracer_receive_packets_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\",protocol=\"udp\"} 7"
+        "node_tracer_receive_packets_total{namespace=\"default\",pod=\"web-1\",name=\"\",interface=\"veth591ea0bf\",protocol=\"udp\"} 7"
     ));
-    assert!(t.contains("node_tracer_transmit_bytes_total{namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 294"));
+    assert!(t.contains("node_tracer_transmit_bytes_total{namespace=\"default\",pod=\"web-1\",name=\"\",interface=\"veth591ea0bf\"} 294"));
     assert!(t.contains("bridge=\"cni0\""));
     assert!(t.contains("port_no=\"2\""));
+}
+
+/// A Docker container that is no Kubernetes pod: `pod` keeps its name as before, and `name`
+/// carries it where cAdvisor's series do; a cri-dockerd sandbox gets its container's name too.
+#[test]
+fn a_containers_name_is_the_name_label() {
+    let mut web = port("veth591ea0bf", Some(("", "shop-web")));
+    let mut sandbox = port("vethsandbox", Some(("shop", "busybox")));
+    for (p, name) in [
+        (&mut web, "shop-web"),
+        (&mut sandbox, "k8s_POD_busybox_shop_u_0"),
+    ] {
+        let pod = p.pod.as_mut().unwrap();
+        pod.source = PodSource::Docker;
+        pod.container = Some(crate::model::Container {
+            runtime: "docker".into(),
+            id: "3956c459e213".into(),
+            name: name.into(),
+            image: "nginx".into(),
+        });
+    }
+    web.hairpin = true;
+    let snap = Snapshot {
+        ports: vec![web, sandbox, port("vethk8s", Some(("default", "web-1")))],
+        ..Snapshot::default()
+    };
+    let t = text(&snap, &Health::default());
+    for family in [
+        "transmit_packets_total",
+        "receive_packets_total",
+        "transmit_bytes_total",
+        "receive_bytes_total",
+        "port_macs",
+    ] {
+        let series = format!(
+            "node_tracer_{family}{{namespace=\"\",pod=\"shop-web\",name=\"shop-web\",interface=\"veth591ea0bf\""
+        );
+        assert!(t.contains(&series), "{series} in {t}");
+    }
+    assert!(t.contains(
+        "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"\",pod=\"shop-web\",name=\"shop-web\",interface=\"veth591ea0bf\"} 1"
+    ), "{t}");
+    assert!(
+        t.contains("mode=\"bridged\",namespace=\"\",pod=\"shop-web\",name=\"shop-web\"} 1"),
+        "{t}"
+    );
+    assert!(
+        t.contains("namespace=\"shop\",pod=\"busybox\",name=\"k8s_POD_busybox_shop_u_0\""),
+        "{t}"
+    );
+    // A pod the CRI named has no container record: its name label is empty, i.e. absent.
+    assert!(
+        t.contains("namespace=\"default\",pod=\"web-1\",name=\"\",interface=\"vethk8s\""),
+        "{t}"
+    );
+    assert_eq!(t, oracle::encode(&snap, &Health::default()));
 }
 
 #[test]
@@ -104,13 +160,13 @@ fn mac_anomalies_are_a_gauge_per_kind_and_port() {
     );
     assert!(t.contains("# TYPE node_tracer_mac_anomalies gauge"), "{t}");
     assert!(t.contains(
-        "node_tracer_mac_anomalies{kind=\"spoofed_source\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 2"
+        "node_tracer_mac_anomalies{kind=\"spoofed_source\",namespace=\"default\",pod=\"web-1\",name=\"\",interface=\"veth591ea0bf\"} 2"
     ), "{t}");
     assert!(t.contains(
-        "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"default\",pod=\"web-1\",interface=\"veth591ea0bf\"} 1"
+        "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"default\",pod=\"web-1\",name=\"\",interface=\"veth591ea0bf\"} 1"
     ));
     assert!(!t.contains(
-        "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"\",pod=\"\",interface=\"vethclean\""
+        "node_tracer_mac_anomalies{kind=\"hairpin\",namespace=\"\",pod=\"\",name=\"\",interface=\"vethclean\""
     ));
 }
 
@@ -182,6 +238,15 @@ fn hostile_fixture() -> (Snapshot, Health) {
             }];
         }
         p.peer.as_mut().unwrap().netns = Some(format!("/run/netns/\"{i}\n"));
+        // Half the ports are containers, with names that need escaping too.
+        if i % 2 == 0 {
+            p.pod.as_mut().unwrap().container = Some(crate::model::Container {
+                runtime: "podman".into(),
+                id: format!("{i:064}"),
+                name: format!("c{i}\"\\\n☃"),
+                image: "img".into(),
+            });
+        }
         p.peer.as_mut().unwrap().mac = Some("0a:58:0a:f4:01:05".into());
         for mac in ["0a:58:0a:f4:01:05", "02:de:ad:be:ef:01"] {
             p.macs.push(MacSeen {
@@ -275,6 +340,7 @@ fn the_exposition_is_what_the_prometheus_crate_writes() {
     }
     assert!(ours.contains(r#"pod="a\\b\nc""#), "{ours}");
     assert!(ours.contains(r#"pod="coredns-ü-日本\\\"""#), "{ours}");
+    assert!(ours.contains(r#"name="c2\"\\\n☃""#), "{ours}");
 }
 
 #[test]
