@@ -188,10 +188,14 @@ fn counts_on_a_container_veth_equal_the_kernels_under_its_name() {
     args.extend(["-i".to_owned(), veth.clone()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start(&args);
+    // cAdvisor's `name` label: the name `docker inspect` gives, without its leading '/'.
+    let inspected = engine.inspect(&a)["Name"].as_str().unwrap().to_owned();
+    let name = inspected.trim_start_matches('/');
     let labels = [
         ("interface", veth.as_str()),
         ("namespace", ""),
         ("pod", a.as_str()),
+        ("name", name),
     ];
     let sum = |m: &str, name: &str| -> u64 {
         node_tracer::model::PROTOCOLS
@@ -208,6 +212,11 @@ fn counts_on_a_container_veth_equal_the_kernels_under_its_name() {
         m0.contains(&format!("pod=\"{a}\"")),
         "the container's name labels its veth: {m0}"
     );
+    assert_eq!(
+        metric(&m0, "node_tracer_port_info", &labels),
+        Some(1.0),
+        "port_info carries name={name:?}: {m0}"
+    );
     engine.docker(&format!("exec {a} ping -c 10 -i 0.2 -q {b_ip}"));
     let (k1, m1) = quiet_read(&agent, &veth);
     // Host veth ingress is what the container transmits.
@@ -218,9 +227,7 @@ fn counts_on_a_container_veth_equal_the_kernels_under_its_name() {
     assert_eq!(tx, k1.rx_packets - k0.rx_packets, "transmit vs kernel");
     assert_eq!(rx, k1.tx_packets - k0.tx_packets, "receive vs kernel");
     assert!(tx >= 10 && rx >= 10, "the pings were counted: {tx} {rx}");
-    let bytes = |m: &str, n: &str| {
-        metric(m, n, &[("interface", veth.as_str()), ("pod", a.as_str())]).unwrap_or(0.0) as u64
-    };
+    let bytes = |m: &str, n: &str| metric(m, n, &labels).unwrap_or(0.0) as u64;
     assert_eq!(
         bytes(&m1, "node_tracer_transmit_bytes_total")
             - bytes(&m0, "node_tracer_transmit_bytes_total"),
@@ -394,7 +401,8 @@ fn engines_that_hang_answer_garbage_refuse_or_lose_a_container_only_warn() {
             &[
                 ("interface", named.veth.name.as_str()),
                 ("namespace", ""),
-                ("pod", "survivor")
+                ("pod", "survivor"),
+                ("name", "survivor")
             ]
         ),
         Some(1.0),
