@@ -179,6 +179,9 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
     }
 }
 
+/// (kind, namespace, pod, name, interface): one `node_tracer_mac_anomalies` series.
+type AnomalyKey = (&'static str, String, String, String, String);
+
 /// `node_tracer_mac_anomalies`: how many anomalies of each kind `macs` flags on each port now.
 ///
 /// A gauge, not a counter: a flag is a state that clears by itself (a learned entry ages out,
@@ -191,8 +194,7 @@ fn mac_anomalies(out: &mut Exposition, snap: &Snapshot) {
          mac_changed, learned_without_traffic, promiscuous, hairpin (see `node-tracer macs`).",
         Type::Gauge,
     );
-    type Key = (&'static str, String, String, String, String);
-    let mut counts: std::collections::BTreeMap<Key, u32> = std::collections::BTreeMap::new();
+    let mut counts: std::collections::BTreeMap<AnomalyKey, u32> = std::collections::BTreeMap::new();
     for a in crate::macs::anomalies(snap) {
         let name = container_name(a.pod.as_ref()).to_owned();
         let (ns, pod) = a

@@ -196,6 +196,9 @@ fn families(snap: &Snapshot, health: &Health) -> Vec<MetricFamily> {
         .collect()
 }
 
+/// (kind, namespace, pod, name, interface): one `node_tracer_mac_anomalies` series.
+type AnomalyKey = (&'static str, String, String, String, String);
+
 /// `node_tracer_mac_anomalies`: how many anomalies of each kind `macs` flags on each port now.
 ///
 /// A gauge, not a counter: a flag is a state that clears by itself (a learned entry ages out,
@@ -208,8 +211,7 @@ fn mac_anomalies(snap: &Snapshot) -> Family {
          mac_changed, learned_without_traffic, promiscuous, hairpin (see `node-tracer macs`).",
         MetricType::GAUGE,
     );
-    type Key = (&'static str, String, String, String, String);
-    let mut counts: std::collections::BTreeMap<Key, u32> = std::collections::BTreeMap::new();
+    let mut counts: std::collections::BTreeMap<AnomalyKey, u32> = std::collections::BTreeMap::new();
     for a in crate::macs::anomalies(snap) {
         let (ns, pod, name) = a.pod.map_or_else(Default::default, |p| {
             let name = p.container.map(|c| c.name).unwrap_or_default();
