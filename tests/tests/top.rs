@@ -357,3 +357,62 @@ fn top_without_a_terminal_is_a_one_line_error() {
         );
     }
 }
+
+/// A view whose terminal goes away (a closed tmux or ssh session) ends: crossterm spins on a
+/// hung-up tty and never returns to the loop that sees the SIGHUP, and such views used to run
+/// on at full CPU, forever.
+#[test]
+fn top_ends_when_its_terminal_hangs_up() {
+    preconditions();
+    let tmux = Tmux::new(100, 24);
+    tmux.wait("the shell prompt", |s| s.contains('#') || s.contains('$'));
+    // An agent address that refuses: the view stays up, naming the error, with nothing to read.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    tmux.type_text(&format!(
+        "exec {} top --interval 1 --connect http://127.0.0.1:{port}",
+        binary().display()
+    ));
+    tmux.press("Enter");
+    tmux.wait("the top view", |s| s.contains("node-tracer top │"));
+    let pid: u32 = tmux
+        .tmux(&format!(
+            "list-panes -t {} -F '#{{pane_pid}}'",
+            tmux.session
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(
+        exe,
+        binary().canonicalize().unwrap(),
+        "the pane runs top itself (exec)"
+    );
+    // The terminal hangs up with the server.
+    let _ = sh_output(&format!("tmux -S {} kill-server", tmux.socket));
+    // Gone, or a zombie nobody reaped: either way it has ended. Still running after a minute is
+    // the spinning view (a generous bound that only catches the hang).
+    let state = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()))
+            .flatten()
+    };
+    let start = Instant::now();
+    loop {
+        match state(pid) {
+            None | Some('Z' | 'X') => break,
+            Some(st) => {
+                if start.elapsed() > Duration::from_mins(1) {
+                    // SAFETY: kill has no memory preconditions; the PID runs our binary (checked above).
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    panic!("top still running (state {st}) a minute after its terminal hung up");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -3,10 +3,11 @@
 
 use std::io::{self, IsTerminal, Stdout, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -157,7 +158,10 @@ pub fn run<S: SnapshotSource>(opts: TopOptions, source: S) -> Result<(), Error> 
     require_terminal()?;
     let (rx, source_thread) = spawn_source(source, opts.interval)?;
     let mut guard = Guard::enter().map_err(Error::Terminal)?;
+    let done = Arc::new(AtomicBool::new(false));
+    stop_watchdog(Arc::clone(&done));
     let result = event_loop(&mut guard.terminal, &mut app, &rx);
+    done.store(true, Ordering::SeqCst);
     drop(guard);
     if result.is_err() && matches!(rx.try_recv(), Err(TryRecvError::Disconnected)) {
         // The source thread is gone (or going): wait for it so its panic message is printed
@@ -168,6 +172,38 @@ pub fn run<S: SnapshotSource>(opts: TopOptions, source: S) -> Result<(), Error> 
         }
     }
     result
+}
+
+/// How long a stop signal may wait for the event loop before the process ends without it.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Ends the process when a stop signal has not ended the view within [`STOP_GRACE`].
+///
+/// Once its terminal hangs up (a closed tmux or ssh session), crossterm 0.29 never returns from
+/// `event::poll`: its read loop waits for `WouldBlock`, and a hung-up tty answers every read with
+/// EOF or EIO at once. The loop below then never sees the SIGHUP flag and the view spun at full
+/// CPU forever. Nothing is left to draw on; the terminal is put back as far as it still exists.
+fn stop_watchdog(done: Arc<AtomicBool>) {
+    let watch = move || {
+        let mut asked: Option<Instant> = None;
+        while !done.load(Ordering::SeqCst) {
+            if crate::shutdown::requested() {
+                let since = *asked.get_or_insert_with(Instant::now);
+                if since.elapsed() >= STOP_GRACE {
+                    log::debug!("the view did not stop on its signal; ending the process");
+                    restore();
+                    std::process::exit(0);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("top-stop".into())
+        .spawn(watch)
+    {
+        log::debug!("no stop watchdog for top: {e}");
+    }
 }
 
 fn event_loop(
