@@ -405,6 +405,47 @@ pub fn free_port() -> u16 {
 pub struct Agent {
     pub child: Child,
     pub addr: SocketAddr,
+    stderr: Drained,
+}
+
+/// A child's stderr, read as it comes. An agent logging at debug level writes more than a
+/// pipe's 64 KiB within seconds of starting; left unread, it blocks on the full pipe and never
+/// answers.
+#[derive(Debug)]
+struct Drained {
+    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drained {
+    fn start(child: &mut Child) -> Self {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = child.stderr.take().map(|mut pipe| {
+            let text = std::sync::Arc::clone(&text);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                    text.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            })
+        });
+        Self { text, reader }
+    }
+
+    /// All the child wrote, once it has exited: the reader gets until the pipe's end (a
+    /// generous bound, in case a grandchild inherited the pipe and keeps it open).
+    fn all(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let start = Instant::now();
+            while !reader.is_finished() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+    }
 }
 
 impl Agent {
@@ -415,16 +456,18 @@ impl Agent {
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["run", "--listen", &listen];
         args.extend_from_slice(extra);
-        let child = Command::new(binary())
+        let mut child = Command::new(binary())
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn node-tracer run");
+        let stderr = Drained::start(&mut child);
         let mut agent = Self {
             child,
             addr: listen.parse().unwrap(),
+            stderr,
         };
         agent.wait_ready(Duration::from_mins(1));
         agent
@@ -434,11 +477,10 @@ impl Agent {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("node-tracer run exited early ({status}): {err}");
+                panic!(
+                    "node-tracer run exited early ({status}): {}",
+                    self.stderr.all()
+                );
             }
             if let Ok((200, _)) = http_get(self.addr, "/healthz") {
                 return;
@@ -493,7 +535,8 @@ impl Agent {
 
     /// Sends `signal` and waits for the process; returns its stderr.
     pub fn stop_with(mut self, signal: i32) -> (std::process::ExitStatus, String) {
-        signal_and_wait(&mut self.child, signal)
+        let (status, _) = signal_and_wait(&mut self.child, signal);
+        (status, self.stderr.all())
     }
 }
 
