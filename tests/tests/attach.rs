@@ -340,24 +340,31 @@ fn expedite_rcu_is_held_only_while_attaching_and_put_back_even_after_sigkill() {
     // bound over it in a mount namespace of its own), the agent says so and attaches anyway.
     let fake = std::env::temp_dir().join(format!("{}.rcu", node.name));
     std::fs::write(&fake, "0\n").unwrap();
+    // Stopped (SIGTERM) once it says it attached both: an event, not a time.
+    let log = std::env::temp_dir().join(format!("{}.log", node.name));
     // After `ip netns exec`, which mounts a /sys of its own.
     let ro = Command::new("ip")
         .args(["netns", "exec", &node.name])
         .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!(
             "mount --bind {f} {k} && mount -o remount,bind,ro {k} && \
-             exec timeout --preserve-status -s TERM 3 {bin} run --expedite-rcu -i xa00 -i xb00 \
+             {bin} run --expedite-rcu -i xa00 -i xb00 \
              --listen 127.0.0.1:0 --attach-mode tcx --cri-socket /run/ntt-none.sock \
-             --cni-results-dir /run/ntt-none",
+             --cni-results-dir /run/ntt-none 2>{log} & pid=$!; i=0; \
+             until grep -q 'attached to 2 interfaces' {log} || [ $i -gt 1200 ]; do \
+             sleep 0.1; i=$((i+1)); done; kill -TERM $pid; wait $pid; st=$?; cat {log} >&2; \
+             exit $st",
             f = fake.display(),
             k = "/sys/kernel/rcu_expedited",
             bin = binary().display(),
+            log = log.display(),
         ))
         .output()
         .expect("run the agent under a read-only rcu_expedited");
     let _ = std::fs::remove_file(&fake);
+    let _ = std::fs::remove_file(&log);
     let err = String::from_utf8_lossy(&ro.stderr);
-    // timeout's SIGTERM: a clean stop after it attached to both.
+    // Our SIGTERM: a clean stop after it attached to both.
     assert!(ro.status.success(), "{}: {err}", ro.status);
     assert!(
         err.contains("--expedite-rcu: open /sys/kernel/rcu_expedited for writing")

@@ -174,7 +174,15 @@ fn container_config(
             .iter()
             .map(|e| KeyValue {
                 key: e["name"].as_str().unwrap().into(),
-                value: e["value"].as_str().unwrap().into(),
+                // The kubelet resolves the downward API; the one field the manifest asks for is
+                // the node's name.
+                value: if let Some(v) = e["value"].as_str() {
+                    v.into()
+                } else {
+                    let field = e["valueFrom"]["fieldRef"]["fieldPath"].as_str();
+                    assert_eq!(field, Some("spec.nodeName"), "env {e:?}");
+                    node_tracer_tests::sh("hostname").trim().into()
+                },
             })
             .collect(),
         mounts,

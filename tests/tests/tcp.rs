@@ -124,8 +124,10 @@ fn flags_and_handshakes_equal_tcpdump_for_connections_into_a_pod() {
         ours_tx, dump_tx,
         "transmitted syn/synack/rst/fin vs tcpdump"
     );
-    assert_eq!(dump_rx[0], (N + REFUSED) as u64, "tcpdump saw every SYN");
-    assert_eq!(dump_tx[1], N as u64, "tcpdump saw every SYN-ACK");
+    // At least one each: on a busy machine a SYN (or SYN-ACK) is sometimes sent again, and the
+    // veth sees it again too; the comparison with tcpdump above is the exact one.
+    assert!(dump_rx[0] >= (N + REFUSED) as u64, "tcpdump saw every SYN");
+    assert!(dump_tx[1] >= N as u64, "tcpdump saw every SYN-ACK");
     assert!(dump_tx[2] >= REFUSED as u64, "refused connections reset");
 
     let hs = |suffix: &str, direction: &str| {
@@ -153,7 +155,7 @@ fn flags_and_handshakes_equal_tcpdump_for_connections_into_a_pod() {
     assert_eq!(unseen(&m, &veth, "receive"), Some(0));
     assert_eq!(unseen(&m, &veth, "transmit"), Some(0));
     // Series stay bounded: 22 for any attached veth (README), plus one per flag and direction
-    // seen and 10 per handshake direction (8 buckets, sum, count).
+    // seen, one per drop reason seen, and 10 per handshake direction (8 buckets, sum, count).
     let series = |name: &str| {
         m.lines()
             .filter(|l| l.starts_with(name) && l.contains(&format!("interface=\"{veth}\"")))
@@ -161,8 +163,13 @@ fn flags_and_handshakes_equal_tcpdump_for_connections_into_a_pod() {
     };
     let all = series("node_tracer_");
     let flag_series = series("node_tracer_tcp_flags_total");
-    eprintln!("series of a veth with {N} connections in: {all} ({flag_series} flag series)");
-    assert_eq!(all, 22 + flag_series + 10);
+    // The refused SYNs die in the pod (no_socket): one drop series per reason seen.
+    let drop_series = series("node_tracer_drops_total");
+    eprintln!(
+        "series of a veth with {N} connections in: {all} ({flag_series} flag series, \
+         {drop_series} drop series)"
+    );
+    assert_eq!(all, 22 + flag_series + drop_series + 10);
 }
 
 #[test]
