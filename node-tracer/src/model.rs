@@ -34,7 +34,7 @@ pub struct Snapshot {
     pub fdb: Vec<FdbEntry>,
     /// Dropped packets by reason and TCP retransmits, per pod (absent from older agents).
     #[serde(default)]
-    pub drops: crate::drops::DropReport,
+    pub drops: crate::drop_report::DropReport,
     /// The node the agent runs on (`run --node-name`, the DaemonSet's `NODE_NAME`, else the
     /// host name): what a view over several agents shows in its NODE column. Absent in JSON
     /// from agents older than it, and from a standalone view's own snapshot.

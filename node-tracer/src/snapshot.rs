@@ -36,7 +36,7 @@ pub fn build(
         ports,
         bridges: topology.bridges.clone(),
         fdb: Vec::new(),
-        drops: crate::drops::DropReport::default(),
+        drops: crate::drop_report::DropReport::default(),
         node: None,
         unreachable: Vec::new(),
         taken_at_by_node: std::collections::BTreeMap::new(),

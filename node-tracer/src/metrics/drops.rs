@@ -4,7 +4,7 @@
 //! reason appears the first time a packet dies of it.
 
 use super::text::{Exposition, Type};
-use crate::drops::DropReport;
+use crate::drop_report::DropReport;
 
 pub(super) fn families(out: &mut Exposition, r: &DropReport) {
     let mut f = out.family(

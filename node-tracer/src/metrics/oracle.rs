@@ -236,7 +236,7 @@ fn mac_anomalies(snap: &Snapshot) -> Family {
     f
 }
 
-fn drop_families(r: &crate::drops::DropReport) -> Vec<Family> {
+fn drop_families(r: &crate::drop_report::DropReport) -> Vec<Family> {
     use MetricType::{COUNTER, GAUGE};
     let mut drops = Family::new(
         "node_tracer_drops_total",

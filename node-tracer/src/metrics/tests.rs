@@ -290,17 +290,17 @@ fn hostile_fixture() -> (Snapshot, Health) {
     for (i, v) in health.program_stats.iter_mut().enumerate() {
         *v = 1000 + i as u64;
     }
-    let drops = crate::drops::DropReport {
+    let drops = crate::drop_report::DropReport {
         drops_on: true,
         retransmits_on: false,
-        drops: vec![crate::drops::DropCount {
+        drops: vec![crate::drop_report::DropCount {
             namespace: "ns\"x".into(),
             pod: "a\\b\nc".into(),
             interface: "veth1\"\\".into(),
             reason: "netfilter_drop".into(),
             count: 12,
         }],
-        retransmits: vec![crate::drops::RetransmitCount {
+        retransmits: vec![crate::drop_report::RetransmitCount {
             namespace: String::new(),
             pod: String::new(),
             count: 3,

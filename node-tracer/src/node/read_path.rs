@@ -13,7 +13,7 @@ use std::{
 
 use crate::{
     coverage::Coverage,
-    drops::DropReport,
+    drop_report::DropReport,
     model::{Health, Port, Snapshot},
     pods::PodIndex,
     probe::{MapReader, Readings, drops::Counted},

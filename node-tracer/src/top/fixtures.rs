@@ -197,8 +197,8 @@ pub fn lab(secs: u64) -> Snapshot {
 
 /// web drops 3 packets a second to a firewall rule and 1 to a closed port, and retransmits 2
 /// TCP segments a second.
-fn lab_drops(secs: u64) -> crate::drops::DropReport {
-    use crate::drops::{DropCount, DropReport, RetransmitCount};
+fn lab_drops(secs: u64) -> crate::drop_report::DropReport {
+    use crate::drop_report::{DropCount, DropReport, RetransmitCount};
     let web = |reason: &str, count: u64| DropCount {
         namespace: "default".into(),
         pod: "web-7d4b9c6f5-x2k4q".into(),

@@ -3,7 +3,7 @@
 
 use super::rates::{delta, per_second};
 use super::row::Row;
-use crate::{drops::DropReport, model::Port};
+use crate::{drop_report::DropReport, model::Port};
 
 /// Sets each row's drop and retransmit rates from `prev` to `cur`.
 pub(super) fn fill(
