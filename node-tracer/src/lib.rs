@@ -10,6 +10,7 @@ pub mod agents;
 pub mod api;
 pub mod clock;
 pub mod coverage;
+pub mod direction;
 pub mod drop_report;
 pub mod drops;
 pub mod error;

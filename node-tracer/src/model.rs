@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::direction::Direction;
 use crate::tcp::{Handshakes, TcpFlagCount};
 
 /// Protocol buckets counted by the programs, in the order of `node_tracer_common::Proto`.
@@ -285,25 +286,6 @@ impl PortCounters {
     }
     pub fn tx_bytes_total(&self) -> u64 {
         self.tx_bytes.iter().sum()
-    }
-}
-
-/// Direction from the pod's point of view.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// The pod received it (host veth egress).
-    Receive,
-    /// The pod sent it (host veth ingress).
-    Transmit,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Receive => "receive",
-            Direction::Transmit => "transmit",
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 use node_tracer_common::{HANDSHAKE_BOUNDS_NS, HANDSHAKE_BUCKETS, TCP_FIN, TCP_RST, TCP_SYN};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Direction;
+use crate::direction::Direction;
 
 /// A TCP flag the programs count. A SYN with ACK is a `synack`, never a `syn`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
