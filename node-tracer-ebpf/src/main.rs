@@ -21,9 +21,9 @@ use aya_log_ebpf::warn;
 
 mod tcp;
 use node_tracer_common::{
-    DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacCache, MacKey, MacStats, PROTO_ARP,
+    Count, DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacKey, MacStats, PROTO_ARP,
     PROTO_COUNT, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER,
-    PROTO_TCP, PROTO_UDP, PortSlot, PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST,
+    PROTO_TCP, PROTO_UDP, PortDir, PortSlot, PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST,
     STAT_EVENTS_SENT, STAT_ICMP_INSERT_FAILED, STAT_MAC_INSERT_FAILED, STAT_MAC_NEW,
     STAT_PORT_INSERT_FAILED,
 };
@@ -77,20 +77,21 @@ static SLOT_MASK: u32 = 4095;
 /// Initial value of a `PORT_STATS` entry, kept in read-only data: a `PortStats` on the stack
 /// would take most of the program's 512-byte stack.
 static ZERO_PORT: PortStats = PortStats {
-    packets: [[0; PROTO_COUNT]; 2],
-    bytes: [[0; PROTO_COUNT]; 2],
-    macs: [MacCache {
-        mac: [0; 6],
-        valid: 0,
-        pad: 0,
+    dirs: [ZERO_DIR; 2],
+};
+const ZERO_DIR: PortDir = PortDir {
+    mac: [0; 6],
+    mac_valid: 0,
+    tcx_seen: 0,
+    mac_packets: 0,
+    mac_bytes: 0,
+    mac_last_tick: 0,
+    mac_last_ns: 0,
+    mac_first_ns: 0,
+    counts: [Count {
         packets: 0,
         bytes: 0,
-        first_ns: 0,
-        last_ns: 0,
-        last_tick: 0,
-    }; 2],
-    tcx_seen: [0; 2],
-    pad: [0; 6],
+    }; PROTO_COUNT],
 };
 
 /// tcx programs.
@@ -130,8 +131,9 @@ pub(crate) struct Parsed {
     pub(crate) ip_off: usize,
     /// Offset of the TCP header of a TCP first fragment, else 0.
     pub(crate) tcp_off: usize,
-    /// Source MAC, when the frame holds a whole Ethernet header.
-    pub(crate) src: Option<[u8; 6]>,
+    /// Source MAC in the low 48 bits (its first byte lowest, as it lies in memory), when the
+    /// frame holds a whole Ethernet header.
+    pub(crate) src: Option<u64>,
 }
 
 /// Counts one packet. `TCX`: whether this is the tcx program. While a port moves from netlink
@@ -145,29 +147,30 @@ pub(crate) struct Parsed {
 fn observe<const TCX: bool>(ctx: &TcContext, dir: u8) {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let d = usize::from(dir & 1);
-    let stats = port_stats(ctx, ifindex);
-    if let Some(stats) = stats {
+    // SAFETY: `dir & 1` keeps the index in range of the port's two directions.
+    let port = port_stats(ctx, ifindex).map(|p| unsafe { &raw mut (*p).dirs[usize::from(dir & 1)] });
+    if let Some(port) = port {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe {
             if TCX {
-                (*stats).tcx_seen[d] = 1;
-            } else if (*stats).tcx_seen[d] != 0 {
-                (*stats).tcx_seen[d] = 0;
+                (*port).tcx_seen = 1;
+            } else if (*port).tcx_seen != 0 {
+                (*port).tcx_seen = 0;
                 return;
             }
         }
     }
     let len = u64::from(ctx.len());
     let parsed = parse(ctx);
-    if let Some(stats) = stats {
+    if let Some(port) = port {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe {
-            (*stats).packets[d][parsed.proto & 7] += 1;
-            (*stats).bytes[d][parsed.proto & 7] += len;
+            let count = &mut (*port).counts[parsed.proto & 7];
+            count.packets += 1;
+            count.bytes += len;
         }
         if let Some(src) = parsed.src {
-            track_mac(ctx, stats, ifindex, dir, src, len);
+            track_mac(ctx, port, ifindex, dir, src, len);
         }
     }
     if parsed.icmp_family != 0 {
@@ -192,9 +195,17 @@ pub(crate) fn read_fixed<const N: usize>(ctx: &TcContext, off: usize) -> Option<
     ctx.load::<[u8; N]>(off).ok()
 }
 
+/// Bytes every untagged IPv4 packet holds, and enough of an IPv6 header to reach its next
+/// header: within them the parse reads the packet directly.
+const FAST_LEN: usize = ETH_HLEN + 20;
+
 /// Bounded parse: Ethernet, up to two in-band VLAN tags (a tag carried in skb metadata is already
-/// stripped from the frame), then ARP, IPv4 or IPv6 with a bounded extension-header walk. The
-/// common untagged headers are read directly from the packet.
+/// stripped from the frame), then ARP, IPv4 or IPv6 with a bounded extension-header walk.
+///
+/// An untagged frame of `FAST_LEN` bytes or more, nearly every frame, is read in place with one
+/// bounds check and only the bytes the counters need (source MAC, ethertype, version, fragment
+/// offset, protocol): reading whole headers as byte arrays made the compiler assemble and
+/// shuffle them through the stack, some 80 instructions before the first decision.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Parsed {
     let mut out = Parsed {
@@ -206,29 +217,35 @@ fn parse(ctx: &TcContext) -> Parsed {
         tcp_off: 0,
         src: None,
     };
+    let start = ctx.data();
+    if start + FAST_LEN <= ctx.data_end() {
+        // SAFETY: every offset read is below FAST_LEN, inside the linear data checked above.
+        let b = |off: usize| unsafe { *((start + off) as *const u8) };
+        out.src = Some(mac_word([b(6), b(7), b(8), b(9), b(10), b(11)]));
+        match u16::from_be_bytes([b(12), b(13)]) {
+            ETH_P_IP => {
+                let frag = u16::from_be_bytes([b(ETH_HLEN + 6), b(ETH_HLEN + 7)]);
+                parse_ipv4(b(ETH_HLEN), frag, b(ETH_HLEN + 9), ETH_HLEN, &mut out);
+                return out;
+            }
+            ETH_P_IPV6 => {
+                parse_ipv6(ctx, b(ETH_HLEN), b(ETH_HLEN + 6), ETH_HLEN, &mut out);
+                return out;
+            }
+            ETH_P_ARP => {
+                out.proto = PROTO_ARP;
+                return out;
+            }
+            // Tagged or another ethertype: the general path below.
+            _ => {}
+        }
+    }
+
     let Some(eth) = read_fixed::<ETH_HLEN>(ctx, 0) else {
         return out;
     };
-    out.src = Some([eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]]);
-
+    out.src = Some(mac_word([eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]]));
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
-    match ethertype {
-        ETH_P_ARP => {
-            out.proto = PROTO_ARP;
-            return out;
-        }
-        ETH_P_IP => {
-            parse_ipv4(read_fixed::<10>(ctx, ETH_HLEN), ETH_HLEN, &mut out);
-            return out;
-        }
-        ETH_P_IPV6 => {
-            parse_ipv6(ctx, read_fixed::<8>(ctx, ETH_HLEN), ETH_HLEN, &mut out);
-            return out;
-        }
-        _ => {}
-    }
-
-    // Tagged frames: variable offsets, read through the helper.
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
@@ -244,27 +261,36 @@ fn parse(ctx: &TcContext) -> Parsed {
 
     match ethertype {
         ETH_P_ARP => out.proto = PROTO_ARP,
-        ETH_P_IP => parse_ipv4(ctx.load::<[u8; 10]>(off).ok(), off, &mut out),
-        ETH_P_IPV6 => parse_ipv6(ctx, ctx.load::<[u8; 8]>(off).ok(), off, &mut out),
+        ETH_P_IP => match ctx.load::<[u8; 10]>(off) {
+            Ok(h) => parse_ipv4(h[0], u16::from_be_bytes([h[6], h[7]]), h[9], off, &mut out),
+            Err(_) => out.proto = PROTO_IPV4_OTHER,
+        },
+        ETH_P_IPV6 => match ctx.load::<[u8; 8]>(off) {
+            Ok(h) => parse_ipv6(ctx, h[0], h[6], off, &mut out),
+            Err(_) => out.proto = PROTO_IPV6_OTHER,
+        },
         _ => {}
     }
     out
 }
 
-/// `h`: the first 10 bytes of the IPv4 header at `off`, if the packet has them.
+/// A MAC as the low 48 bits of a word, its first byte lowest: how it lies in memory, so one
+/// load of a `PortDir`'s first 8 bytes compares it.
 #[inline(always)]
-fn parse_ipv4(h: Option<[u8; 10]>, off: usize, out: &mut Parsed) {
+fn mac_word(m: [u8; 6]) -> u64 {
+    u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0])
+}
+
+/// An IPv4 header at `off`: its first byte (version, IHL), flags and fragment offset, protocol.
+#[inline(always)]
+fn parse_ipv4(vihl: u8, frag: u16, protocol: u8, off: usize, out: &mut Parsed) {
     out.proto = PROTO_IPV4_OTHER;
-    // version/IHL (0), flags/fragment offset (6..8), protocol (9).
-    let Some(h) = h else {
-        return;
-    };
-    let ihl = usize::from(h[0] & 0x0f) * 4;
-    if h[0] >> 4 != 4 || ihl < 20 {
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
         return;
     }
-    let first_fragment = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
-    out.proto = match h[9] {
+    let first_fragment = frag & 0x1fff == 0;
+    out.proto = match protocol {
         IPPROTO_ICMP => {
             if first_fragment {
                 out.icmp_family = 4;
@@ -285,17 +311,14 @@ fn parse_ipv4(h: Option<[u8; 10]>, off: usize, out: &mut Parsed) {
     };
 }
 
-/// `h`: the first 8 bytes of the IPv6 header at `off`, if the packet has them.
+/// An IPv6 header at `off`: its first byte (version) and next header.
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, h: Option<[u8; 8]>, off: usize, out: &mut Parsed) {
+fn parse_ipv6(ctx: &TcContext, version: u8, next_header: u8, off: usize, out: &mut Parsed) {
     out.proto = PROTO_IPV6_OTHER;
-    let Some(h) = h else {
-        return;
-    };
-    if h[0] >> 4 != 6 {
+    if version >> 4 != 6 {
         return;
     }
-    let mut next = h[6];
+    let mut next = next_header;
     let mut l4 = off + 40;
     let mut first_fragment = true;
     for _ in 0..MAX_IPV6_EXT {
@@ -413,10 +436,10 @@ fn port_stats(ctx: &TcContext, ifindex: u32) -> Option<*mut PortStats> {
 #[inline(always)]
 fn track_mac(
     ctx: &TcContext,
-    stats: *mut PortStats,
+    port: *mut PortDir,
     ifindex: u32,
     dir: u8,
-    mac: [u8; 6],
+    mac: u64,
     len: u64,
 ) {
     // "First/last seen" needs the coarse clock (tick resolution), but a helper call costs more
@@ -425,59 +448,69 @@ fn track_mac(
     // the coarse clock only moves on ticks too.
     // SAFETY: helper without arguments.
     let tick = unsafe { bpf_jiffies64() };
-    // SAFETY: per-CPU value of this CPU (see `observe`); `dir & 1` keeps the index in range.
-    let cache = unsafe { &mut (*stats).macs[usize::from(dir & 1)] };
-    if cache.valid != 0 && cache.mac == mac {
-        cache.packets += 1;
-        cache.bytes += len;
-        if cache.last_tick != tick {
-            cache.last_tick = tick;
+    // The cached MAC and its valid flag are the first 7 bytes of the `PortDir`: one load and
+    // one compare.
+    // SAFETY: `PortDir` is 8-aligned and starts with `mac`, `mac_valid`, `tcx_seen` (integers).
+    let head = unsafe { *port.cast::<u64>() };
+    // SAFETY: per-CPU value of this CPU (see `observe`).
+    let port = unsafe { &mut *port };
+    if head & MAC_AND_VALID == mac | VALID {
+        port.mac_packets += 1;
+        port.mac_bytes += len;
+        if port.mac_last_tick != tick {
+            port.mac_last_tick = tick;
             // SAFETY: helper without arguments.
-            cache.last_ns = unsafe { bpf_ktime_get_coarse_ns() };
+            port.mac_last_ns = unsafe { bpf_ktime_get_coarse_ns() };
         }
         return;
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if cache.valid != 0 && cache.packets != 0 {
+    if port.mac_valid != 0 && port.mac_packets != 0 {
         let key = MacKey {
             ifindex,
-            mac: cache.mac,
+            mac: port.mac,
             dir,
             pad: 0,
         };
-        flush_mac(ctx, &key, cache);
+        flush_mac(ctx, &key, port);
     }
-    cache.mac = mac;
-    cache.valid = 1;
-    cache.packets = 1;
-    cache.bytes = len;
-    cache.first_ns = now;
-    cache.last_ns = now;
-    cache.last_tick = tick;
+    let b = mac.to_le_bytes();
+    port.mac = [b[0], b[1], b[2], b[3], b[4], b[5]];
+    port.mac_valid = 1;
+    port.mac_packets = 1;
+    port.mac_bytes = len;
+    port.mac_first_ns = now;
+    port.mac_last_ns = now;
+    port.mac_last_tick = tick;
 }
+
+/// The first 8 bytes of a `PortDir` read as one word: the MAC (6 bytes) and `mac_valid`, and
+/// `mac_valid` alone.
+const MAC_AND_VALID: u64 = 0x00ff_ffff_ffff_ffff;
+const VALID: u64 = 1 << 48;
 
 /// Adds a cached MAC's pending counts to its `MAC_SEEN` entry (creating it when new or evicted).
 #[inline(always)]
-fn flush_mac(ctx: &TcContext, key: &MacKey, cache: &MacCache) {
+fn flush_mac(ctx: &TcContext, key: &MacKey, port: &PortDir) {
     if let Some(v) = MAC_SEEN.get_ptr_mut(key) {
         // SAFETY: per-CPU value of this CPU.
         unsafe {
-            (*v).packets += cache.packets;
-            (*v).bytes += cache.bytes;
+            (*v).packets += port.mac_packets;
+            (*v).bytes += port.mac_bytes;
             // A key inserted on another CPU has zeroes in this CPU's slot.
             if (*v).first_ns == 0 {
-                (*v).first_ns = cache.first_ns;
+                (*v).first_ns = port.mac_first_ns;
             }
-            (*v).last_ns = cache.last_ns;
+            (*v).last_ns = port.mac_last_ns;
         }
         return;
     }
     let v = MacStats {
-        packets: cache.packets,
-        bytes: cache.bytes,
-        first_ns: cache.first_ns,
-        last_ns: cache.last_ns,
+        packets: port.mac_packets,
+        bytes: port.mac_bytes,
+        first_ns: port.mac_first_ns,
+        last_ns: port.mac_last_ns,
     };
     if MAC_SEEN.insert(key, v, 0).is_ok() {
         bump_stat(STAT_MAC_NEW);

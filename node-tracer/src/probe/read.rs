@@ -124,7 +124,7 @@ impl MapReader {
         let ports_now = self.ports.load();
         let mut out: HashMap<u32, PortReading> = HashMap::new();
         // Per (ifindex, MAC, direction): totals over CPUs of MAC_SEEN plus the pending counts the
-        // programs keep for the last MAC of each port (see `MacCache`).
+        // programs keep for the last MAC of each port (see `PortDir`).
         let mut macs: HashMap<(u32, [u8; 6], u8), MacTotal> = HashMap::new();
         let mut ports: Vec<(u32, aya::maps::PerCpuValues<PortStats>)> = Vec::new();
         let counters =
@@ -163,18 +163,22 @@ impl MapReader {
         for (ifindex, per_cpu) in ports {
             let c = &mut out.entry(ifindex).or_default().counters;
             for s in per_cpu.iter() {
+                // Host ingress is what the pod transmits; host egress what it receives.
+                let (tx, rx) = (&s.dirs[usize::from(DIR_INGRESS)], &s.dirs[usize::from(DIR_EGRESS)]);
                 for p in 0..8 {
-                    // Host ingress is what the pod transmits; host egress what it receives.
-                    c.tx_packets[p] += s.packets[usize::from(DIR_INGRESS)][p];
-                    c.tx_bytes[p] += s.bytes[usize::from(DIR_INGRESS)][p];
-                    c.rx_packets[p] += s.packets[usize::from(DIR_EGRESS)][p];
-                    c.rx_bytes[p] += s.bytes[usize::from(DIR_EGRESS)][p];
+                    c.tx_packets[p] += tx.counts[p].packets;
+                    c.tx_bytes[p] += tx.counts[p].bytes;
+                    c.rx_packets[p] += rx.counts[p].packets;
+                    c.rx_bytes[p] += rx.counts[p].bytes;
                 }
-                for (dir, m) in [DIR_INGRESS, DIR_EGRESS].into_iter().zip(&s.macs) {
-                    if m.valid != 0 && m.packets != 0 {
-                        macs.entry((ifindex, m.mac, dir))
-                            .or_default()
-                            .add(m.packets, m.bytes, m.first_ns, m.last_ns);
+                for (dir, d) in [DIR_INGRESS, DIR_EGRESS].into_iter().zip(&s.dirs) {
+                    if d.mac_valid != 0 && d.mac_packets != 0 {
+                        macs.entry((ifindex, d.mac, dir)).or_default().add(
+                            d.mac_packets,
+                            d.mac_bytes,
+                            d.mac_first_ns,
+                            d.mac_last_ns,
+                        );
                     }
                 }
             }
