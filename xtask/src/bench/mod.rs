@@ -6,6 +6,7 @@
 mod agent;
 mod bare_loader;
 mod bpf;
+mod events;
 mod floor;
 mod goals;
 mod image;
@@ -17,6 +18,7 @@ mod scrapes;
 mod stream;
 mod sys;
 mod tc;
+mod tracepoints;
 mod traffic;
 
 use std::{path::PathBuf, process::Command, time::Duration, time::Instant};
@@ -79,6 +81,7 @@ pub enum Part {
     Prog,
     Traffic,
     Floor,
+    Events,
     Scale,
 }
 
@@ -121,6 +124,11 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
         step("bench: node-tracer's programs against the empty program, interleaved slices");
         fl = floor::run(&lab, &s).context("the floor comparison")?;
     }
+    let mut ev = events::Results::default();
+    if wanted(Part::Events) {
+        step("bench: the drop and retransmit programs' cost per event (BPF_ENABLE_STATS)");
+        ev = events::run(&lab, &s).context("cost per event")?;
+    }
     let mut big = scale::Results::default();
     if wanted(Part::Scale) {
         step(&format!("bench: a node with {} veths", s.veths));
@@ -128,7 +136,7 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
     }
     drop(lab);
 
-    let mut rows = goals::rows(&s, &progs, &flows, &fl, &big);
+    let mut rows = goals::rows(&s, &progs, &flows, &fl, &ev, &big);
     rows.push(image::row(s.quick).context("image size")?);
     let table = report::table(&rows);
     let mut meta = Map::new();
