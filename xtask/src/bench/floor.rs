@@ -52,6 +52,8 @@ pub struct Results {
     pub live_drop_ns: Vec<f64>,
     pub live_drop_runs_per_packet: Vec<f64>,
     pub live_drop_ns_per_packet: Vec<f64>,
+    /// The agent's tracepoint programs ran in its slices (false: its tc programs only).
+    pub everything_on: bool,
 }
 
 /// Geometric mean of `ratios` and its 95 % interval: paired t on the log-ratios.
@@ -110,7 +112,8 @@ fn t975(df: usize) -> f64 {
 struct Progs {
     ingress: OwnedFd,
     egress: OwnedFd,
-    tracepoints: Tracepoints,
+    /// None when the agent ran without them (its log says why): the tc programs alone.
+    tracepoints: Option<Tracepoints>,
     empty: OwnedFd,
 }
 
@@ -123,10 +126,9 @@ enum Which {
 impl Progs {
     fn attach(&self, lab: &Lab, which: Which) -> Result<Vec<OwnedFd>> {
         sys::in_netns(&lab.node(), || {
-            let mut links = if which == Which::Ours {
-                self.tracepoints.attach()?
-            } else {
-                Vec::new()
+            let mut links = match (&self.tracepoints, which) {
+                (Some(t), Which::Ours) => t.attach()?,
+                _ => Vec::new(),
             };
             for v in [lab::CLIENT_VETH, lab::SERVER_VETH] {
                 let i = sys::ifindex(v).with_context(|| format!("{v} missing"))?;
@@ -151,7 +153,10 @@ impl Progs {
         Ok(match which {
             Which::Ours => (
                 bpf::run_stats(&self.ingress)? + bpf::run_stats(&self.egress)?,
-                self.tracepoints.stats()?.0,
+                match &self.tracepoints {
+                    Some(t) => t.stats()?.0,
+                    None => RunStats::default(),
+                },
             ),
             Which::Empty => (bpf::run_stats(&self.empty)?, RunStats::default()),
         })
@@ -164,7 +169,13 @@ fn take_programs(lab: &Lab, s: &Settings) -> Result<Progs> {
     let veths = [lab::CLIENT_VETH.to_string(), lab::SERVER_VETH.to_string()];
     let agent = Agent::start(&node, &[], &s.out_dir.join("agent-floor.log"))?;
     agent::wait_attached(&node, &veths, 1)?;
-    let tracepoints = Tracepoints::of_agent(agent.pid())?;
+    let tracepoints = match Tracepoints::of_agent(agent.pid()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("    warning: the tc programs only, not everything on: {e:#}");
+            None
+        }
+    };
     let (ingress, egress, slots, saved) = sys::in_netns(&node, || {
         let c = sys::ifindex(lab::CLIENT_VETH).context("client veth")?;
         let first = |t| -> Result<OwnedFd> {
@@ -288,7 +299,10 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
     } else {
         (40, 20, 6, Duration::from_secs(1))
     };
-    let mut r = Results::default();
+    let mut r = Results {
+        everything_on: p.tracepoints.is_some(),
+        ..Results::default()
+    };
     let show = |what: &str, v: &[f64]| {
         if let Some((g, lo, hi)) = ratio_ci(v) {
             eprintln!(
@@ -326,9 +340,11 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
                 let n = o.received as f64;
                 if kind == Kind::Udp && n > 0.0 {
                     r.runs_per_packet.push(o.runs.cnt as f64 / n);
-                    r.live_drop_ns.extend(ns_per_run(o.drop_runs));
-                    r.live_drop_runs_per_packet.push(o.drop_runs.cnt as f64 / n);
-                    r.live_drop_ns_per_packet.push(o.drop_runs.ns as f64 / n);
+                    if p.tracepoints.is_some() {
+                        r.live_drop_ns.extend(ns_per_run(o.drop_runs));
+                        r.live_drop_runs_per_packet.push(o.drop_runs.cnt as f64 / n);
+                        r.live_drop_ns_per_packet.push(o.drop_runs.ns as f64 / n);
+                    }
                 }
             }
         }

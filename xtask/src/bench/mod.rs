@@ -157,6 +157,10 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
     meta.insert("stop_s".into(), json!(big.stop_s));
     meta.insert("stop_expedited_s".into(), json!(big.stop_expedited_s));
     meta.insert("metrics_cpu_ms".into(), json!(big.metrics_cpu_ms));
+    meta.insert(
+        "floor_everything_on".into(),
+        json!(wanted(Part::Floor).then_some(fl.everything_on)),
+    );
     meta.insert("kernel".into(), json!(sys::sh("uname -r")?.trim()));
     meta.insert(
         "cpus".into(),
