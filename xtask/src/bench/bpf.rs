@@ -1,5 +1,6 @@
 //! Raw bpf(2) for the bench: which programs are on a tcx hook, a handle on one of them, an empty
-//! program to compare against, and BPF_PROG_TEST_RUN. Raw syscalls keep xtask free of aya and of
+//! program to compare against, BPF_PROG_TEST_RUN, run statistics, tracepoint links and per-CPU
+//! map sums. Raw syscalls keep xtask free of aya and of
 //! the eBPF build: the bench measures the very programs the running agent loaded.
 
 use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
@@ -13,6 +14,8 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_ENABLE_STATS: libc::c_long = 32;
@@ -139,6 +142,7 @@ pub fn enable_stats() -> Result<OwnedFd> {
 const PROG_INFO_LEN: usize = 216;
 const INFO_NR_MAP_IDS: usize = 52;
 const INFO_MAP_IDS: usize = 56;
+const INFO_NAME: usize = 64;
 const INFO_RUN_TIME_NS: usize = 192;
 const INFO_RUN_CNT: usize = 200;
 
@@ -191,6 +195,85 @@ pub fn run_stats(prog: &OwnedFd) -> Result<RunStats> {
         ns: u64_at(&info, INFO_RUN_TIME_NS),
         cnt: u64_at(&info, INFO_RUN_CNT),
     })
+}
+
+/// The kernel's name of a program (at most 15 bytes).
+pub fn prog_name(prog: &OwnedFd) -> Result<String> {
+    let mut info = [0u8; PROG_INFO_LEN];
+    obj_info(prog, &mut info, "OBJ_GET_INFO_BY_FD prog name")?;
+    let name = &info[INFO_NAME..INFO_NAME + 16];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(16);
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// A link running the `tp_btf` program `prog` on the tracepoint it was loaded for (the target
+/// is part of the program, so no name is given); closing the descriptor detaches it. The
+/// tracepoint is host-wide: the program then runs for every event on the machine.
+pub fn tracepoint_link(prog: &OwnedFd) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd as _;
+    let mut a = Attr::new();
+    a.u32(8, prog.as_raw_fd() as u32);
+    Ok(owned(bpf(
+        BPF_RAW_TRACEPOINT_OPEN,
+        &mut a,
+        "RAW_TRACEPOINT_OPEN",
+    )?))
+}
+
+/// CPUs a per-CPU map holds a value for: the kernel's "possible" set.
+fn possible_cpus() -> Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .map_err(|e| anyhow::anyhow!("read /sys/devices/system/cpu/possible: {e}"))?;
+    cpu_count(&text)
+}
+
+/// How many CPU numbers a kernel CPU list ("0-1", "0,2-3") spans: the highest one plus one.
+fn cpu_count(list: &str) -> Result<usize> {
+    let mut n = 0;
+    for part in list.trim().split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (usize, usize) = (lo.parse()?, hi.parse()?);
+        n = n.max(hi.max(lo) + 1);
+    }
+    Ok(n)
+}
+
+/// Sum over every CPU of a per-CPU map's `u64` values, for the entries whose key `keep`
+/// accepts. Entries are read one by one: the bench reads a few hundred at most.
+pub fn percpu_sum(map: &OwnedFd, keep: impl Fn(&[u8]) -> bool) -> Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    // bpf_map_info: key_size at 8, value_size at 12.
+    let mut m = [0u8; 88];
+    obj_info(map, &mut m, "OBJ_GET_INFO_BY_FD map")?;
+    let key_size = u32::from_ne_bytes([m[8], m[9], m[10], m[11]]) as usize;
+    let value_size = u32::from_ne_bytes([m[12], m[13], m[14], m[15]]) as usize;
+    if value_size != 8 {
+        bail!("a map of {value_size}-byte values is not a map of u64 counters");
+    }
+    let mut values = vec![0u8; 8 * possible_cpus()?];
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut first = true;
+    let mut sum = 0u64;
+    loop {
+        let mut a = Attr::new();
+        a.u32(0, map.as_raw_fd() as u32);
+        if !first {
+            a.u64(8, key.as_ptr() as u64);
+        }
+        a.u64(16, next.as_mut_ptr() as u64);
+        match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(sum),
+            Err(e) => bail!("bpf(MAP_GET_NEXT_KEY): {e}"),
+        }
+        first = false;
+        key.copy_from_slice(&next);
+        // An entry deleted since: nothing to add.
+        if keep(&key) && map_lookup(map, &key, &mut values)? {
+            sum += values.chunks_exact(8).map(|c| u64_at(c, 0)).sum::<u64>();
+        }
+    }
 }
 
 /// The map of `prog` called `name` (as the kernel keeps it: at most 15 bytes), with its
@@ -278,61 +361,15 @@ pub fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> Resu
     })
 }
 
-/// 64-byte test frames (no FCS), one per parse path of the programs.
-pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
-    let eth = |ty: u16| {
-        let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
-        f.extend_from_slice(&ty.to_be_bytes());
-        f
-    };
-    let ipv4 = |proto: u8, l4: &[u8]| {
-        let mut f = eth(0x0800);
-        let total = (20 + l4.len()) as u16;
-        f.extend_from_slice(&[0x45, 0]);
-        f.extend_from_slice(&total.to_be_bytes());
-        f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
-        f.extend_from_slice(l4);
-        f
-    };
-    let udp = [0x9c, 0x40, 0x14, 0x51, 0, 8, 0, 0];
-    let icmp = [8, 0, 0, 0, 0, 1, 0, 1];
-    let mut tcp = vec![
-        0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff,
-    ];
-    tcp.extend_from_slice(&[0, 0, 0, 0]);
-    let mut arp = eth(0x0806);
-    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 10, 0, 0, 1]);
-    arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
-    let mut ipv6 = eth(0x86dd);
-    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
-    ipv6.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    ipv6.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-    ipv6.extend_from_slice(&udp);
-    let mut out = vec![
-        ("udp", ipv4(17, &udp)),
-        ("icmp", ipv4(1, &icmp)),
-        ("tcp", ipv4(6, &tcp)),
-        ("arp", arp),
-        ("ipv6_udp", ipv6),
-    ];
-    for (_, f) in &mut out {
-        f.resize(64, 0);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn frames_are_64_bytes_with_the_right_ethertype() {
-        for (name, f) in frames() {
-            assert_eq!(f.len(), 64, "{name}");
-            let ty = u16::from_be_bytes([f[12], f[13]]);
-            assert!(matches!(ty, 0x0800 | 0x0806 | 0x86dd), "{name}");
-        }
-        let f = &frames()[0].1;
-        assert_eq!((f[14], f[23]), (0x45, 17));
+    fn cpu_lists_count_up_to_the_highest_cpu() {
+        assert_eq!(cpu_count("0-1\n").unwrap(), 2);
+        assert_eq!(cpu_count("0").unwrap(), 1);
+        assert_eq!(cpu_count("0,2-3").unwrap(), 4);
+        assert!(cpu_count("x").is_err());
     }
 }

@@ -7,7 +7,11 @@
 //! The agent's own programs, with its maps, are attached by the bench: the agent loads them,
 //! the bench takes a handle on each, stops the agent and puts back the two counter-slot
 //! entries the agent's exit removed. So a packet takes exactly the path it takes under the
-//! agent, and switching is one tcx attach, not an agent start.
+//! agent, and switching is one tcx attach, not an agent start. "The agent's programs" are all
+//! of them: its drop and retransmit programs are on their tracepoints during its slices too
+//! (and off during the empty program's), so the ratios compare everything the agent runs with
+//! the floor. Under the UDP load the receiving socket overflows, and every datagram it drops
+//! runs the drop program: the live figures show what that costs per datagram.
 
 use std::{
     os::fd::OwnedFd,
@@ -23,6 +27,7 @@ use super::{
     lab::{self, Lab},
     stream::{Kind, Stream},
     sys,
+    tracepoints::Tracepoints,
 };
 
 #[derive(Debug, Default)]
@@ -42,6 +47,13 @@ pub struct Results {
     pub live_empty_tcp_ns: Vec<f64>,
     /// Program runs per received UDP datagram (4 hooks: expect about 2).
     pub runs_per_packet: Vec<f64>,
+    /// The drop program under the UDP load, per slice: ns per run, runs per received datagram,
+    /// and its run time per received datagram.
+    pub live_drop_ns: Vec<f64>,
+    pub live_drop_runs_per_packet: Vec<f64>,
+    pub live_drop_ns_per_packet: Vec<f64>,
+    /// The agent's tracepoint programs ran in its slices (false: its tc programs only).
+    pub everything_on: bool,
 }
 
 /// Geometric mean of `ratios` and its 95 % interval: paired t on the log-ratios.
@@ -95,10 +107,13 @@ fn t975(df: usize) -> f64 {
     }
 }
 
-/// The two program sets compared, each attached to both hooks of both traffic veths.
+/// The two program sets compared, each attached to both hooks of both traffic veths (ours with
+/// the tracepoint programs).
 struct Progs {
     ingress: OwnedFd,
     egress: OwnedFd,
+    /// None when the agent ran without them (its log says why): the tc programs alone.
+    tracepoints: Option<Tracepoints>,
     empty: OwnedFd,
 }
 
@@ -111,7 +126,10 @@ enum Which {
 impl Progs {
     fn attach(&self, lab: &Lab, which: Which) -> Result<Vec<OwnedFd>> {
         sys::in_netns(&lab.node(), || {
-            let mut links = Vec::new();
+            let mut links = match (&self.tracepoints, which) {
+                (Some(t), Which::Ours) => t.attach()?,
+                _ => Vec::new(),
+            };
             for v in [lab::CLIENT_VETH, lab::SERVER_VETH] {
                 let i = sys::ifindex(v).with_context(|| format!("{v} missing"))?;
                 for (t, ours) in [
@@ -130,10 +148,17 @@ impl Progs {
         })
     }
 
-    fn stats(&self, which: Which) -> Result<RunStats> {
+    /// The tc programs' run stats, and the drop program's (none for the empty program).
+    fn stats(&self, which: Which) -> Result<(RunStats, RunStats)> {
         Ok(match which {
-            Which::Ours => bpf::run_stats(&self.ingress)? + bpf::run_stats(&self.egress)?,
-            Which::Empty => bpf::run_stats(&self.empty)?,
+            Which::Ours => (
+                bpf::run_stats(&self.ingress)? + bpf::run_stats(&self.egress)?,
+                match &self.tracepoints {
+                    Some(t) => t.stats()?.0,
+                    None => RunStats::default(),
+                },
+            ),
+            Which::Empty => (bpf::run_stats(&self.empty)?, RunStats::default()),
         })
     }
 }
@@ -144,6 +169,13 @@ fn take_programs(lab: &Lab, s: &Settings) -> Result<Progs> {
     let veths = [lab::CLIENT_VETH.to_string(), lab::SERVER_VETH.to_string()];
     let agent = Agent::start(&node, &[], &s.out_dir.join("agent-floor.log"))?;
     agent::wait_attached(&node, &veths, 1)?;
+    let tracepoints = match Tracepoints::of_agent(agent.pid()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("    warning: the tc programs only, not everything on: {e:#}");
+            None
+        }
+    };
     let (ingress, egress, slots, saved) = sys::in_netns(&node, || {
         let c = sys::ifindex(lab::CLIENT_VETH).context("client veth")?;
         let first = |t| -> Result<OwnedFd> {
@@ -179,13 +211,24 @@ fn take_programs(lab: &Lab, s: &Settings) -> Result<Progs> {
     Ok(Progs {
         ingress,
         egress,
+        tracepoints,
         empty: bpf::load_empty()?,
     })
 }
 
-/// What one slice saw: received per second, received, the configuration's run stats, and the
-/// load's CPU ns.
-type Slice = (f64, u64, RunStats, u64);
+/// What one slice saw.
+#[derive(Clone, Copy)]
+struct Slice {
+    /// Received per second (datagrams or bytes).
+    rate: f64,
+    received: u64,
+    /// Of the configuration's tc programs.
+    runs: RunStats,
+    /// Of the drop program (ours only).
+    drop_runs: RunStats,
+    /// The load's two threads.
+    cpu_ns: u64,
+}
 
 fn slice(lab: &Lab, p: &Progs, load: &Stream, which: Which, len: Duration) -> Result<Slice> {
     sys::check_interrupted()?;
@@ -207,12 +250,13 @@ fn slice(lab: &Lab, p: &Progs, load: &Stream, which: Which, len: Duration) -> Re
     );
     drop(links);
     load.check()?;
-    Ok((
-        (n1 - n0) as f64 / (t1 - t0).as_secs_f64(),
-        n1 - n0,
-        s1 - s0,
-        c1 - c0,
-    ))
+    Ok(Slice {
+        rate: (n1 - n0) as f64 / (t1 - t0).as_secs_f64(),
+        received: n1 - n0,
+        runs: s1.0 - s0.0,
+        drop_runs: s1.1 - s0.1,
+        cpu_ns: c1 - c0,
+    })
 }
 
 /// `pairs` pairs of slices under `kind`: per pair (ours / empty rate, ours, empty).
@@ -235,10 +279,10 @@ fn pairs(
             (slice(lab, p, &load, Which::Ours, len)?, b)
         };
         ensure!(
-            ours.0 > 0.0 && empty.0 > 0.0,
+            ours.rate > 0.0 && empty.rate > 0.0,
             "no {kind:?} traffic arrived in a slice"
         );
-        out.push((ours.0 / empty.0, ours, empty));
+        out.push((ours.rate / empty.rate, ours, empty));
     }
     load.finish()?;
     Ok(out)
@@ -255,7 +299,10 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
     } else {
         (40, 20, 6, Duration::from_secs(1))
     };
-    let mut r = Results::default();
+    let mut r = Results {
+        everything_on: p.tracepoints.is_some(),
+        ..Results::default()
+    };
     let show = |what: &str, v: &[f64]| {
         if let Some((g, lo, hi)) = ratio_ci(v) {
             eprintln!(
@@ -271,8 +318,8 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
         for (ratio, ours, empty) in pairs(lab, &p, kind, n, len)? {
             rate.push(ratio);
             // Received per CPU-second: ours / empty.
-            let per_cpu = |x: Slice| x.1 as f64 / x.3.max(1) as f64;
-            if ours.3 > 0 && empty.3 > 0 && empty.1 > 0 {
+            let per_cpu = |x: Slice| x.received as f64 / x.cpu_ns.max(1) as f64;
+            if ours.cpu_ns > 0 && empty.cpu_ns > 0 && empty.received > 0 {
                 cpu.push(per_cpu(ours) / per_cpu(empty));
             }
         }
@@ -287,11 +334,17 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
             (Kind::Udp, &mut r.live_ns, &mut r.live_empty_ns),
             (Kind::Tcp, &mut r.live_tcp_ns, &mut r.live_empty_tcp_ns),
         ] {
-            for (_, (_, n, o, _), (_, _, e, _)) in pairs(lab, &p, kind, n_live, len)? {
-                ours.extend(ns_per_run(o));
-                empty.extend(ns_per_run(e));
-                if kind == Kind::Udp && n > 0 {
-                    r.runs_per_packet.push(o.cnt as f64 / n as f64);
+            for (_, o, e) in pairs(lab, &p, kind, n_live, len)? {
+                ours.extend(ns_per_run(o.runs));
+                empty.extend(ns_per_run(e.runs));
+                let n = o.received as f64;
+                if kind == Kind::Udp && n > 0.0 {
+                    r.runs_per_packet.push(o.runs.cnt as f64 / n);
+                    if p.tracepoints.is_some() {
+                        r.live_drop_ns.extend(ns_per_run(o.drop_runs));
+                        r.live_drop_runs_per_packet.push(o.drop_runs.cnt as f64 / n);
+                        r.live_drop_ns_per_packet.push(o.drop_runs.ns as f64 / n);
+                    }
                 }
             }
         }
@@ -306,6 +359,12 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
         super::report::median(&r.live_tcp_ns),
         super::report::median(&r.live_empty_tcp_ns),
         super::report::median(&r.runs_per_packet),
+    );
+    eprintln!(
+        "    the drop program under UDP: {:.1} ns per run, {:.3} runs and {:.1} ns per datagram",
+        super::report::median(&r.live_drop_ns),
+        super::report::median(&r.live_drop_runs_per_packet),
+        super::report::median(&r.live_drop_ns_per_packet),
     );
     Ok(r)
 }

@@ -25,7 +25,7 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
     let node = lab.node();
     let agent = Agent::start(&node, &[], &s.out_dir.join("agent-prog.log"))?;
     agent::wait_attached(&node, &[lab::CLIENT_VETH.to_string()], 1)?;
-    let frames = bpf::frames();
+    let frames = frames();
     let res = sys::in_netns(&node, || {
         let ifindex = sys::ifindex(lab::CLIENT_VETH).context("client veth")?;
         let ids = bpf::tcx_programs(ifindex, bpf::BPF_TCX_INGRESS)?;
@@ -54,4 +54,63 @@ pub fn run(lab: &Lab, s: &Settings) -> Result<Results> {
     });
     drop(agent);
     res
+}
+
+/// 64-byte test frames (no FCS), one per parse path of the programs.
+pub fn frames() -> Vec<(&'static str, Vec<u8>)> {
+    let eth = |ty: u16| {
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        f.extend_from_slice(&ty.to_be_bytes());
+        f
+    };
+    let ipv4 = |proto: u8, l4: &[u8]| {
+        let mut f = eth(0x0800);
+        let total = (20 + l4.len()) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend_from_slice(l4);
+        f
+    };
+    let udp = [0x9c, 0x40, 0x14, 0x51, 0, 8, 0, 0];
+    let icmp = [8, 0, 0, 0, 0, 1, 0, 1];
+    let mut tcp = vec![
+        0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10, 0xff, 0xff,
+    ];
+    tcp.extend_from_slice(&[0, 0, 0, 0]);
+    let mut arp = eth(0x0806);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 10, 0, 0, 1]);
+    arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+    let mut ipv6 = eth(0x86dd);
+    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    ipv6.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    ipv6.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    ipv6.extend_from_slice(&udp);
+    let mut out = vec![
+        ("udp", ipv4(17, &udp)),
+        ("icmp", ipv4(1, &icmp)),
+        ("tcp", ipv4(6, &tcp)),
+        ("arp", arp),
+        ("ipv6_udp", ipv6),
+    ];
+    for (_, f) in &mut out {
+        f.resize(64, 0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_64_bytes_with_the_right_ethertype() {
+        for (name, f) in frames() {
+            assert_eq!(f.len(), 64, "{name}");
+            let ty = u16::from_be_bytes([f[12], f[13]]);
+            assert!(matches!(ty, 0x0800 | 0x0806 | 0x86dd), "{name}");
+        }
+        let f = &frames()[0].1;
+        assert_eq!((f[14], f[23]), (0x45, 17));
+    }
 }

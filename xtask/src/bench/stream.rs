@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use super::lab::{self, Lab};
 
 /// Only the lab's namespaces listen here; iperf3's server has 5201.
-const PORT: u16 = 5301;
+pub const PORT: u16 = 5301;
 /// UDP payload, as the iperf3 runs (18 B).
 const UDP_LEN: usize = 18;
 /// TCP writes, as iperf3's default.
