@@ -93,7 +93,7 @@ pub struct TopArgs {
     #[arg(long)]
     pub filter: Option<String>,
     /// Sort column: pod veth bridge peer rx-pps tx-pps rx-bps tx-bps icmp tcp udp arp other
-    /// macs; a leading - reverses.
+    /// macs drops retx unseen; a leading - reverses.
     #[arg(long)]
     pub sort: Option<String>,
     /// Standalone only: on a host with no pods (auto), start a lab node first so there is
