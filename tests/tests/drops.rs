@@ -164,6 +164,45 @@ fn no_socket_equals_the_pods_udp_no_ports() {
     assert_eq!(ours, kernel, "no_socket of {} vs UdpNoPorts", pod.ns.name);
 }
 
+/// A raw-socket `ping` (iputils as root, where the namespace's `ping_group_range` leaves root
+/// out, as by default) receives its echo replies, which the kernel then frees as `no_socket`
+/// because no *ping* socket took them: no drop, so not counted. Datagrams to a closed port
+/// right after still are, exactly.
+#[test]
+fn echo_replies_to_a_raw_socket_ping_are_no_drops() {
+    require_root();
+    require_tool("nstat");
+    let net = unique_net();
+    let gateway = format!("{net}.1");
+    let pod = Pod::routed("dpg", &format!("{net}.2"), &gateway);
+    let agent = agent_for(&pod);
+    pod.ns.exec("sysctl -qw net.ipv4.ping_group_range='1 0'");
+    let replies = nstat(&pod.ns, "IcmpInEchoReps");
+    pod.ns
+        .exec(&format!("ping -q -c 10 -i 0.01 -W 1 {gateway}"));
+    assert_eq!(
+        nstat(&pod.ns, "IcmpInEchoReps") - replies,
+        10,
+        "the replies arrived"
+    );
+    let before = nstat(&pod.ns, "UdpNoPorts");
+    sh(&format!(
+        "bash -c 'for i in $(seq 5); do echo x > /dev/udp/{}/9; done'",
+        pod.ip
+    ));
+    // The replies were freed before the datagrams: counted, they would be here already.
+    let (ours, kernel) = settle(
+        || drops(&agent, &pod.ns.name, "no_socket"),
+        || nstat(&pod.ns, "UdpNoPorts") - before,
+    );
+    assert_eq!(kernel, 5, "UdpNoPorts of {}", pod.ns.name);
+    assert_eq!(
+        ours, kernel,
+        "no_socket of {}: the closed port's datagrams, not the echo replies",
+        pod.ns.name
+    );
+}
+
 /// A tc program that drops on the pod's `eth0` (inside the pod): every frame the pod's eth0
 /// receives dies there, so `tc_ingress` equals its `rx_packets`.
 #[test]
