@@ -257,9 +257,17 @@ pub struct DropConfig {
     pub reason_not_dropped: u32,
     /// 1 when `tcp_retransmit_skb` carries `err` (Linux 6.15+, fired on failures too).
     pub retx_has_err: u32,
-    pub pad: u32,
+    /// `SKB_DROP_REASON_NO_SOCKET`: an ICMP echo reply freed with it is no drop (see
+    /// `nt_kfree_skb`).
+    pub reason_no_socket: u32,
+    /// `sk_buff.head`, `.protocol`, `.network_header`, `.transport_header`: where the IP and
+    /// ICMP headers of a `no_socket` packet are.
+    pub skb_head: u32,
+    pub skb_protocol: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
 }
-const _: () = assert!(core::mem::size_of::<DropConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 64);
 
 /// Bytes of each traced packet copied into its event (enough for every ICMP header we decode).
 pub const SNAP_LEN: usize = 128;

@@ -39,7 +39,11 @@ static DROP_CFG: DropConfig = DropConfig {
     reason_consumed: 1,
     reason_not_dropped: 0,
     retx_has_err: 0,
-    pad: 0,
+    reason_no_socket: 0,
+    skb_head: 0,
+    skb_protocol: 0,
+    skb_network_header: 0,
+    skb_transport_header: 0,
 };
 
 #[inline(always)]
@@ -75,6 +79,9 @@ pub fn nt_kfree_skb(ctx: BtfTracePointContext) -> i32 {
     if reason == c.reason_consumed || reason == c.reason_not_dropped {
         return 0;
     }
+    if reason == c.reason_no_socket && is_echo_reply(&c, skb) {
+        return 0;
+    }
     let dev = read::<u64>(skb, c.skb_dev).unwrap_or(0);
     let mut key = DropKey {
         ifindex: 0,
@@ -94,6 +101,39 @@ pub fn nt_kfree_skb(ctx: BtfTracePointContext) -> i32 {
     }
     add(&DROP_STATS, &key, 1, STAT_DROP_INSERT_FAILED);
     0
+}
+
+/// Whether `skb` is an ICMP or ICMPv6 echo reply. `icmp_rcv` / `icmpv6_rcv` free every echo
+/// reply no *ping* socket took with `no_socket`, also when a raw socket (iputils `ping` as root)
+/// received its copy: counted, every ping would read as a drop. Only the IP and ICMP headers the
+/// kernel already parsed are read, and only for `no_socket` drops.
+#[inline(always)]
+fn is_echo_reply(c: &DropConfig, skb: u64) -> bool {
+    /// `ETH_P_IP`, `ETH_P_IPV6` as `skb->protocol` holds them (big endian), read little endian.
+    const IP: u16 = 0x0800_u16.to_be();
+    const IPV6: u16 = 0x86dd_u16.to_be();
+    /// `skb->transport_header` not set.
+    const UNSET: u16 = 0xffff;
+    let (Some(head), Some(proto), Some(nh), Some(th)) = (
+        read::<u64>(skb, c.skb_head),
+        read::<u16>(skb, c.skb_protocol),
+        read::<u16>(skb, c.skb_network_header),
+        read::<u16>(skb, c.skb_transport_header),
+    ) else {
+        return false;
+    };
+    if head == 0 || th == UNSET || nh == UNSET {
+        return false;
+    }
+    // (offset of the next-protocol byte in the IP header, ICMP protocol, echo reply type)
+    let (next_at, icmp, echo_reply) = match proto {
+        IP => (9, 1, 0),
+        IPV6 => (6, 58, 129),
+        _ => return false,
+    };
+    // An IPv6 reply behind extension headers does not match: counted, never hidden wrongly.
+    read::<u8>(head, u32::from(nh) + next_at) == Some(icmp)
+        && read::<u8>(head, u32::from(th)) == Some(echo_reply)
 }
 
 /// `tcp_retransmit_skb(sk, skb[, err])`: counted like the kernel's `TcpRetransSegs`, in

@@ -33,11 +33,20 @@ pub struct Cli {
 pub enum Command {
     /// The agent: attach to every veth, follow veth churn, serve /metrics, /snapshot, /healthz.
     Run(RunArgs),
-    /// What is behind every veth: mode, bridge and port, peer, namespace, pod.
+    /// What is behind every veth: mode, bridge and port, peer, namespace, pod; with --connect,
+    /// also which veths passed packets past the agent's hooks (UNSEEN).
     Peers {
         /// The DESIGN.md JSON (an array, one object per host-side veth).
         #[arg(long)]
         json: bool,
+        /// Read a running agent (e.g. http://127.0.0.1:9465) instead of scanning the node. Its
+        /// ports carry its counters, so a veth whose kernel counters exceed what the agent's
+        /// hooks saw is flagged: an UNSEEN column, `unseen` in JSON. `peers` alone attaches no
+        /// programs and has no counters to compare: no UNSEEN column, `unseen` is null.
+        #[arg(long, value_name = "URL")]
+        connect: Option<String>,
+        #[command(flatten)]
+        credentials: ConnectArgs,
         #[command(flatten)]
         sources: SourceArgs,
     },
@@ -93,7 +102,7 @@ pub struct TopArgs {
     #[arg(long)]
     pub filter: Option<String>,
     /// Sort column: pod veth bridge peer rx-pps tx-pps rx-bps tx-bps icmp tcp udp arp other
-    /// macs; a leading - reverses.
+    /// macs drops retx unseen; a leading - reverses.
     #[arg(long)]
     pub sort: Option<String>,
     /// Standalone only: on a host with no pods (auto), start a lab node first so there is

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 pub struct DropCount {
     pub namespace: String,
     pub pod: String,
+    /// The container's name as Docker or Podman gives it (the `name` label), empty for a pod no
+    /// container engine named and for the host. Absent in JSON when empty, and from older agents.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// The pod's host-side veth; empty for the host.
     pub interface: String,
     /// `enum skb_drop_reason` in lower case without its prefix: `netfilter_drop`.
@@ -20,6 +24,9 @@ pub struct DropCount {
 pub struct RetransmitCount {
     pub namespace: String,
     pub pod: String,
+    /// As [`DropCount::name`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     pub count: u64,
 }
 

@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use crate::drop_report::{DropCount, RetransmitCount};
 use crate::{model::Port, probe::drops::Counted};
 
-/// (namespace, pod, interface) of a port with a pod.
-type Owner<'a> = (&'a str, &'a str, &'a str);
+/// (namespace, pod, container name, interface) of a port with a pod: the name is looked up once
+/// per port here, so every series of the pod carries the same `name` label.
+type Owner<'a> = (&'a str, &'a str, &'a str, &'a str);
 
 /// Attributes what the programs counted to the pods of `ports`.
 pub fn attribute(ports: &[Port], counted: &Counted) -> (Vec<DropCount>, Vec<RetransmitCount>) {
@@ -22,13 +23,18 @@ pub fn attribute(ports: &[Port], counted: &Counted) -> (Vec<DropCount>, Vec<Retr
     // Sorted by ifindex, so a pod with two veths is named by its first.
     for p in ports {
         let Some(pod) = &p.pod else { continue };
-        let owner = (pod.namespace.as_str(), pod.name.as_str(), p.name.as_str());
+        let owner = (
+            pod.namespace.as_str(),
+            pod.name.as_str(),
+            pod.container_name(),
+            p.name.as_str(),
+        );
         by_ifindex.insert(p.ifindex, owner);
         if let Some(ns) = p.peer.as_ref().and_then(|x| x.netns_inode) {
             by_netns.entry(ns).or_insert(owner);
         }
     }
-    let host: Owner = ("", "", "");
+    let host: Owner = ("", "", "", "");
     let mut drops: BTreeMap<(Owner, &str), u64> = BTreeMap::new();
     for d in &counted.drops {
         let on_host_veth = (d.netns == counted.host_netns)
@@ -40,26 +46,28 @@ pub fn attribute(ports: &[Port], counted: &Counted) -> (Vec<DropCount>, Vec<Retr
             .unwrap_or(host);
         *drops.entry((owner, d.reason.as_str())).or_default() += d.count;
     }
-    let mut retx: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut retx: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
     for (netns, n) in &counted.retransmits {
-        let (ns, pod, _) = by_netns.get(netns).copied().unwrap_or(host);
-        *retx.entry((ns, pod)).or_default() += n;
+        let (ns, pod, name, _) = by_netns.get(netns).copied().unwrap_or(host);
+        *retx.entry((ns, pod, name)).or_default() += n;
     }
     (
         drops
             .into_iter()
-            .map(|(((ns, pod, iface), reason), count)| DropCount {
+            .map(|(((ns, pod, name, iface), reason), count)| DropCount {
                 namespace: ns.into(),
                 pod: pod.into(),
+                name: name.into(),
                 interface: iface.into(),
                 reason: reason.into(),
                 count,
             })
             .collect(),
         retx.into_iter()
-            .map(|((ns, pod), count)| RetransmitCount {
+            .map(|((ns, pod, name), count)| RetransmitCount {
                 namespace: ns.into(),
                 pod: pod.into(),
+                name: name.into(),
                 count,
             })
             .collect(),

@@ -62,9 +62,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             what: TraceWhat::Icmp(args),
         } => current_thread()?.block_on(cmd::trace::icmp(&args, cli.log_level)),
         Command::Macs(args) => current_thread()?.block_on(cmd::macs::macs(&args, cli.log_level)),
-        Command::Peers { json, sources } => {
-            current_thread()?.block_on(cmd::peers::peers(json, &sources))
-        }
+        Command::Peers {
+            json,
+            connect,
+            credentials,
+            sources,
+        } => current_thread()?.block_on(cmd::peers::peers(
+            json,
+            connect.as_deref(),
+            &credentials,
+            &sources,
+        )),
     }
 }
 

@@ -234,6 +234,13 @@ impl Pod {
             format!("{}/{}", self.namespace, self.name)
         }
     }
+
+    /// The container's name as Docker or Podman gives it (`docker ps`'s NAMES): the `name`
+    /// label cAdvisor's `container_network_*` series carry. Empty without a container engine's
+    /// record (a pod the CRI named), which Prometheus reads as no label.
+    pub fn container_name(&self) -> &str {
+        self.container.as_ref().map_or("", |c| c.name.as_str())
+    }
 }
 
 /// A container as its engine names it (`docker ps`, `docker inspect`).

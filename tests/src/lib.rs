@@ -522,6 +522,19 @@ impl Agent {
             .collect()
     }
 
+    /// The agent's programs by name (the `program` label of `node_tracer_program_runs_total`)
+    /// with their kernel ids.
+    pub fn programs(&self) -> std::collections::BTreeMap<String, u32> {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("node_tracer_program_runs_total{"))
+            .filter_map(|l| {
+                let label = |k: &str| l.split(&format!("{k}=\"")).nth(1)?.split('"').next();
+                Some((label("program")?.to_owned(), label("id")?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Packets the pod behind `veth` sent, all protocols, as the agent counts them now (0 while
     /// it has no series for the veth).
     pub fn transmit_packets(&self, veth: &str) -> u64 {

@@ -84,12 +84,28 @@ async fn pods_come_and_go_while_the_agent_runs() {
     let rt = runtime::start("ch").await;
     let sock = rt.socket().to_string_lossy().to_string();
     let agent = Agent::start(&["--cri-socket", &sock]);
-    let agents_programs = agent.program_ids();
+    let programs = agent.programs();
     assert_eq!(
-        agents_programs.len(),
-        4,
-        "the agent loaded nt_ingress, nt_egress and their netlink twins"
+        programs.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "nt_egress",
+            "nt_egress_nl",
+            "nt_ingress",
+            "nt_ingress_nl",
+            "nt_kfree_skb",
+            "nt_tcp_retx"
+        ],
+        "the agent loaded nt_ingress, nt_egress, their netlink twins and the drop and \
+         retransmit tracepoint programs, each in the run time metric"
     );
+    let all_programs: std::collections::HashSet<u32> = programs.values().copied().collect();
+    // The tc programs' links are per port; the tracepoints' two are the agent's own.
+    let agents_programs: std::collections::HashSet<u32> = programs
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "nt_kfree_skb" | "nt_tcp_retx"))
+        .map(|(_, id)| *id)
+        .collect();
+    assert_eq!(links_of(&all_programs) - links_of(&agents_programs), 2);
 
     // Created after the agent: found from RTM_NEWLINK, labelled once the CRI knows the pod.
     let a = rt
@@ -201,6 +217,6 @@ async fn pods_come_and_go_while_the_agent_runs() {
 
     drop(agent);
     // SIGTERM detaches everything: no link of its programs is left.
-    assert_eq!(links_of(&agents_programs), 0);
+    assert_eq!(links_of(&all_programs), 0);
     rt.stop().await.unwrap();
 }

@@ -241,6 +241,47 @@ fn counts_on_a_container_veth_equal_the_kernels_under_its_name() {
         "receive bytes vs kernel"
     );
 
+    // Drops and TCP series carry the name too: b connects to a closed port of a three times;
+    // each SYN dies in a (no_socket), which answers each with a RST.
+    let a_ip = engine.inspect(&a)["NetworkSettings"]["Networks"][&net]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let named = |m: &str, family: &str, extra: &[(&str, &str)]| -> u64 {
+        let mut l = labels.to_vec();
+        l.extend_from_slice(extra);
+        metric(m, family, &l).unwrap_or(0.0) as u64
+    };
+    let syn = [("direction", "receive"), ("flag", "syn")];
+    let rst = [("direction", "transmit"), ("flag", "rst")];
+    let no_socket = [("reason", "no_socket")];
+    let m0 = agent.metrics();
+    engine.docker(&format!(
+        "exec {b} sh -c 'for i in 1 2 3; do busybox nc -w 5 {a_ip} 9 </dev/null; done; true'"
+    ));
+    // The three were refused before `nc` returned; a scrape may still be on its way.
+    let start = std::time::Instant::now();
+    let m1 = loop {
+        let m = agent.metrics();
+        let seen = named(&m, "node_tracer_drops_total", &no_socket)
+            - named(&m0, "node_tracer_drops_total", &no_socket);
+        if seen >= 3 || start.elapsed() > std::time::Duration::from_secs(30) {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    for (family, extra) in [
+        ("node_tracer_tcp_flags_total", &syn[..]),
+        ("node_tracer_tcp_flags_total", &rst[..]),
+        ("node_tracer_drops_total", &no_socket[..]),
+    ] {
+        assert_eq!(
+            named(&m1, family, extra) - named(&m0, family, extra),
+            3,
+            "{family}{extra:?} with name={name:?}: {m1}"
+        );
+    }
+
     // macs reads the user-defined bridge like any other, with the container's name.
     let url = format!("http://{}", agent.addr);
     let out = node_tracer(&[

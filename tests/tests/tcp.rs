@@ -8,8 +8,8 @@ use std::{
 };
 
 use node_tracer_tests::{
-    Agent, Capture, Link, Netns, Pod, TempDir, ifindex, metric, quiet, quiet_ipv6, quiet_read,
-    require_root, require_tool, sh, unique,
+    Agent, Capture, Link, Netns, Pod, TempDir, ifindex, metric, node_tracer, quiet, quiet_ipv6,
+    quiet_read, require_root, require_tool, sh, unique,
 };
 
 /// tcpdump filters of the flags, as the programs define them (a SYN with ACK is a `synack`),
@@ -358,4 +358,43 @@ fn packets_redirected_past_the_veth_are_unseen_by_the_kernels_count() {
         assert_eq!(unseen(&m, &veth, "receive"), Some(SENT));
         assert_eq!(unseen(&m, &veth, "transmit"), Some(0));
     }
+
+    // `peers` through the agent flags the veth. Alone, `peers` has no counters and says
+    // nothing of it.
+    let url = format!("http://{}", agent.addr);
+    let run = |args: &[&str]| {
+        let out = node_tracer(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "peers {args:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&run(&["peers", "--connect", &url, "--json"])).unwrap();
+    let row = |rows: &[serde_json::Value], name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in peers"))
+            .clone()
+    };
+    assert_eq!(
+        row(&rows, &veth)["unseen"],
+        serde_json::json!({"receive": SENT, "transmit": 0})
+    );
+    let table = run(&["peers", "--connect", &url]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(veth.as_str()))
+        .unwrap_or_else(|| panic!("no {veth} in {table}"));
+    assert!(line.contains(&format!("rx {SENT} tx 0 !")), "{table}");
+    assert!(
+        table
+            .lines()
+            .last()
+            .unwrap()
+            .contains(&format!("UNSEEN packets on {veth}")),
+        "{table}"
+    );
+    let alone: Vec<serde_json::Value> = serde_json::from_str(&run(&["peers", "--json"])).unwrap();
+    assert!(row(&alone, &veth)["unseen"].is_null());
+    assert!(!run(&["peers"]).contains("UNSEEN"));
 }

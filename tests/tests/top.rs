@@ -243,10 +243,11 @@ fn drive(lab: &Lab, top_args: &str) {
     }
     assert_eq!(row(&s, a).unwrap()[0], lab.a.ns.name, "{s}");
 
-    // `s` cycles the sort column; from the default (rx-bps) to pod is 10 presses.
+    // `s` cycles the sort column; from the default (rx-bps) to pod is 11 presses (through
+    // tx-bps, the protocol shares, macs, drops, retx and unseen).
     tmux.press("s");
     tmux.wait("sort tx-bps", |s| s.contains("sort tx-bps"));
-    for _ in 0..9 {
+    for _ in 0..10 {
         tmux.press("s");
     }
     // Pod names are ntta…, nttb…, nttc…: by pod is a, b, c; reversed (S), c, b, a.

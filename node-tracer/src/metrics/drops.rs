@@ -17,6 +17,7 @@ pub(super) fn families(out: &mut Exposition, r: &DropReport) {
         let l = [
             ("namespace", d.namespace.as_str()),
             ("pod", d.pod.as_str()),
+            ("name", d.name.as_str()),
             ("interface", d.interface.as_str()),
             ("reason", d.reason.as_str()),
         ];
@@ -29,7 +30,11 @@ pub(super) fn families(out: &mut Exposition, r: &DropReport) {
         Type::Counter,
     );
     for x in &r.retransmits {
-        let l = [("namespace", x.namespace.as_str()), ("pod", x.pod.as_str())];
+        let l = [
+            ("namespace", x.namespace.as_str()),
+            ("pod", x.pod.as_str()),
+            ("name", x.name.as_str()),
+        ];
         f.sample(&l, x.count);
     }
     let mut f = out.family(

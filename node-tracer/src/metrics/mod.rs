@@ -16,42 +16,64 @@ use text::{Exposition, Type};
 
 use crate::model::{Direction, Health, PROTOCOLS, Pod, Port, Snapshot};
 
+/// The labels every per-port series starts with: (namespace, pod) empty for a port whose pod is
+/// unknown, and `name`, the container's name as Docker or Podman gives it (see
+/// [`Pod::container_name`]), so a Docker user's cAdvisor queries (`{name="shop-web"}`) work here
+/// too. Computed once per port and scrape, shared by every family.
+#[derive(Debug, Clone, Copy)]
+struct PortLabels<'a> {
+    namespace: &'a str,
+    pod: &'a str,
+    name: &'a str,
+    interface: &'a str,
+}
+
+impl<'a> PortLabels<'a> {
+    fn of(p: &'a Port) -> Self {
+        let (namespace, pod, name) = p.pod.as_ref().map_or(("", "", ""), |pod| {
+            (
+                pod.namespace.as_str(),
+                pod.name.as_str(),
+                pod.container_name(),
+            )
+        });
+        Self {
+            namespace,
+            pod,
+            name,
+            interface: p.name.as_str(),
+        }
+    }
+}
+
 /// (namespace, pod) label values; empty for a port whose pod is unknown.
+#[cfg(test)]
 fn pod_labels(p: &Port) -> (&str, &str) {
     p.pod
         .as_ref()
         .map_or(("", ""), |pod| (pod.namespace.as_str(), pod.name.as_str()))
 }
 
-/// The `name` label: the container's name as Docker or Podman gives it, the label cAdvisor's
-/// `container_network_*` series carry, so a Docker user's queries (`{name="shop-web"}`) work
-/// here too. Empty without a container engine's record, which Prometheus reads as no label.
-fn container_name(pod: Option<&Pod>) -> &str {
-    pod.and_then(|p| p.container.as_ref())
-        .map_or("", |c| c.name.as_str())
-}
-
 /// The text exposition format.
 pub fn encode(snap: &Snapshot, health: &Health) -> Vec<u8> {
     // About 2 KiB per port; growing the buffer is cheap next to writing it.
     let mut out = Exposition::with_capacity(2048 * snap.ports.len() + 4096);
-    port_families(&mut out, snap);
+    let labels: Vec<PortLabels> = snap.ports.iter().map(PortLabels::of).collect();
+    let ports = || snap.ports.iter().zip(&labels);
+    port_families(&mut out, ports);
     mac_anomalies(&mut out, snap);
     drops::families(&mut out, &snap.drops);
-    tcp::families(&mut out, snap);
+    tcp::families(&mut out, ports);
     health_families(&mut out, health);
     out.into_bytes()
 }
 
 /// The families with one or more series per port, each written whole before the next.
-fn port_families(out: &mut Exposition, snap: &Snapshot) {
+fn port_families<'a, I>(out: &mut Exposition, ports: impl Fn() -> I)
+where
+    I: Iterator<Item = (&'a Port, &'a PortLabels<'a>)>,
+{
     use Type::{Counter, Gauge};
-    let ports = || {
-        snap.ports.iter().map(|p| {
-            let (ns, pod) = pod_labels(p);
-            (p, ns, pod, p.name.as_str())
-        })
-    };
     for (name, help, rx) in [
         (
             "node_tracer_receive_packets_total",
@@ -65,14 +87,20 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
         ),
     ] {
         let mut f = out.family(name, help, Counter);
-        for (p, ns, pod, iface) in ports() {
+        for (p, pl) in ports() {
+            let PortLabels {
+                namespace: ns,
+                pod,
+                name,
+                interface: iface,
+            } = *pl;
             let c = &p.counters;
             let packets = if rx { &c.rx_packets } else { &c.tx_packets };
             for (proto, n) in PROTOCOLS.iter().zip(packets) {
                 let l = [
                     ("namespace", ns),
                     ("pod", pod),
-                    ("name", container_name(p.pod.as_ref())),
+                    ("name", name),
                     ("interface", iface),
                     ("protocol", *proto),
                 ];
@@ -93,14 +121,19 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
         ),
     ] {
         let mut f = out.family(name, help, Counter);
-        for (p, ns, pod, iface) in ports() {
+        for (p, pl) in ports() {
+            let PortLabels {
+                namespace: ns,
+                pod,
+                name,
+                interface: iface,
+            } = *pl;
             let c = &p.counters;
             let n = if rx {
                 c.rx_bytes_total()
             } else {
                 c.tx_bytes_total()
             };
-            let name = container_name(p.pod.as_ref());
             let l = [
                 ("namespace", ns),
                 ("pod", pod),
@@ -115,13 +148,19 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
         "ICMP and ICMPv6 messages by direction (pod's point of view) and type.",
         Counter,
     );
-    for (p, ns, pod, iface) in ports() {
+    for (p, pl) in ports() {
+        let PortLabels {
+            namespace: ns,
+            pod,
+            name,
+            interface: iface,
+        } = *pl;
         for m in &p.counters.icmp {
             let ty = icmp_type_label(m.family, m.icmp_type);
             let l = [
                 ("namespace", ns),
                 ("pod", pod),
-                ("name", container_name(p.pod.as_ref())),
+                ("name", name),
                 ("interface", iface),
                 ("direction", m.direction.as_str()),
                 ("type", &ty),
@@ -134,13 +173,18 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
         "Distinct source MACs seen from the pod side of the veth.",
         Gauge,
     );
-    for (p, ns, pod, iface) in ports() {
+    for (p, pl) in ports() {
+        let PortLabels {
+            namespace: ns,
+            pod,
+            name,
+            interface: iface,
+        } = *pl;
         let distinct = p
             .macs
             .iter()
             .filter(|m| m.direction == Direction::Transmit)
             .count();
-        let name = container_name(p.pod.as_ref());
         let l = [
             ("namespace", ns),
             ("pod", pod),
@@ -154,7 +198,13 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
         "One series per host-side veth: its peer, namespace, bridge, port number and pod.",
         Gauge,
     );
-    for (p, ns, pod, iface) in ports() {
+    for (p, pl) in ports() {
+        let PortLabels {
+            namespace: ns,
+            pod,
+            name,
+            interface: iface,
+        } = *pl;
         let peer = p.peer.as_ref();
         let ifindex = p.ifindex.to_string();
         let peer_ifindex = peer.map(|x| x.ifindex.to_string()).unwrap_or_default();
@@ -173,7 +223,7 @@ fn port_families(out: &mut Exposition, snap: &Snapshot) {
             ("mode", p.mode.as_str()),
             ("namespace", ns),
             ("pod", pod),
-            ("name", container_name(p.pod.as_ref())),
+            ("name", name),
         ];
         f.sample(&l, 1u64);
     }
@@ -196,7 +246,7 @@ fn mac_anomalies(out: &mut Exposition, snap: &Snapshot) {
     );
     let mut counts: std::collections::BTreeMap<AnomalyKey, u32> = std::collections::BTreeMap::new();
     for a in crate::macs::anomalies(snap) {
-        let name = container_name(a.pod.as_ref()).to_owned();
+        let name = a.pod.as_ref().map_or("", Pod::container_name).to_owned();
         let (ns, pod) = a
             .pod
             .map_or((String::new(), String::new()), |p| (p.namespace, p.name));

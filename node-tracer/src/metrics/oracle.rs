@@ -248,6 +248,7 @@ fn drop_families(r: &crate::drop_report::DropReport) -> Vec<Family> {
         let l = [
             ("namespace", d.namespace.as_str()),
             ("pod", d.pod.as_str()),
+            ("name", d.name.as_str()),
             ("interface", d.interface.as_str()),
             ("reason", d.reason.as_str()),
         ];
@@ -260,7 +261,11 @@ fn drop_families(r: &crate::drop_report::DropReport) -> Vec<Family> {
         COUNTER,
     );
     for x in &r.retransmits {
-        let l = [("namespace", x.namespace.as_str()), ("pod", x.pod.as_str())];
+        let l = [
+            ("namespace", x.namespace.as_str()),
+            ("pod", x.pod.as_str()),
+            ("name", x.name.as_str()),
+        ];
         retx.push(&l, x.count as f64);
     }
     let mut on = Family::new(
@@ -437,12 +442,18 @@ fn tcp_families(snap: &Snapshot) -> Vec<Family> {
     );
     for p in &snap.ports {
         let (ns, pod) = super::pod_labels(p);
+        let name = p
+            .pod
+            .as_ref()
+            .and_then(|x| x.container.as_ref())
+            .map_or("", |c| c.name.as_str());
         let iface = p.name.as_str();
         for f in &p.counters.tcp_flags {
             flags.push(
                 &[
                     ("namespace", ns),
                     ("pod", pod),
+                    ("name", name),
                     ("interface", iface),
                     ("direction", f.direction.as_str()),
                     ("flag", f.flag.as_str()),
@@ -455,6 +466,7 @@ fn tcp_families(snap: &Snapshot) -> Vec<Family> {
                 [
                     ("namespace", ns),
                     ("pod", pod),
+                    ("name", name),
                     ("interface", iface),
                     ("direction", h.direction.as_str()),
                 ]
@@ -494,6 +506,7 @@ fn tcp_families(snap: &Snapshot) -> Vec<Family> {
                     &[
                         ("namespace", ns),
                         ("pod", pod),
+                        ("name", name),
                         ("interface", iface),
                         ("direction", d.as_str()),
                     ],

@@ -6,10 +6,10 @@
 //! attached port, so that an alert on its increase has a series to start from.
 
 use super::{
-    pod_labels,
+    PortLabels,
     text::{Exposition, Type},
 };
-use crate::model::{Direction, Snapshot};
+use crate::model::{Direction, Port};
 
 /// (name, help) of each family, shared with the oracle.
 pub(super) const FLAGS: (&str, &str) = (
@@ -25,15 +25,18 @@ pub(super) const UNSEEN: (&str, &str) = (
     "Packets the kernel counted on the veth (pod side for receive) that our programs never saw.",
 );
 
-pub(super) fn families(out: &mut Exposition, snap: &Snapshot) {
+pub(super) fn families<'a, I>(out: &mut Exposition, ports: impl Fn() -> I)
+where
+    I: Iterator<Item = (&'a Port, &'a PortLabels<'a>)>,
+{
     let mut f = out.family(FLAGS.0, FLAGS.1, Type::Counter);
-    for p in &snap.ports {
-        let (ns, pod) = pod_labels(p);
+    for (p, l) in ports() {
         for c in &p.counters.tcp_flags {
             let l = [
-                ("namespace", ns),
-                ("pod", pod),
-                ("interface", p.name.as_str()),
+                ("namespace", l.namespace),
+                ("pod", l.pod),
+                ("name", l.name),
+                ("interface", l.interface),
                 ("direction", c.direction.as_str()),
                 ("flag", c.flag.as_str()),
             ];
@@ -41,8 +44,7 @@ pub(super) fn families(out: &mut Exposition, snap: &Snapshot) {
         }
     }
     let mut f = out.family(HANDSHAKE.0, HANDSHAKE.1, Type::Histogram);
-    for p in &snap.ports {
-        let (ns, pod) = pod_labels(p);
+    for (p, pl) in ports() {
         for h in &p.counters.handshakes {
             let dir = h.direction.as_str();
             for (le, n) in h.cumulative() {
@@ -52,18 +54,20 @@ pub(super) fn families(out: &mut Exposition, snap: &Snapshot) {
                     "+Inf".to_string()
                 };
                 let l = [
-                    ("namespace", ns),
-                    ("pod", pod),
-                    ("interface", p.name.as_str()),
+                    ("namespace", pl.namespace),
+                    ("pod", pl.pod),
+                    ("name", pl.name),
+                    ("interface", pl.interface),
                     ("direction", dir),
                     ("le", le.as_str()),
                 ];
                 f.sample_as("_bucket", &l, n);
             }
             let l = [
-                ("namespace", ns),
-                ("pod", pod),
-                ("interface", p.name.as_str()),
+                ("namespace", pl.namespace),
+                ("pod", pl.pod),
+                ("name", pl.name),
+                ("interface", pl.interface),
                 ("direction", dir),
             ];
             f.sample_as("_sum", &l, h.sum_ns as f64 / 1e9);
@@ -71,16 +75,16 @@ pub(super) fn families(out: &mut Exposition, snap: &Snapshot) {
         }
     }
     let mut f = out.family(UNSEEN.0, UNSEEN.1, Type::Counter);
-    for p in snap.ports.iter().filter(|p| p.attached) {
-        let (ns, pod) = pod_labels(p);
+    for (p, pl) in ports().filter(|(p, _)| p.attached) {
         for (d, n) in [
             (Direction::Receive, p.counters.unseen_rx),
             (Direction::Transmit, p.counters.unseen_tx),
         ] {
             let l = [
-                ("namespace", ns),
-                ("pod", pod),
-                ("interface", p.name.as_str()),
+                ("namespace", pl.namespace),
+                ("pod", pl.pod),
+                ("name", pl.name),
+                ("interface", pl.interface),
                 ("direction", d.as_str()),
             ];
             f.sample(&l, n);

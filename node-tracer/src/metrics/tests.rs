@@ -296,15 +296,25 @@ fn hostile_fixture() -> (Snapshot, Health) {
         drops: vec![crate::drop_report::DropCount {
             namespace: "ns\"x".into(),
             pod: "a\\b\nc".into(),
+            name: "c1\"\\\n☃".into(),
             interface: "veth1\"\\".into(),
             reason: "netfilter_drop".into(),
             count: 12,
         }],
-        retransmits: vec![crate::drop_report::RetransmitCount {
-            namespace: String::new(),
-            pod: String::new(),
-            count: 3,
-        }],
+        retransmits: vec![
+            crate::drop_report::RetransmitCount {
+                namespace: String::new(),
+                pod: String::new(),
+                name: String::new(),
+                count: 3,
+            },
+            crate::drop_report::RetransmitCount {
+                namespace: "ns\"x".into(),
+                pod: "a\\b\nc".into(),
+                name: "c1\"\\\n☃".into(),
+                count: 4,
+            },
+        ],
     };
     let snap = Snapshot {
         ports,
@@ -369,14 +379,100 @@ fn tcp_series_exist_only_once_seen_and_unseen_only_for_attached_ports() {
     );
     assert!(!t.contains("node_tracer_tcp_"), "{t}");
     assert!(t.contains(
-        "node_tracer_unseen_packets_total{namespace=\"default\",pod=\"idle\",interface=\"vethquiet\",direction=\"receive\"} 0\n"
+        "node_tracer_unseen_packets_total{namespace=\"default\",pod=\"idle\",name=\"\",interface=\"vethquiet\",direction=\"receive\"} 0\n"
     ));
     let (snap, health) = hostile_fixture();
     let t = text(&snap, &health);
     assert!(t.contains("# TYPE node_tracer_tcp_handshake_seconds histogram\n"));
     assert!(t.contains(
-        "node_tracer_tcp_handshake_seconds_bucket{namespace=\"default\",pod=\"web-1\",interface=\"veth0\\\"\\\\\",direction=\"receive\",le=\"0.0005\"} 2\n"
+        "node_tracer_tcp_handshake_seconds_bucket{namespace=\"default\",pod=\"web-1\",name=\"c0\\\"\\\\\\n☃\",interface=\"veth0\\\"\\\\\",direction=\"receive\",le=\"0.0005\"} 2\n"
     ), "{t}");
     assert!(t.contains("le=\"+Inf\"} 3\n"));
     assert_eq!(t.matches("node_tracer_unseen_packets_total{").count(), 6);
+}
+
+/// The `name` label is on every family of a pod, drops and retransmits included: it reaches the
+/// drop report through the attribution, from the same container record as the port's series.
+#[test]
+fn every_family_of_a_container_carries_its_name() {
+    use crate::probe::drops::{Counted, DropReading};
+    const HOST: u64 = 4_026_531_840;
+    let mut web = port("vethweb", Some(("", "shop-web")));
+    web.ifindex = 7;
+    web.attached = true;
+    web.peer.as_mut().unwrap().netns_inode = Some(100);
+    let pod = web.pod.as_mut().unwrap();
+    pod.source = PodSource::Docker;
+    pod.container = Some(crate::model::Container {
+        runtime: "docker".into(),
+        id: "3956c459e213".into(),
+        name: "shop-web".into(),
+        image: "nginx".into(),
+    });
+    let mut k8s = port("vethk8s", Some(("default", "web-1")));
+    k8s.ifindex = 8;
+    k8s.attached = true;
+    k8s.peer.as_mut().unwrap().netns_inode = Some(200);
+    for p in [&mut web, &mut k8s] {
+        p.counters.unseen_rx = 2;
+        p.counters.tcp_flags = vec![crate::tcp::TcpFlagCount {
+            direction: Direction::Transmit,
+            flag: crate::tcp::TcpFlag::Syn,
+            count: 1,
+        }];
+        p.counters.handshakes = vec![crate::tcp::Handshakes {
+            direction: Direction::Transmit,
+            count: 1,
+            sum_ns: 1_000,
+            buckets: vec![1, 0, 0, 0, 0, 0, 0, 0],
+        }];
+    }
+    let ports = vec![web, k8s];
+    let at = |ifindex, netns| DropReading {
+        ifindex,
+        netns,
+        reason: "no_socket".into(),
+        count: 3,
+    };
+    let counted = Counted {
+        // On each host veth, and inside each pod's namespace.
+        drops: vec![at(7, HOST), at(2, 100), at(8, HOST), at(2, 200)],
+        retransmits: vec![(100, 5), (200, 6)],
+        host_netns: HOST,
+    };
+    let (drops, retransmits) = crate::drops::attribute(&ports, &counted);
+    let snap = Snapshot {
+        ports,
+        drops: crate::drop_report::DropReport {
+            drops_on: true,
+            retransmits_on: true,
+            drops,
+            retransmits,
+        },
+        ..Snapshot::default()
+    };
+    let t = text(&snap, &Health::default());
+    for (pod, name) in [
+        ("namespace=\"\",pod=\"shop-web\"", "shop-web"),
+        ("namespace=\"default\",pod=\"web-1\"", ""),
+    ] {
+        for series in [
+            "drops_total",
+            "tcp_retransmits_total",
+            "tcp_flags_total",
+            "tcp_handshake_seconds_bucket",
+            "tcp_handshake_seconds_count",
+            "unseen_packets_total",
+        ] {
+            let want = format!("node_tracer_{series}{{{pod},name=\"{name}\"");
+            assert!(t.contains(&want), "{want} in {t}");
+        }
+    }
+    assert!(t.contains(
+        "node_tracer_drops_total{namespace=\"\",pod=\"shop-web\",name=\"shop-web\",interface=\"vethweb\",reason=\"no_socket\"} 6\n"
+    ), "{t}");
+    assert!(t.contains(
+        "node_tracer_tcp_retransmits_total{namespace=\"\",pod=\"shop-web\",name=\"shop-web\"} 5\n"
+    ), "{t}");
+    assert_eq!(t, oracle::encode(&snap, &Health::default()));
 }

@@ -110,7 +110,12 @@ fn offsets(btf: &Btf) -> Result<DropConfig, BtfError> {
         reason_consumed: value("SKB_CONSUMED").unwrap_or(1),
         reason_not_dropped: value("SKB_NOT_DROPPED_YET").unwrap_or(0),
         retx_has_err: u32::from(btf.tracepoint_args("tcp_retransmit_skb").unwrap_or(2) >= 3),
-        pad: 0,
+        // No such value: every echo reply check is skipped (the reasons are small numbers).
+        reason_no_socket: value("SKB_DROP_REASON_NO_SOCKET").unwrap_or(u32::MAX),
+        skb_head: btf.member_offset("sk_buff", &["head"])?,
+        skb_protocol: btf.member_offset("sk_buff", &["protocol"])?,
+        skb_network_header: btf.member_offset("sk_buff", &["network_header"])?,
+        skb_transport_header: btf.member_offset("sk_buff", &["transport_header"])?,
     })
 }
 
@@ -307,6 +312,13 @@ mod tests {
         assert_eq!((c.reason_not_dropped, c.reason_consumed), (0, 1));
         // 6.15+: tcp_retransmit_skb(sk, skb, err).
         assert_eq!(c.retx_has_err, 1);
+        assert!(c.reason_no_socket > 1 && c.reason_no_socket < 1000);
+        assert!(c.skb_head > 0 && c.skb_protocol > 0);
+        assert_eq!(
+            c.skb_transport_header + 2,
+            c.skb_network_header,
+            "adjacent u16s"
+        );
         assert!(p.reasons.is_some_and(|r| r.len() > 50));
     }
 

@@ -304,12 +304,10 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
 
 /// A descriptor of the loaded program `name` of our own.
 fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd> {
-    let p: &SchedClassifier = ebpf
-        .program(name)
+    // Any program type: the tc classifiers and the tracepoint programs alike.
+    ebpf.program(name)
         .ok_or(Error::MapMissing(name))?
-        .try_into()
-        .map_err(|source| Error::Program { name, source })?;
-    p.fd()
+        .fd()
         .map_err(|source| Error::Program { name, source })?
         .as_fd()
         .try_clone_to_owned()

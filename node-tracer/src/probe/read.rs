@@ -17,7 +17,8 @@ use aya::{
 };
 use node_tracer_common::{
     DIR_EGRESS, DIR_INGRESS, HandshakeStats, IcmpKey, MacKey, MacStats, PROG_EGRESS,
-    PROG_EGRESS_NL, PROG_INGRESS, PROG_INGRESS_NL, PortDirKey, PortStats, STAT_COUNT, TcpFlagKey,
+    PROG_EGRESS_NL, PROG_INGRESS, PROG_INGRESS_NL, PROG_KFREE_SKB, PROG_TCP_RETX, PortDirKey,
+    PortStats, STAT_COUNT, TcpFlagKey,
 };
 
 use super::{batch, bpf, map_errors::MapErrors, program_fd};
@@ -89,8 +90,15 @@ impl MapReader {
                 .and_then(Map::from_map_data)
                 .map_err(|source| Error::Map { name, source })
         }
+        // The tracepoint programs only where their part runs: one that did not load has no fd,
+        // and one that loaded but did not attach never runs.
+        let tracepoints = [
+            (PROG_KFREE_SKB, drops.tracking.drops),
+            (PROG_TCP_RETX, drops.tracking.retransmits),
+        ];
         let programs = [PROG_INGRESS, PROG_EGRESS, PROG_INGRESS_NL, PROG_EGRESS_NL]
             .into_iter()
+            .chain(tracepoints.into_iter().filter(|t| t.1).map(|t| t.0))
             .map(|name| Ok((name, program_fd(ebpf, name)?)))
             .collect::<Result<_>>()?;
         Ok(Self {
@@ -249,7 +257,8 @@ impl MapReader {
         Ok(out)
     }
 
-    /// Run time and count of each program (non-zero only while `kernel.bpf_stats_enabled=1`).
+    /// Run time and count of each program, the tc programs and the drop and retransmit
+    /// tracepoint programs that run (non-zero only while `kernel.bpf_stats_enabled=1`).
     pub fn program_run_stats(&self) -> Vec<(&'static str, u32, std::time::Duration, u64)> {
         self.programs
             .iter()

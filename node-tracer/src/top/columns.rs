@@ -28,6 +28,9 @@ pub(super) enum Col {
     Drops,
     /// TCP segments the pod retransmitted per second.
     Retx,
+    /// Packets that passed the veth past our hooks, since the agent started (0 on a normal
+    /// veth: any other value flags the port).
+    Unseen,
 }
 
 impl Col {
@@ -38,7 +41,7 @@ impl Col {
             Col::Veth => 15, // IFNAMSIZ - 1
             Col::Bridge => 8,
             Col::Port | Col::Macs => 4,
-            Col::Drops | Col::Retx => 6,
+            Col::Drops | Col::Retx | Col::Unseen => 6,
             Col::Peer => 11,
             Col::RxPps | Col::TxPps | Col::RxBps | Col::TxBps => 7,
             Col::Mix => 9,
@@ -63,6 +66,7 @@ impl Col {
             Col::Macs => "MACS",
             Col::Drops => "DROP/s",
             Col::Retx => "RETX/s",
+            Col::Unseen => "UNSEEN",
         }
     }
 
@@ -85,7 +89,8 @@ impl Col {
             | (Col::TxBps, SortKey::TxBps)
             | (Col::Macs, SortKey::Macs)
             | (Col::Drops, SortKey::Drops)
-            | (Col::Retx, SortKey::Retx) => true,
+            | (Col::Retx, SortKey::Retx)
+            | (Col::Unseen, SortKey::Unseen) => true,
             (Col::Mix, k) => matches!(
                 k,
                 SortKey::Icmp | SortKey::Tcp | SortKey::Udp | SortKey::Arp | SortKey::Other
@@ -114,7 +119,9 @@ pub(super) fn columns(width: u16, node: usize) -> Vec<(Col, u16)> {
 /// Picks the columns that fit `width`, most useful first, and their widths. The pod column
 /// takes what is left, up to [`POD_MAX`].
 fn fitting(width: u16) -> Vec<(Col, u16)> {
-    use Col::{Bridge, Drops, Macs, Mix, Peer, Pod, Port, Retx, RxBps, RxPps, TxBps, TxPps, Veth};
+    use Col::{
+        Bridge, Drops, Macs, Mix, Peer, Pod, Port, Retx, RxBps, RxPps, TxBps, TxPps, Unseen, Veth,
+    };
     let need = |cols: &[Col]| -> u16 { cols.iter().map(|c| c.width() + 1).sum::<u16>() - 1 };
     let shares = [
         Col::Share(0),
@@ -134,12 +141,17 @@ fn fitting(width: u16) -> Vec<(Col, u16)> {
         vec![
             Pod, Veth, Bridge, Port, RxPps, TxPps, RxBps, TxBps, Drops, Retx, Mix, Macs,
         ],
+        // UNSEEN after the wiring: a flagged port's veth is red at every width anyway.
         vec![
-            Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps, Drops, Retx, Mix, Macs,
+            Pod, Veth, Bridge, Port, RxPps, TxPps, RxBps, TxBps, Drops, Retx, Unseen, Mix, Macs,
+        ],
+        vec![
+            Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps, Drops, Retx, Unseen, Mix,
+            Macs,
         ],
     ];
     let mut wide = vec![
-        Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps, Drops, Retx,
+        Pod, Veth, Bridge, Port, Peer, RxPps, TxPps, RxBps, TxBps, Drops, Retx, Unseen,
     ];
     wide.extend(shares);
     wide.push(Macs);

@@ -205,6 +205,7 @@ fn lab_drops(secs: u64) -> crate::drop_report::DropReport {
         interface: "veth1c2a6f3e".into(),
         reason: reason.into(),
         count,
+        ..DropCount::default()
     };
     DropReport {
         drops_on: true,
@@ -214,6 +215,7 @@ fn lab_drops(secs: u64) -> crate::drop_report::DropReport {
             namespace: "default".into(),
             pod: "web-7d4b9c6f5-x2k4q".into(),
             count: 2 * secs,
+            ..RetransmitCount::default()
         }],
     }
 }

@@ -12,7 +12,7 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table, Wrap};
 
 use super::app::{App, BridgeTotal, Input, SortKey};
 use super::columns::{Col, columns};
-use super::fmt::{fit, si};
+use super::fmt::{count, fit, si};
 use super::rates::Rates;
 
 /// Below this the table cannot show a pod, a veth and both bit rates.
@@ -227,6 +227,7 @@ fn table(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
     } else {
         offset.min(app.selected)
     };
+    let trouble = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
     let rows = app
         .view
         .iter()
@@ -250,9 +251,15 @@ fn table(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
                     Col::Retx if !app.snapshot.drops.retransmits_on => "-".to_owned(),
                     Col::Drops => si(row.drops),
                     Col::Retx => si(row.retx),
+                    // "-": not attached here, so nothing to compare with the kernel's count.
+                    Col::Unseen => row.unseen.map_or_else(|| "-".to_owned(), count),
                     _ => row.macs.to_string(),
                 });
-                cell(c, w, &s)
+                // A port with unseen packets is flagged in red: its veth always, the count
+                // where the UNSEEN column fits.
+                let flagged = matches!(c, Col::Veth | Col::Unseen) && row.unseen > Some(0);
+                let l = cell(c, w, &s);
+                if flagged { l.style(trouble) } else { l }
             });
             let silent = row.rates.rx_pps + row.rates.tx_pps == 0.0;
             let style = match (pos == app.selected, silent) {
@@ -313,8 +320,8 @@ fn bridges(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
         let t = match c {
             Col::Bridge => "BRIDGE TOTALS",
             Col::Port => "VETHS",
-            // Drops and retransmits are per pod; blank here keeps MIX under MIX.
-            Col::Drops | Col::Retx => "",
+            // Drops, retransmits and unseen packets are per pod; blank keeps MIX under MIX.
+            Col::Drops | Col::Retx | Col::Unseen => "",
             c => c.title(),
         };
         let l = Line::styled(fit(t, usize::from(w)), bold);
@@ -325,7 +332,7 @@ fn bridges(frame: &mut Frame, r: Rect, app: &App, cols: &[(Col, u16)]) {
         Row::new(tcols.iter().map(|&(c, w)| {
             let s = rate_cells(c, &t.rates).unwrap_or_else(|| match c {
                 Col::Bridge => t.name.clone(),
-                Col::Drops | Col::Retx => String::new(),
+                Col::Drops | Col::Retx | Col::Unseen => String::new(),
                 _ => t.ports.to_string(),
             });
             cell(c, w, &s)
@@ -386,9 +393,12 @@ fn help(frame: &mut Frame, area: Rect) {
         "the pod received, TX what it sent. pps = packets/s,",
         "bps = bits/s. MIX is the share of packets last",
         "interval: icmp (v4+v6), tcp, udp, arp, other.",
+        "UNSEEN: packets that passed the veth without our",
+        "hooks seeing them (0 on a normal veth; red if not).",
         "",
         "--sort: pod veth bridge peer rx-pps tx-pps rx-bps",
-        "tx-bps icmp tcp udp arp other macs (-name reverses)",
+        "tx-bps icmp tcp udp arp other macs drops retx",
+        "unseen (-name reverses)",
     ];
     let w = (lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u16 + 4).min(area.width);
     let h = (lines.len() as u16 + 2).min(area.height);

@@ -27,6 +27,9 @@ pub struct Row {
     /// namespace retransmitted per second (see `loss`).
     pub drops: f64,
     pub retx: f64,
+    /// Packets the kernel counted on the veth that our hooks never saw, both directions (see
+    /// `coverage`); `None` where our programs are not attached, so nothing is compared.
+    pub unseen: Option<u64>,
     /// Lower-case text the filter matches: pod, namespace, veth, bridge, node.
     pub(super) haystack: String,
 }
@@ -89,6 +92,9 @@ pub(super) fn build_row(i: usize, p: &Port, prev: Option<&Port>, elapsed_ms: u64
         macs,
         drops: 0.0,
         retx: 0.0,
+        unseen: p
+            .attached
+            .then(|| p.counters.unseen_rx + p.counters.unseen_tx),
         haystack,
     }
 }

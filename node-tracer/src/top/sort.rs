@@ -25,10 +25,12 @@ pub enum SortKey {
     Macs,
     Drops,
     Retx,
+    /// Packets that passed the veth past our hooks (see `coverage`): the flagged ports first.
+    Unseen,
 }
 
 impl SortKey {
-    pub const ALL: [SortKey; 16] = [
+    pub const ALL: [SortKey; 17] = [
         SortKey::Pod,
         SortKey::Veth,
         SortKey::Bridge,
@@ -45,6 +47,7 @@ impl SortKey {
         SortKey::Macs,
         SortKey::Drops,
         SortKey::Retx,
+        SortKey::Unseen,
     ];
 
     /// The name accepted by `--sort` and shown in the status line.
@@ -66,6 +69,7 @@ impl SortKey {
             SortKey::Macs => "macs",
             SortKey::Drops => "drops",
             SortKey::Retx => "retx",
+            SortKey::Unseen => "unseen",
         }
     }
 
@@ -112,5 +116,6 @@ pub(super) fn compare(key: SortKey, a: &Row, b: &Row) -> Ordering {
         SortKey::Macs => a.macs.cmp(&b.macs),
         SortKey::Drops => f(a.drops, b.drops),
         SortKey::Retx => f(a.retx, b.retx),
+        SortKey::Unseen => a.unseen.cmp(&b.unseen),
     }
 }

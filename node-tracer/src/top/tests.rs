@@ -231,3 +231,51 @@ fn a_docker_container_reads_by_its_name_and_its_detail_names_the_container() {
         "{text}"
     );
 }
+
+/// A port with packets that passed its veth past our hooks is flagged in the table itself: its
+/// count in UNSEEN where the column fits, its veth in red at every width, first when sorted by
+/// unseen; a port we are not attached to compares nothing and reads "-".
+#[test]
+fn a_port_with_unseen_packets_is_flagged_in_the_table() {
+    let flagged = |secs| {
+        let mut s = lab(secs);
+        s.ports[3].counters.unseen_rx = 40;
+        s.ports[3].counters.unseen_tx = 2;
+        s.ports[1].attached = false;
+        s
+    };
+    let mut app = app_of(flagged(100), flagged(101));
+    app.set_sort(SortKey::Unseen, false);
+    let first = &app.rows[app.view[0]];
+    assert_eq!(
+        (first.veth.as_str(), first.unseen),
+        ("gke77e0f2a14c9", Some(42))
+    );
+    let wide = screen(&mut app, 132, 20);
+    let header = wide.lines().find(|l| l.contains("POD")).unwrap();
+    // Sorted by it: the arrow takes a cell of the 6 (as for DROP/s).
+    assert!(header.contains("▼UNSE…"), "{wide}");
+    let row = |name: &str| wide.lines().find(|l| l.contains(name)).unwrap().to_owned();
+    let col = header.chars().take_while(|&c| c != '▼').count();
+    let under = |name: &str| row(name).chars().skip(col).take(6).collect::<String>();
+    assert_eq!(under("gke77e0f2a14c9").trim(), "42", "{wide}");
+    assert_eq!(under("veth8f31d0b2").trim(), "-", "{wide}");
+    assert_eq!(under("veth1c2a6f3e").trim(), "0", "{wide}");
+    for w in [132, 60] {
+        let mut t = Terminal::new(TestBackend::new(w, 20)).unwrap();
+        app.set_page(table_rows(ratatui::layout::Rect::new(0, 0, w, 20), &app));
+        t.draw(|f| render(f, &app)).unwrap();
+        let buf = t.backend().buffer();
+        let red = |name: &str| {
+            (0..20).find_map(|y| {
+                let line: String = (0..w).map(|x| buf[(x, y)].symbol()).collect();
+                let x = line.find(name)?;
+                // The column of the first character (cells before it are single-width).
+                let x = line[..x].chars().count() as u16;
+                Some(buf[(x, y)].fg == ratatui::style::Color::Red)
+            })
+        };
+        assert_eq!(red("gke77e0f2a14c9"), Some(true), "{w} wide");
+        assert_eq!(red("gke3a9d1c0b7e1"), Some(false), "{w} wide");
+    }
+}

@@ -1,4 +1,5 @@
-//! `node-tracer peers`: what is behind every host-side veth.
+//! `node-tracer peers`: what is behind every host-side veth, and, read from an agent, which
+//! veths passed packets past its hooks (unseen packets, see `coverage`).
 
 use std::fmt::Write as _;
 
@@ -28,6 +29,31 @@ pub struct PeerRow<'a> {
     /// The engine's container owning the peer's namespace, beside the pod (not inside it, so
     /// `pod` keeps its four fields).
     pub container: Option<&'a Container>,
+    /// Packets the kernel counted on the veth that the agent's hooks never saw; `null` where no
+    /// programs are attached (always, without `--connect`: `peers` alone attaches nothing).
+    pub unseen: Option<Unseen>,
+}
+
+/// `unseen` of a `peers --json` row, from the pod's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Unseen {
+    pub receive: u64,
+    pub transmit: u64,
+}
+
+impl Unseen {
+    /// What the port's counters say, where programs count for it.
+    pub fn of(p: &Port) -> Option<Self> {
+        p.attached.then_some(Self {
+            receive: p.counters.unseen_rx,
+            transmit: p.counters.unseen_tx,
+        })
+    }
+
+    /// Whether the port is flagged: anything at all passed it unseen.
+    pub fn any(self) -> bool {
+        self.receive + self.transmit > 0
+    }
 }
 
 /// `pod` of a `peers --json` row: the contract's four fields.
@@ -65,6 +91,7 @@ impl<'a> From<&'a Port> for PeerRow<'a> {
             peer: p.peer.as_ref(),
             pod: p.pod.as_ref().map(PodRow::from),
             container: p.pod.as_ref().and_then(|pod| pod.container.as_ref()),
+            unseen: Unseen::of(p),
         }
     }
 }
@@ -75,8 +102,10 @@ pub fn to_json(snap: &Snapshot) -> serde_json::Result<String> {
 }
 
 /// The table a person reads: one row per veth, then the bridges (empty ones included, since
-/// "docker0 with no interfaces" is one of the questions).
+/// "docker0 with no interfaces" is one of the questions). An UNSEEN column only for a snapshot
+/// with counters (an agent's): without programs attached there is nothing to compare.
 pub fn to_table(snap: &Snapshot) -> String {
+    let counted = snap.ports.iter().any(|p| p.attached);
     let mut rows = vec![[
         "VETH".to_string(),
         "MODE".into(),
@@ -85,6 +114,7 @@ pub fn to_table(snap: &Snapshot) -> String {
         "PEER".into(),
         "PEER ADDR".into(),
         "NETNS".into(),
+        "UNSEEN".into(),
         "POD".into(),
     ]];
     for p in &snap.ports {
@@ -119,8 +149,14 @@ pub fn to_table(snap: &Snapshot) -> String {
             peer_name,
             peer_addr,
             netns,
+            Unseen::of(p).map_or_else(|| "-".into(), unseen_cell),
             pod,
         ]);
+    }
+    if !counted {
+        for r in &mut rows {
+            r[7].clear();
+        }
     }
     let mut out = render(&rows);
     if !snap.bridges.is_empty() {
@@ -182,6 +218,40 @@ pub fn sources_line(answered: &[Answered], snap: &Snapshot) -> String {
     format!("sources: {}\n", parts.join(", "))
 }
 
+/// `0` for a veth whose hooks saw everything; the counts per direction (the pod's point of view)
+/// and a `!` for one that passed packets past them.
+fn unseen_cell(u: Unseen) -> String {
+    if u.any() {
+        format!("rx {} tx {} !", u.receive, u.transmit)
+    } else {
+        "0".into()
+    }
+}
+
+/// The line `peers --connect` ends with: the agent it read, and the veths it flags.
+pub fn agent_line(agent: &str, snap: &Snapshot) -> String {
+    let node = snap
+        .node
+        .as_ref()
+        .map_or_else(String::new, |n| format!(" (node {n})"));
+    let attached = snap.ports.iter().filter(|p| p.attached).count();
+    let flagged: Vec<&str> = snap
+        .ports
+        .iter()
+        .filter(|p| Unseen::of(p).is_some_and(Unseen::any))
+        .map(|p| p.name.as_str())
+        .collect();
+    let unseen = if flagged.is_empty() {
+        "no unseen packets".to_owned()
+    } else {
+        format!(
+            "UNSEEN packets on {} (traffic that passed the veth without the agent's hooks)",
+            flagged.join(" ")
+        )
+    };
+    format!("agent: {agent}{node}, {attached} veths attached, {unseen}\n")
+}
+
 fn first_global(addrs: &[String]) -> String {
     addrs
         .iter()
@@ -204,7 +274,8 @@ fn render<const N: usize>(rows: &[[String; N]]) -> String {
         for (i, (c, w)) in r.iter().zip(widths).enumerate() {
             if i + 1 == N {
                 line.push_str(c);
-            } else {
+            } else if w > 0 {
+                // (A column left empty on every row, UNSEEN without counters, takes no room.)
                 let _ = write!(line, "{c:<w$}  ");
             }
         }
@@ -215,161 +286,4 @@ fn render<const N: usize>(rows: &[[String; N]]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Mode, PodSource};
-
-    fn snap() -> Snapshot {
-        Snapshot {
-            ports: vec![
-                Port {
-                    ifindex: 7,
-                    name: "veth591ea0bf".into(),
-                    mode: Mode::Bridged,
-                    master: Some("cni0".into()),
-                    port_no: Some(2),
-                    peer: Some(Peer {
-                        ifindex: 3,
-                        name: Some("eth0".into()),
-                        addresses: vec!["10.244.1.5/24".into()],
-                        netnsid: Some(0),
-                        netns: Some("/run/netns/cni-1".into()),
-                        ..Peer::default()
-                    }),
-                    pod: Some(Pod {
-                        namespace: "default".into(),
-                        name: "web-1".into(),
-                        uid: "u1".into(),
-                        source: PodSource::Cri,
-                        container: None,
-                    }),
-                    ..Port::default()
-                },
-                Port {
-                    ifindex: 9,
-                    name: "veth27cee774".into(),
-                    mode: Mode::Routed,
-                    addresses: vec!["10.188.2.1/32".into()],
-                    routes: vec!["10.188.2.5/32".into()],
-                    ..Port::default()
-                },
-            ],
-            bridges: vec![Bridge {
-                ifindex: 3,
-                name: "docker0".into(),
-                ..Bridge::default()
-            }],
-            ..Snapshot::default()
-        }
-    }
-
-    #[test]
-    fn the_last_line_says_which_sources_answered_and_what_each_named() {
-        let snap = snap();
-        let named = |source| {
-            snap.ports
-                .iter()
-                .filter(|p| p.pod.as_ref().is_some_and(|pod| pod.source == source))
-                .count()
-        };
-        let answered = [
-            Answered {
-                source: PodSource::Cri,
-                at: Some("/run/a.sock".into()),
-            },
-            Answered {
-                source: PodSource::Cri,
-                at: Some("/run/b.sock".into()),
-            },
-            Answered {
-                source: PodSource::Proc,
-                at: None,
-            },
-        ];
-        let line = sources_line(&answered, &snap);
-        let cri = named(PodSource::Cri);
-        assert!(cri > 0, "the fixture has CRI pods");
-        assert!(
-            line.starts_with(&format!(
-                "sources: cri (/run/a.sock, /run/b.sock) {cri} port"
-            )),
-            "{line}"
-        );
-        assert!(
-            line.contains(&format!("proc {} port", named(PodSource::Proc))),
-            "{line}"
-        );
-        assert!(
-            !line.contains("docker"),
-            "only sources that answered: {line}"
-        );
-        assert_eq!(sources_line(&[], &snap), "sources: none answered\n");
-    }
-
-    #[test]
-    fn table_answers_the_seed_questions() {
-        let t = to_table(&snap());
-        assert!(t.contains("eth0@if3"), "{t}");
-        assert!(t.contains("cni0/2"));
-        assert!(t.contains("default/web-1 (cri)"));
-        assert!(t.contains("routes 10.188.2.5/32"));
-        assert!(t.contains("docker0") && t.contains("(no ports)"));
-    }
-
-    #[test]
-    fn json_has_the_contract_fields() {
-        let v: serde_json::Value = serde_json::from_str(&to_json(&snap()).unwrap()).unwrap();
-        let row = &v[0];
-        for k in [
-            "ifindex",
-            "name",
-            "mac",
-            "mode",
-            "master",
-            "port_no",
-            "addresses",
-            "routes",
-            "peer",
-            "pod",
-            "container",
-        ] {
-            assert!(row.get(k).is_some(), "missing {k}");
-        }
-        assert_eq!(row["mode"], "bridged");
-        assert_eq!(row["peer"]["netnsid"], 0);
-        assert_eq!(row["pod"]["source"], "cri");
-        assert_eq!(v[1]["pod"], serde_json::Value::Null);
-        assert_eq!(v[1]["mode"], "routed");
-        assert_eq!(row["container"], serde_json::Value::Null);
-        assert_eq!(v[1]["container"], serde_json::Value::Null);
-    }
-
-    #[test]
-    fn a_docker_container_is_the_pod_and_its_record_sits_beside_it() {
-        let mut s = snap();
-        s.ports[0].pod = Some(Pod {
-            namespace: String::new(),
-            name: "shop-web".into(),
-            uid: String::new(),
-            source: PodSource::Docker,
-            container: Some(Container {
-                runtime: "docker".into(),
-                id: "3956c459e213".into(),
-                name: "shop-web".into(),
-                image: "nginx:1".into(),
-            }),
-        });
-        let t = to_table(&s);
-        assert!(t.contains("shop-web (docker)"), "{t}");
-        let v: serde_json::Value = serde_json::from_str(&to_json(&s).unwrap()).unwrap();
-        let pod = v[0]["pod"].as_object().unwrap();
-        let mut keys: Vec<&str> = pod.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(keys, ["name", "namespace", "source", "uid"]);
-        assert_eq!(v[0]["pod"]["source"], "docker");
-        assert_eq!(v[0]["container"]["runtime"], "docker");
-        assert_eq!(v[0]["container"]["name"], "shop-web");
-        assert_eq!(v[0]["container"]["image"], "nginx:1");
-        assert_eq!(v[0]["container"]["id"], "3956c459e213");
-    }
-}
+mod tests;
