@@ -38,9 +38,10 @@ const _: () = assert!(core::mem::size_of::<PortStats>() == 2 * 176);
 
 /// One direction of a port on one CPU, laid out in the order a packet touches it. Between two
 /// packets the whole network stack runs and evicts what the program used, so the live cost of a
-/// run is mostly its cache misses: every packet reads and writes the first 48 bytes (the tcx
-/// mark and the MAC cache) and one 16-byte pair of `counts`, two cache lines where the packet
-/// and byte counters, the mark and the cache used to lie in four.
+/// run is mostly its cache misses. Every packet reads and writes the first 32 bytes (the MAC
+/// cache and the tcx mark) and one 16-byte pair of `counts`; TCP's and UDP's pairs come right
+/// after (see [`count_slot`]), so a TCP or UDP packet touches one 64-byte span of the entry,
+/// where the packet and byte counters, the mark and the cache used to lie in four lines.
 ///
 /// The MAC cache is the source MAC the port saw last (on this CPU and direction) and its packets
 /// not yet added to its `MAC_SEEN` entry. A pod's port sees the same MAC packet after packet;
@@ -61,13 +62,23 @@ pub struct PortDir {
     pub mac_bytes: u64,
     /// `jiffies` when `mac_last_ns` was taken: the clock is read once per tick, not per packet.
     pub mac_last_tick: u64,
-    /// When this CPU last saw `mac`, and started seeing it (since the last switch).
+    /// Per protocol, at [`count_slot`]`(PROTO_*)`.
+    pub counts: [Count; PROTO_COUNT],
+    /// When this CPU last saw `mac` (written once per tick), and started seeing it (since the
+    /// last switch): after the counters, out of the packet's way.
     pub mac_last_ns: u64,
     pub mac_first_ns: u64,
-    /// Per protocol (`PROTO_*`).
-    pub counts: [Count; PROTO_COUNT],
 }
-const _: () = assert!(core::mem::size_of::<PortDir>() == 48 + 16 * PROTO_COUNT);
+const _: () = assert!(core::mem::size_of::<PortDir>() == 32 + 16 * PROTO_COUNT + 16);
+
+/// Where protocol `proto` (`PROTO_*`) is counted in [`PortDir::counts`]: a rotation that puts
+/// TCP and UDP first, next to the MAC cache, so the commonest packets touch one span of 64 bytes.
+#[inline(always)]
+pub const fn count_slot(proto: usize) -> usize {
+    (proto + PROTO_COUNT - PROTO_TCP) % PROTO_COUNT
+}
+const _: () = assert!(count_slot(PROTO_TCP) == 0 && count_slot(PROTO_UDP) == 1);
+const _: () = assert!(count_slot(PROTO_OTHER) == PROTO_COUNT - 1 - PROTO_TCP);
 
 /// Packets and bytes of one protocol, side by side: counting a packet writes one 16-byte pair.
 #[repr(C)]

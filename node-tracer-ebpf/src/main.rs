@@ -21,11 +21,11 @@ use aya_log_ebpf::warn;
 
 mod tcp;
 use node_tracer_common::{
-    Count, DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacKey, MacStats, PROTO_ARP,
-    PROTO_COUNT, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER,
-    PROTO_TCP, PROTO_UDP, PortDir, PortSlot, PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST,
+    Count, DIR_EGRESS, DIR_INGRESS, IcmpEvent, IcmpKey, MacKey, MacStats, PROTO_ARP, PROTO_COUNT,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_IPV4_OTHER, PROTO_IPV6_OTHER, PROTO_OTHER, PROTO_TCP,
+    PROTO_UDP, PortDir, PortSlot, PortStats, SNAP_LEN, STAT_COUNT, STAT_EVENTS_LOST,
     STAT_EVENTS_SENT, STAT_ICMP_INSERT_FAILED, STAT_MAC_INSERT_FAILED, STAT_MAC_NEW,
-    STAT_PORT_INSERT_FAILED,
+    STAT_PORT_INSERT_FAILED, count_slot,
 };
 
 /// `TCX_NEXT`: let the next program (or the stack) decide. Same value as `TC_ACT_UNSPEC`, which
@@ -86,12 +86,12 @@ const ZERO_DIR: PortDir = PortDir {
     mac_packets: 0,
     mac_bytes: 0,
     mac_last_tick: 0,
-    mac_last_ns: 0,
-    mac_first_ns: 0,
     counts: [Count {
         packets: 0,
         bytes: 0,
     }; PROTO_COUNT],
+    mac_last_ns: 0,
+    mac_first_ns: 0,
 };
 
 /// tcx programs.
@@ -148,7 +148,8 @@ fn observe<const TCX: bool>(ctx: &TcContext, dir: u8) {
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: `dir & 1` keeps the index in range of the port's two directions.
-    let port = port_stats(ctx, ifindex).map(|p| unsafe { &raw mut (*p).dirs[usize::from(dir & 1)] });
+    let port =
+        port_stats(ctx, ifindex).map(|p| unsafe { &raw mut (*p).dirs[usize::from(dir & 1)] });
     if let Some(port) = port {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe {
@@ -165,7 +166,7 @@ fn observe<const TCX: bool>(ctx: &TcContext, dir: u8) {
     if let Some(port) = port {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe {
-            let count = &mut (*port).counts[parsed.proto & 7];
+            let count = &mut (*port).counts[count_slot(parsed.proto) & 7];
             count.packets += 1;
             count.bytes += len;
         }
@@ -434,14 +435,7 @@ fn port_stats(ctx: &TcContext, ifindex: u32) -> Option<*mut PortStats> {
 /// direction (a pod sending) costs a compare and two adds; only a change of MAC touches
 /// `MAC_SEEN`, to hand over the previous MAC's pending counts.
 #[inline(always)]
-fn track_mac(
-    ctx: &TcContext,
-    port: *mut PortDir,
-    ifindex: u32,
-    dir: u8,
-    mac: u64,
-    len: u64,
-) {
+fn track_mac(ctx: &TcContext, port: *mut PortDir, ifindex: u32, dir: u8, mac: u64, len: u64) {
     // "First/last seen" needs the coarse clock (tick resolution), but a helper call costs more
     // than the rest of the program (~30 ns measured). The verifier inlines bpf_jiffies64 into
     // one load, so the clock is read at most once per tick and port; no precision is lost, as

@@ -17,8 +17,8 @@ use aya::{
 };
 use node_tracer_common::{
     DIR_EGRESS, DIR_INGRESS, HandshakeStats, IcmpKey, MacKey, MacStats, PROG_EGRESS,
-    PROG_EGRESS_NL, PROG_INGRESS, PROG_INGRESS_NL, PROG_KFREE_SKB, PROG_TCP_RETX, PortDirKey,
-    PortStats, STAT_COUNT, TcpFlagKey,
+    PROG_EGRESS_NL, PROG_INGRESS, PROG_INGRESS_NL, PROG_KFREE_SKB, PROG_TCP_RETX, PROTO_COUNT,
+    PortDirKey, PortStats, STAT_COUNT, TcpFlagKey, count_slot,
 };
 
 use super::{batch, bpf, map_errors::MapErrors, program_fd};
@@ -172,12 +172,16 @@ impl MapReader {
             let c = &mut out.entry(ifindex).or_default().counters;
             for s in per_cpu.iter() {
                 // Host ingress is what the pod transmits; host egress what it receives.
-                let (tx, rx) = (&s.dirs[usize::from(DIR_INGRESS)], &s.dirs[usize::from(DIR_EGRESS)]);
-                for p in 0..8 {
-                    c.tx_packets[p] += tx.counts[p].packets;
-                    c.tx_bytes[p] += tx.counts[p].bytes;
-                    c.rx_packets[p] += rx.counts[p].packets;
-                    c.rx_bytes[p] += rx.counts[p].bytes;
+                let (tx, rx) = (
+                    &s.dirs[usize::from(DIR_INGRESS)],
+                    &s.dirs[usize::from(DIR_EGRESS)],
+                );
+                for p in 0..PROTO_COUNT {
+                    let (t, r) = (&tx.counts[count_slot(p)], &rx.counts[count_slot(p)]);
+                    c.tx_packets[p] += t.packets;
+                    c.tx_bytes[p] += t.bytes;
+                    c.rx_packets[p] += r.packets;
+                    c.rx_bytes[p] += r.bytes;
                 }
                 for (dir, d) in [DIR_INGRESS, DIR_EGRESS].into_iter().zip(&s.dirs) {
                     if d.mac_valid != 0 && d.mac_packets != 0 {

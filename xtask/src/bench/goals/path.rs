@@ -289,6 +289,22 @@ pub fn prog(s: &Settings, p: &prog::Results) -> Vec<Row> {
         None,
         "ns",
     ));
+    rows.push(row(
+        "cold_prog_ns",
+        "ingress program, 64 B UDP frame, one run after a cache flush".into(),
+        p.cold_ours.clone(),
+        Stat::Median,
+        None,
+        "ns",
+    ));
+    rows.push(row(
+        "cold_empty_prog_ns",
+        "empty program, the same cold".into(),
+        p.cold_empty.clone(),
+        Stat::Median,
+        None,
+        "ns",
+    ));
     for (name, v) in &p.ours {
         if *name != "udp" {
             rows.push(row(
