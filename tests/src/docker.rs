@@ -10,7 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Link, TempDir, quiet_ipv6, require_tool, sh, sh_output};
+use crate::{
+    Link, TempDir,
+    host_dirs::{self, HostDirs},
+    quiet_ipv6, require_tool, sh, sh_output,
+};
 
 /// The image every container runs: busybox with a few applets linked.
 pub const IMAGE: &str = "nttbox:1";
@@ -36,7 +40,7 @@ impl Engine {
         require_tool("dockerd");
         require_tool("docker");
         require_tool("busybox");
-        host_dirs().enter();
+        HOST_DIRS.enter();
         let root = TempDir::new(tag);
         let net = crate::unique_net();
         let bridge = Link::bridge(&format!("{tag}b"));
@@ -133,6 +137,28 @@ impl Engine {
             .to_owned()
     }
 
+    /// Starts a container of [`IMAGE`] running `sleep` under each name: created a few at a time,
+    /// then started in batches of many ids per `docker start` (one `docker run` after another
+    /// would cost a CLI process and a round trip per step per container).
+    pub fn run_many(&self, names: &[String]) {
+        let cli = self.cli();
+        let names = names.join(" ");
+        sh(&format!(
+            "printf '%s\\n' {names} | xargs -P 4 -I NAME {cli} create --name NAME {IMAGE} sleep 3600 >/dev/null"
+        ));
+        sh(&format!(
+            "printf '%s\\n' {names} | xargs -n 25 -P 4 {cli} start >/dev/null"
+        ));
+    }
+
+    /// `docker inspect` of many containers at once, parsed, in the order asked.
+    pub fn inspect_many(&self, names: &[String]) -> Vec<serde_json::Value> {
+        let out = self.docker(&format!("inspect {}", names.join(" ")));
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("inspect JSON");
+        assert_eq!(all.len(), names.len(), "{out}");
+        all
+    }
+
     /// `docker inspect` of one container, parsed.
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         let out = self.docker(&format!("inspect {name}"));
@@ -198,36 +224,45 @@ impl Drop for Engine {
             }
         }
         unmount_under(&self.root.0);
-        host_dirs().leave();
+        HOST_DIRS.leave();
         // `bridge` and `root` are dropped after this: the link deleted, the directory removed.
     }
 }
 
+/// Pod-source flags that reach nothing but the engines at `sockets` (other tests may run a CRI
+/// runtime or a lab at the same time).
+pub fn only_docker(tmp: &TempDir, sockets: &[&Path]) -> Vec<String> {
+    let mut args = vec![
+        "--cri-socket".to_owned(),
+        tmp.0.join("absent-cri.sock").display().to_string(),
+        "--cni-results-dir".to_owned(),
+        tmp.0.join("no-cni").display().to_string(),
+    ];
+    for s in sockets {
+        args.extend(["--docker-socket".to_owned(), s.display().to_string()]);
+    }
+    args
+}
+
+/// `node-tracer peers --json ARGS`: its rows and its stderr (it must succeed and never panic).
+pub fn peers(args: &[String]) -> (Vec<serde_json::Value>, String) {
+    let mut cmd = vec!["peers", "--json"];
+    cmd.extend(args.iter().map(String::as_str));
+    let out = crate::node_tracer(&cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "peers failed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("peers JSON");
+    (rows.as_array().expect("an array").clone(), stderr)
+}
+
 /// What every dockerd makes on the host whatever its own directories: a `docker` cgroup in each
-/// hierarchy, `/run/containerd/s` for its shims' sockets and `/run/docker/plugins`. Those that did not exist before
-/// this process's first engine are removed when its last engine stops (engines of one test
-/// binary run in parallel and share them).
-struct HostDirs {
-    inner: std::sync::Mutex<(usize, Option<Vec<PathBuf>>)>,
-}
-
-fn host_dirs() -> &'static HostDirs {
-    static DIRS: std::sync::OnceLock<HostDirs> = std::sync::OnceLock::new();
-    DIRS.get_or_init(|| HostDirs {
-        inner: std::sync::Mutex::new((0, None)),
-    })
-}
-
-impl HostDirs {
-    fn watched() -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|h| h.path().join("docker"))
-            .collect();
-        // Deepest first, so the parent is empty when its turn comes. (dockerd makes its plugin
-        // directory under /run/docker whatever its --exec-root.)
+/// hierarchy, `/run/containerd/s` for its shims' sockets and `/run/docker/plugins`. Only empty
+/// ones go (rmdir): a cgroup with a process in it, or a socket another runtime still uses, stays.
+static HOST_DIRS: HostDirs = HostDirs::new(
+    || {
+        let mut dirs = host_dirs::cgroups("docker");
+        // dockerd makes its plugin directory under /run/docker whatever its --exec-root.
         dirs.extend(
             [
                 "/run/containerd/s",
@@ -238,40 +273,11 @@ impl HostDirs {
             .map(PathBuf::from),
         );
         dirs
-    }
-
-    fn enter(&self) {
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if g.1.is_none() {
-            g.1 = Some(
-                Self::watched()
-                    .into_iter()
-                    .filter(|d| !d.exists())
-                    .collect(),
-            );
-        }
-        g.0 += 1;
-    }
-
-    fn leave(&self) {
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.0 -= 1;
-        if g.0 > 0 {
-            return;
-        }
-        for d in g.1.take().unwrap_or_default() {
-            // Only empty ones go (rmdir): a cgroup with a process in it, or a socket another
-            // runtime still uses, stays.
-            let _ = std::fs::remove_dir(&d);
-        }
-    }
-}
+    },
+    |d| {
+        let _ = std::fs::remove_dir(d);
+    },
+);
 
 /// Unmounts everything mounted under `dir` (namespace bind mounts, overlays), deepest first.
 pub(crate) fn unmount_under(dir: &Path) {

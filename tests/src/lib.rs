@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod docker;
+mod host_dirs;
 pub mod podman;
 pub mod runtime;
 pub mod tc_shot;

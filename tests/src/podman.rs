@@ -8,7 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{Link, TempDir, require_tool, sh, sh_output};
+use crate::{
+    Link, TempDir,
+    host_dirs::{self, HostDirs},
+    require_tool, sh, sh_output,
+};
 
 /// The image every container runs: busybox with a few applets linked.
 pub const IMAGE: &str = "localhost/nttbox:1";
@@ -31,7 +35,7 @@ impl Podman {
         require_tool("podman");
         require_tool("conmon");
         require_tool("busybox");
-        host_dirs().enter();
+        HOST_DIRS.enter();
         let root = TempDir::new(tag);
         let net = crate::unique_net();
         let bridge = Link::bridge(&format!("{tag}b"));
@@ -207,69 +211,22 @@ impl Drop for Podman {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         crate::docker::unmount_under(&self.root.0);
-        host_dirs().leave();
+        HOST_DIRS.leave();
         // `bridge` and `root` are dropped after this: the link deleted, the directory removed.
     }
 }
 
 /// What rootful Podman makes on the host whatever its own directories: a `libpod_parent` cgroup
 /// tree in each hierarchy, the CNI result cache (`/var/lib/cni/results`) and `/run/netns` (a
-/// shared mount). Those that did not exist before this process's first instance are removed
-/// when its last one is dropped, if empty.
-struct HostDirs {
-    inner: std::sync::Mutex<(usize, Option<Vec<PathBuf>>)>,
-}
-
-fn host_dirs() -> &'static HostDirs {
-    static DIRS: std::sync::OnceLock<HostDirs> = std::sync::OnceLock::new();
-    DIRS.get_or_init(|| HostDirs {
-        inner: std::sync::Mutex::new((0, None)),
-    })
-}
-
-impl HostDirs {
-    fn watched() -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|h| h.path().join("libpod_parent"))
-            .collect();
-        // Deepest first, so the parent is empty when its turn comes.
+/// shared mount).
+static HOST_DIRS: HostDirs = HostDirs::new(
+    || {
+        let mut dirs = host_dirs::cgroups("libpod_parent");
         dirs.extend(["/var/lib/cni/results", "/var/lib/cni", "/run/netns"].map(PathBuf::from));
         dirs
-    }
-
-    fn enter(&self) {
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if g.1.is_none() {
-            g.1 = Some(
-                Self::watched()
-                    .into_iter()
-                    .filter(|d| !d.exists())
-                    .collect(),
-            );
-        }
-        g.0 += 1;
-    }
-
-    fn leave(&self) {
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.0 -= 1;
-        if g.0 > 0 {
-            return;
-        }
-        for d in g.1.take().unwrap_or_default() {
-            remove_empty_tree(&d);
-        }
-    }
-}
+    },
+    remove_empty_tree,
+);
 
 /// Removes `dir` and the empty directories under it, deepest first; anything in use (a cgroup
 /// with a process, a namespace another test mounted there) stays. `/run/netns` is a mount point

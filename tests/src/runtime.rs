@@ -26,6 +26,11 @@ pub fn options(tag: &str) -> RuntimeOptions {
 
 /// Starts a runtime after checking the tools it needs (a failure, never a skip).
 pub async fn start(tag: &str) -> Runtime {
+    start_with(options(tag)).await
+}
+
+/// [`start`] with options of the caller's (made from [`options`]).
+pub async fn start_with(opts: RuntimeOptions) -> Runtime {
     require_root();
     for t in ["containerd", "runc", "ctr", "nsenter"] {
         require_tool(t);
@@ -34,7 +39,7 @@ pub async fn start(tag: &str) -> Runtime {
         std::path::Path::new("/usr/lib/cni/bridge").exists(),
         "CNI plugins missing: run `cargo xtask setup` (containernetworking-plugins)"
     );
-    Runtime::start(options(tag))
+    Runtime::start(opts)
         .await
         .unwrap_or_else(|e| panic!("start containerd: {e}"))
 }

@@ -147,7 +147,7 @@ fn manifests_carry_host_access_least_privilege_probes_and_discovery() {
         ("/proc", Some("proc-root"), true),
         ("/run/netns", Some("netns-dir"), true),
         ("/var/run/netns", None, true),
-        ("/run/containerd/containerd.sock", Some("cri-socket"), false),
+        ("/run", None, true),
         ("/var/lib/cni/results", Some("cni-results-dir"), true),
         ("/sys/fs/bpf", None, true),
     ] {
@@ -165,10 +165,34 @@ fn manifests_carry_host_access_least_privilege_probes_and_discovery() {
             "readOnly of {host}"
         );
     }
-    // Pod namespaces are bind-mounted after the agent starts: they must propagate in.
-    for host in ["/run/netns", "/var/run/netns"] {
+    // Pod namespaces are bind-mounted after the agent starts, a runtime may start after it:
+    // they must propagate in.
+    for host in ["/run/netns", "/var/run/netns", "/run"] {
         assert_eq!(mount(host)["mountPropagation"], "HostToContainer", "{host}");
     }
+    // Every runtime's socket is found under the host's /run, whichever the node runs: no
+    // single socket is mounted (a `type: Socket` volume fails the pod where that runtime is
+    // absent), the CRI defaults apply, and Docker's socket is named where the mount has it.
+    assert_eq!(mount("/run")["mountPath"], "/run");
+    let run = volumes
+        .iter()
+        .find(|v| v["hostPath"]["path"] == "/run")
+        .unwrap();
+    assert_eq!(run["hostPath"]["type"], "Directory");
+    assert!(
+        volumes.iter().all(|v| v["hostPath"]["type"] != "Socket"),
+        "a socket volume: {volumes:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--cri-socket")),
+        "the defaults name every CRI runtime: {args:?}"
+    );
+    let under_run = node_tracer::pods::DEFAULT_CRI_SOCKETS
+        .iter()
+        .filter(|s| s.starts_with("/run/"))
+        .count();
+    assert!(under_run >= 4, "containerd, CRI-O, k3s/RKE2, cri-dockerd");
+    assert_eq!(flag("docker-socket"), "/run/docker.sock");
     assert_eq!(mount("/proc")["mountPath"], "/host/proc");
     // The API token: the kustomization's generated Secret, mounted read-only where the flag
     // and the clients' environment variable point; the agent is not started without it, since

@@ -9,39 +9,14 @@ use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixListener,
     path::Path,
-    process::Output,
 };
 
 use node_tracer_tests::{
-    Agent, Pod, TempDir, docker::Engine, metric, node_tracer, quiet_read, require_root, unique,
-    unique_net,
+    Agent, Pod, TempDir,
+    docker::{Engine, only_docker, peers},
+    metric, node_tracer, quiet_read, require_root, unique, unique_net,
 };
 use serde_json::Value;
-
-/// Sources that reach nothing but `sockets` (other tests may run a CRI runtime or a lab).
-fn only_docker(tmp: &TempDir, sockets: &[&Path]) -> Vec<String> {
-    let mut args = vec![
-        "--cri-socket".to_owned(),
-        tmp.0.join("absent-cri.sock").display().to_string(),
-        "--cni-results-dir".to_owned(),
-        tmp.0.join("no-cni").display().to_string(),
-    ];
-    for s in sockets {
-        args.extend(["--docker-socket".to_owned(), s.display().to_string()]);
-    }
-    args
-}
-
-fn peers(args: &[String]) -> (Vec<Value>, String) {
-    let mut cmd = vec!["peers", "--json"];
-    cmd.extend(args.iter().map(String::as_str));
-    let out: Output = node_tracer(&cmd);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "peers failed: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let rows: Value = serde_json::from_slice(&out.stdout).expect("peers JSON");
-    (rows.as_array().unwrap().clone(), stderr)
-}
 
 fn row<'a>(rows: &'a [Value], veth: &str) -> &'a Value {
     rows.iter()

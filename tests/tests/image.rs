@@ -105,8 +105,8 @@ fn bytes(q: &str) -> i64 {
 }
 
 /// The container of `pod` as the kubelet hands it to the CRI. `host_paths` maps a hostPath of
-/// the manifest to where that thing is on this node (the lab's containerd socket is not at
-/// /run/containerd/containerd.sock); `secret_dir` is the Secret volume's files.
+/// the manifest to where that thing is on this node (the test's /run holds the lab's containerd
+/// socket, the host's does not); `secret_dir` is the Secret volume's files.
 fn container_config(
     pod: &Value,
     host_paths: &HashMap<&str, PathBuf>,
@@ -330,9 +330,17 @@ async fn daemonset_pod_spec_runs_under_containerd() {
         built.tags
     );
 
+    // The manifest mounts the host's /run, where every runtime has its socket. Here /run is
+    // a directory of the test's own, shared as /run is on a host with systemd (HostToContainer
+    // needs that), holding the lab's containerd socket where containerd's default puts it and
+    // the mount point of /run/netns, which the manifest mounts inside it.
+    let run = SharedDir::new(&tmp.0.join("run"));
+    std::fs::create_dir_all(run.0.join("netns")).unwrap();
+    let mut opts = runtime::options("img");
+    opts.socket = run.0.join("containerd/containerd.sock");
     // Pods first: containerd's CNI code makes /run/netns a shared mount with the first one,
     // which HostToContainer needs (deploy/README.md).
-    let rt = runtime::start("img").await;
+    let rt = runtime::start_with(opts).await;
     let a = rt
         .run_pod(&unique("a"), "shop", &runtime::uid(), "runc")
         .await
@@ -346,8 +354,7 @@ async fn daemonset_pod_spec_runs_under_containerd() {
     let secret = tmp.0.join("secret");
     std::fs::create_dir_all(&secret).unwrap();
     std::fs::write(secret.join("token"), &token).unwrap();
-    let host_paths =
-        HashMap::from([("/run/containerd/containerd.sock", rt.socket().to_path_buf())]);
+    let host_paths = HashMap::from([("/run", run.0.clone())]);
     let config = container_config(pod, &host_paths, &secret);
     let agent = rt
         .run_host_pod(&unique("nt"), "node-tracer", &runtime::uid())
@@ -392,7 +399,7 @@ async fn daemonset_pod_spec_runs_under_containerd() {
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2");
 
-    // The pods, named through the mounted CRI socket.
+    // The pods, named through the CRI socket found under the /run mount.
     let names = |text: &str, p: &PodHandle| {
         metric(
             text,
@@ -402,6 +409,35 @@ async fn daemonset_pod_spec_runs_under_containerd() {
         .is_some()
     };
     wait_metrics(addr, "pods a and b", |t| names(t, &a) && names(t, &b)).await;
+    // `peers` in the container, with no socket flag, found containerd at its default path
+    // under the mount and named the pods from it (not from the CNI cache beside it).
+    let out = rt
+        .exec_sync(
+            &id,
+            &["node-tracer", "peers", "--proc-root=/host/proc"],
+            Duration::from_mins(1),
+        )
+        .await
+        .expect("ExecSync");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.exit_code,
+        0,
+        "peers in the container: {table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in [&a, &b] {
+        let shown = format!("shop/{} (cri)", p.name);
+        assert!(
+            table.lines().any(|l| l.ends_with(&shown)),
+            "no line ends with {shown:?}: {table}"
+        );
+    }
+    let last = table.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cri (/run/containerd/containerd.sock)"),
+        "{last}"
+    );
     // A pod created after the agent started: its netns mount reaches the container.
     let late = rt
         .run_pod(&unique("c"), "shop", &runtime::uid(), "runc")
@@ -477,4 +513,23 @@ async fn daemonset_pod_spec_runs_under_containerd() {
         "propagation warning on a shared host mount:\n{text}"
     );
     rt.stop().await.expect("runtime teardown");
+}
+
+/// A directory bind-mounted on itself and made shared (a mount peer group of its own);
+/// unmounted on drop, before the directory is removed.
+struct SharedDir(PathBuf);
+
+impl SharedDir {
+    fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let d = dir.display();
+        node_tracer_tests::sh(&format!("mount --bind {d} {d} && mount --make-shared {d}"));
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        let _ = node_tracer_tests::sh_output(&format!("umount -l {}", self.0.display()));
+    }
 }

@@ -1,7 +1,7 @@
 //! Taps (a VM's NIC) are ports like veths: attached, named after the process holding them open,
 //! and counted exactly against the kernel's own counters. Other bridge ports (the node's NIC in
 //! a bridge; here a VXLAN that sends nowhere) are uplinks: listed, and attached only with
-//! `--attach-uplinks`.
+//! `--attach-uplinks`, also when they join a bridge after the agent started.
 //!
 //! Everything lives in a node namespace of the test's own, so the agent there sees only these
 //! links.
@@ -321,4 +321,57 @@ fn tap_is_attached_named_after_its_holder_and_counted_uplink_listed_not_attached
     assert_eq!(tcx_programs(&node, &vx), 2);
     drop(agent);
     drop(holder);
+}
+
+#[test]
+fn an_uplink_joining_a_bridge_after_start_is_listed_and_attached_on_its_event() {
+    require_root();
+    let node = Netns::new("tu");
+    let pod = Netns::new("tq");
+    node.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+    let (br, veth, vx) = (unique("b"), unique("v"), unique("x"));
+    node.exec(&format!(
+        "ip link add {br} type bridge && ip link set {br} up && \
+         ip link add {veth} type veth peer name eth0 netns {pod} && \
+         ip link set {veth} master {br} up",
+        pod = pod.name
+    ));
+    let mut agent = NodeAgent::start(&node, &["--attach-uplinks"]);
+    agent.snapshot_when(&node, |ports| {
+        ports
+            .iter()
+            .any(|p| p["name"] == veth.as_str() && p["attached"] == true)
+    });
+    let events = |agent: &NodeAgent| {
+        metric(
+            &agent.get(&node, "/metrics").expect("metrics"),
+            "node_tracer_link_events_total",
+            &[],
+        )
+        .expect("node_tracer_link_events_total")
+    };
+    let before = events(&agent);
+
+    // A VXLAN made after the agent started joins the bridge: no veth changed, yet the agent
+    // hears of it from that link's own event (not from a rescan that happened to run).
+    node.exec(&format!(
+        "ip link add {vx} type vxlan id 42 dstport 0 local 127.0.0.1 nolearning && \
+         ip link set {vx} master {br} up"
+    ));
+    let ports = agent.snapshot_when(&node, |ports| {
+        ports
+            .iter()
+            .any(|p| p["name"] == vx.as_str() && p["attached"] == true)
+    });
+    let u = port(&ports, &vx);
+    assert_eq!(u["kind"], "uplink", "{u:#}");
+    assert_eq!(u["master"], br.as_str(), "{u:#}");
+    assert_eq!(tcx_programs(&node, &vx), 2);
+    assert!(events(&agent) > before, "the join was a link event");
+
+    // Out of the bridge it is no port at all.
+    node.exec(&format!("ip link set {vx} nomaster"));
+    agent.snapshot_when(&node, |ports| {
+        !ports.iter().any(|p| p["name"] == vx.as_str())
+    });
 }

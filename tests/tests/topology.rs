@@ -435,7 +435,9 @@ impl Drop for Batch {
 /// then the caller's answer is a rescan, and so is ours).
 fn about(name: &str) -> impl Fn(&LinkEvent) -> bool + '_ {
     move |e| match e {
-        LinkEvent::Added { name: n, .. } | LinkEvent::Removed { name: n, .. } => n == name,
+        LinkEvent::Added { name: n, .. }
+        | LinkEvent::Removed { name: n, .. }
+        | LinkEvent::PortChanged { name: n, .. } => n == name,
         LinkEvent::Resync => true,
     }
 }

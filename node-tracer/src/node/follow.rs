@@ -52,6 +52,10 @@ pub(super) async fn follow_links(
                     s.remove_port(ifindex);
                     log::debug!("veth {name} ({ifindex}) removed");
                 }
+                LinkEvent::PortChanged { ifindex, name } => {
+                    // The rescan below lists it (and attaches it, with --attach-uplinks).
+                    log::debug!("uplink {name} ({ifindex}) joined or left a bridge");
+                }
                 LinkEvent::Resync => {
                     WorkCounters::bump(&state.read.counters.netlink_resyncs);
                     s.rescan_all = true;

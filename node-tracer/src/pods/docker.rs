@@ -1,9 +1,11 @@
 //! The Docker Engine's own view of its containers, over its API on a unix socket
-//! (`GET /containers/json`, then `GET /containers/{id}/json` for each running one).
+//! (`GET /containers/json`, then `GET /containers/{id}/json` for each running one, a few at a
+//! time).
 //!
 //! A container's network namespace is `NetworkSettings.SandboxKey` (a bind mount under Docker's
-//! exec root, `/var/run/docker/netns/…`), or else its process's (`/proc/<State.Pid>/ns/net`),
-//! which is also how an agent in a container that cannot see the host's exec root finds it.
+//! exec root, `/var/run/docker/netns/…`, also tried as `/run/…`), or else its process's
+//! (`/proc/<State.Pid>/ns/net`), which is also how an agent in a container that cannot see the
+//! host's exec root finds it.
 //!
 //! A container that joined another's namespace (`--network container:X`: the pod pattern of
 //! dockershim / cri-dockerd, where every app container joins the `k8s_POD_…` sandbox) is not
@@ -16,11 +18,16 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt as _;
 use node_tracer_client::{Agent, ClientError, Credentials, one_line};
 use serde::Deserialize;
 
 use super::Found;
 use crate::model::{Container, Pod, PodSource};
+
+/// Inspects asked at once: the engine answers each on its own, so a host with hundreds of
+/// containers costs a few round trips' time per batch instead of one per container.
+const IN_FLIGHT: usize = 8;
 
 /// Where Docker Engine listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -123,8 +130,14 @@ impl Inspect {
             return Err(Skip::NotRunning);
         }
         let mut paths = Vec::new();
-        if !self.network_settings.sandbox_key.is_empty() {
-            paths.push(PathBuf::from(&self.network_settings.sandbox_key));
+        let key = &self.network_settings.sandbox_key;
+        if !key.is_empty() {
+            paths.push(PathBuf::from(key));
+            // The engine says /var/run, a symlink to /run on the host; an agent in a container
+            // has the host's /run mounted at /run (deploy/daemonset.yaml) but no such symlink.
+            if let Some(rest) = key.strip_prefix("/var/run/") {
+                paths.push(Path::new("/run").join(rest));
+            }
         }
         if self.state.pid > 0 {
             paths.push(proc_root.join(self.state.pid.to_string()).join("ns/net"));
@@ -214,9 +227,15 @@ async fn from_socket(
         socket.display(),
         listed.len()
     );
-    for c in listed {
-        let path = format!("/containers/{}/json", c.id);
-        let inspect: Inspect = match get_json(&engine, &path).await {
+    let engine = &engine;
+    let mut inspected = futures::stream::iter(listed)
+        .map(|c| async move {
+            let inspect = get_json::<Inspect>(engine, &format!("/containers/{}/json", c.id)).await;
+            (c, inspect)
+        })
+        .buffered(IN_FLIGHT);
+    while let Some((c, inspect)) = inspected.next().await {
+        let inspect = match inspect {
             Ok(i) => i,
             // An engine that stopped answering would cost a timeout per container.
             Err(e) if e.is_timeout() => return Err(e),
@@ -306,6 +325,7 @@ mod tests {
             paths,
             [
                 PathBuf::from("/var/run/docker/netns/3c3bd084a6c4"),
+                PathBuf::from("/run/docker/netns/3c3bd084a6c4"),
                 PathBuf::from("/host/proc/15698/ns/net")
             ]
         );

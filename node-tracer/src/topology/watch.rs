@@ -3,7 +3,7 @@
 use std::{collections::HashMap, pin::Pin};
 
 use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
-use netlink_packet_route::{RouteNetlinkMessage, link::LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage, link::LinkMessage};
 use rtnetlink::{
     Handle, MulticastGroup,
     packet_core::{NetlinkMessage, NetlinkPayload},
@@ -24,6 +24,9 @@ pub enum LinkEvent {
     Added { ifindex: u32, name: String },
     /// A veth left the host namespace (deleted, or moved to another namespace).
     Removed { ifindex: u32, name: String },
+    /// A link that is neither a veth nor a tap (an uplink: a NIC, a VXLAN) joined a bridge,
+    /// left it, or went away while in one: the bridge's ports changed, no veth did.
+    PortChanged { ifindex: u32, name: String },
     /// The kernel dropped notifications (the socket buffer overran, typically when hundreds of
     /// veths appear at once): what the caller knows may be stale, rescan everything.
     Resync,
@@ -40,6 +43,8 @@ pub struct LinkWatcher {
     /// Veths announced so far by name, so that flag changes (up, down, promisc, carrier) do not
     /// turn into a stream of `Added`.
     known: HashMap<u32, String>,
+    /// Other links in a bridge (or any master) now, by ifindex: the master they are in.
+    enslaved: HashMap<u32, u32>,
 }
 
 impl std::fmt::Debug for LinkWatcher {
@@ -61,6 +66,7 @@ pub fn watch() -> Result<LinkWatcher, TopologyError> {
         messages,
         _handle: handle,
         known: HashMap::new(),
+        enslaved: HashMap::new(),
     })
 }
 
@@ -97,6 +103,7 @@ impl LinkWatcher {
             NetlinkPayload::Overrun(_) => {
                 // Whatever was dropped could have been a removal: forget everything.
                 self.known.clear();
+                self.enslaved.clear();
                 Some(LinkEvent::Resync)
             }
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(msg)) => self.added(&msg),
@@ -107,8 +114,11 @@ impl LinkWatcher {
 
     fn added(&mut self, msg: &LinkMessage) -> Option<LinkEvent> {
         let link = parse_link(msg);
-        if !matches!(link.kind, Kind::Veth | Kind::Tap) || link.name.is_empty() {
+        if link.name.is_empty() {
             return None;
+        }
+        if !matches!(link.kind, Kind::Veth | Kind::Tap) {
+            return self.other_link(msg, link.ifindex, link.master, link.name);
         }
         if self.known.get(&link.ifindex) == Some(&link.name) {
             return None;
@@ -120,8 +130,36 @@ impl LinkWatcher {
         })
     }
 
+    /// A link the agent attaches only on request: an event only when its master changed (a
+    /// carrier or flag change repeats the same master). The bridge's own messages about its
+    /// ports (`AF_BRIDGE`) carry no link kind, so a veth would look like one of these there.
+    fn other_link(
+        &mut self,
+        msg: &LinkMessage,
+        ifindex: u32,
+        master: Option<u32>,
+        name: String,
+    ) -> Option<LinkEvent> {
+        if msg.header.interface_family == AddressFamily::Bridge {
+            return None;
+        }
+        let before = match master {
+            Some(m) => self.enslaved.insert(ifindex, m),
+            None => self.enslaved.remove(&ifindex),
+        };
+        (before != master).then_some(LinkEvent::PortChanged { ifindex, name })
+    }
+
     fn removed(&mut self, msg: &LinkMessage) -> Option<LinkEvent> {
         let link = parse_link(msg);
+        if msg.header.interface_family != AddressFamily::Bridge
+            && self.enslaved.remove(&link.ifindex).is_some()
+        {
+            return Some(LinkEvent::PortChanged {
+                ifindex: link.ifindex,
+                name: link.name,
+            });
+        }
         let known = self.known.remove(&link.ifindex);
         // RTM_DELLINK normally carries the kind; a veth we announced counts even without it.
         if !matches!(link.kind, Kind::Veth | Kind::Tap) && known.is_none() {

@@ -6,6 +6,7 @@
 mod agent;
 mod bare_loader;
 mod bpf;
+mod docker;
 mod events;
 mod floor;
 mod goals;
@@ -83,6 +84,7 @@ pub enum Part {
     Floor,
     Events,
     Scale,
+    Docker,
 }
 
 pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()> {
@@ -135,8 +137,14 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
         big = scale::run(&mut lab, &s).context("scale")?;
     }
     drop(lab);
+    let mut dk = docker::Results::default();
+    if wanted(Part::Docker) {
+        step("bench: a Docker host (its own dockerd and containers)");
+        dk = docker::run(&s).context("the Docker host")?;
+    }
 
     let mut rows = goals::rows(&s, &progs, &flows, &fl, &ev, &big);
+    rows.extend(docker::rows(&s, &dk));
     rows.push(image::row(s.quick).context("image size")?);
     let table = report::table(&rows);
     let mut meta = Map::new();
@@ -148,6 +156,7 @@ pub fn run(quick: bool, rounds: Option<usize>, only: Option<Part>) -> Result<()>
     );
     meta.insert("seconds_per_run".into(), json!(s.seconds));
     meta.insert("veths".into(), json!(big.veths));
+    meta.insert("docker_containers".into(), json!(dk.containers));
     meta.insert("test_run_repeat".into(), json!(s.repeat));
     meta.insert(
         "startup_netlink_s".into(),
