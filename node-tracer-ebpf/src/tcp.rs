@@ -15,7 +15,11 @@ use node_tracer_common::{
     STAT_TCP_INSERT_FAILED, TCP_FIN, TCP_RST, TCP_SYN, TCP_SYNACK, TcpFlagKey,
 };
 
-use crate::{ETH_HLEN, Parsed, bump_stat, read_fixed, worth_logging};
+use crate::{
+    bump_stat,
+    parse::{ETH_HLEN, Parsed, read_fixed},
+    worth_logging,
+};
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
