@@ -63,7 +63,7 @@ impl Settings {
             Self {
                 quick,
                 // Nine, not the minimum five: one round's baseline moves by ±10 % on a small VM,
-                // and the median of more rounds moves less (a full run stays under 8 minutes).
+                // and the median of more rounds moves less.
                 rounds: rounds.unwrap_or(9).max(1),
                 seconds: 5,
                 repeat: 1_000_000,
