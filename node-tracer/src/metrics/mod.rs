@@ -88,20 +88,14 @@ where
     ] {
         let mut f = out.family(name, help, Counter);
         for (p, pl) in ports() {
-            let PortLabels {
-                namespace: ns,
-                pod,
-                name,
-                interface: iface,
-            } = *pl;
             let c = &p.counters;
             let packets = if rx { &c.rx_packets } else { &c.tx_packets };
             for (proto, n) in PROTOCOLS.iter().zip(packets) {
                 let l = [
-                    ("namespace", ns),
-                    ("pod", pod),
-                    ("name", name),
-                    ("interface", iface),
+                    ("namespace", pl.namespace),
+                    ("pod", pl.pod),
+                    ("name", pl.name),
+                    ("interface", pl.interface),
                     ("protocol", *proto),
                 ];
                 f.sample(&l, *n);
@@ -122,12 +116,6 @@ where
     ] {
         let mut f = out.family(name, help, Counter);
         for (p, pl) in ports() {
-            let PortLabels {
-                namespace: ns,
-                pod,
-                name,
-                interface: iface,
-            } = *pl;
             let c = &p.counters;
             let n = if rx {
                 c.rx_bytes_total()
@@ -135,10 +123,10 @@ where
                 c.tx_bytes_total()
             };
             let l = [
-                ("namespace", ns),
-                ("pod", pod),
-                ("name", name),
-                ("interface", iface),
+                ("namespace", pl.namespace),
+                ("pod", pl.pod),
+                ("name", pl.name),
+                ("interface", pl.interface),
             ];
             f.sample(&l, n);
         }
@@ -149,19 +137,13 @@ where
         Counter,
     );
     for (p, pl) in ports() {
-        let PortLabels {
-            namespace: ns,
-            pod,
-            name,
-            interface: iface,
-        } = *pl;
         for m in &p.counters.icmp {
             let ty = icmp_type_label(m.family, m.icmp_type);
             let l = [
-                ("namespace", ns),
-                ("pod", pod),
-                ("name", name),
-                ("interface", iface),
+                ("namespace", pl.namespace),
+                ("pod", pl.pod),
+                ("name", pl.name),
+                ("interface", pl.interface),
                 ("direction", m.direction.as_str()),
                 ("type", &ty),
             ];
@@ -174,22 +156,16 @@ where
         Gauge,
     );
     for (p, pl) in ports() {
-        let PortLabels {
-            namespace: ns,
-            pod,
-            name,
-            interface: iface,
-        } = *pl;
         let distinct = p
             .macs
             .iter()
             .filter(|m| m.direction == Direction::Transmit)
             .count();
         let l = [
-            ("namespace", ns),
-            ("pod", pod),
-            ("name", name),
-            ("interface", iface),
+            ("namespace", pl.namespace),
+            ("pod", pl.pod),
+            ("name", pl.name),
+            ("interface", pl.interface),
         ];
         f.sample(&l, distinct);
     }
@@ -199,18 +175,12 @@ where
         Gauge,
     );
     for (p, pl) in ports() {
-        let PortLabels {
-            namespace: ns,
-            pod,
-            name,
-            interface: iface,
-        } = *pl;
         let peer = p.peer.as_ref();
         let ifindex = p.ifindex.to_string();
         let peer_ifindex = peer.map(|x| x.ifindex.to_string()).unwrap_or_default();
         let port_no = p.port_no.map(|n| n.to_string()).unwrap_or_default();
         let l = [
-            ("interface", iface),
+            ("interface", pl.interface),
             ("ifindex", &ifindex),
             ("peer_ifindex", &peer_ifindex),
             (
@@ -221,9 +191,9 @@ where
             ("bridge", p.master.as_deref().unwrap_or("")),
             ("port_no", &port_no),
             ("mode", p.mode.as_str()),
-            ("namespace", ns),
-            ("pod", pod),
-            ("name", name),
+            ("namespace", pl.namespace),
+            ("pod", pl.pod),
+            ("name", pl.name),
         ];
         f.sample(&l, 1u64);
     }
